@@ -1,0 +1,44 @@
+# The README's commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up down status wipe demo test test-unit test-integration lint typecheck bench run clean
+
+help: ## list the commands
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@py=$$(stack/python.sh) || exit 1; \
+	  [ -x $(PY) ] || { echo "creating $(VENV) with $$py"; $$py -m venv $(VENV); }
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP) ## create .venv with the pinned requirements
+
+up: $(STAMP) ## start Kafka, PostgreSQL and Cassandra (no-op when up)
+	$(PY) stack/stack.py up
+
+down: $(STAMP) ## stop the local stack
+	$(PY) stack/stack.py down
+
+status: $(STAMP) ## show each server, its address, pid and whether it answers
+	$(PY) stack/stack.py status
+
+wipe: $(STAMP) ## delete all local stack data (stack must be down)
+	$(PY) stack/stack.py wipe
+
+test: up ## unit and integration tests against the real local stack
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## unit tests only (no servers)
+	$(PY) -m pytest tests/unit
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean: ## remove .venv and caches (not the stack data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Fixtures for tests against the real local stack (`make up`): Kafka, PostgreSQL, Cassandra.
+
+A server that does not answer fails the test run loudly; integration tests are never skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from cassandra.cluster import Cluster, Session
+from confluent_kafka.admin import AdminClient, NewTopic
+
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+PG_DSN = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/enrichment")
+CQL_HOST = os.environ.get("SCYLLA_HOSTS", "127.0.0.1").split(",")[0]
+CQL_PORT = int(os.environ.get("SCYLLA_PORT", "9042"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def admin() -> AdminClient:
+    client = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    try:
+        client.list_topics(timeout=10)
+    except Exception as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"Kafka at {BOOTSTRAP} does not answer ({exc}); run `make up`")
+    return client
+
+
+@pytest.fixture(scope="session")
+def pg_conninfo() -> str:
+    try:
+        with psycopg.connect(PG_DSN, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # pragma: no cover
+        pytest.fail(f"PostgreSQL at {PG_DSN} does not answer ({exc}); run `make up`")
+    return PG_DSN
+
+
+@pytest.fixture(scope="session")
+def cql() -> Iterator[Session]:
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    cluster = Cluster([CQL_HOST], port=CQL_PORT, protocol_version=4)
+    try:
+        session = cluster.connect()
+    except Exception as exc:  # pragma: no cover
+        pytest.fail(f"Cassandra at {CQL_HOST}:{CQL_PORT} does not answer ({exc}); run `make up`")
+    yield session
+    cluster.shutdown()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def create_topics(admin: AdminClient, names: list[str], partitions: int) -> None:
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names], operation_timeout=30
+    )
+    for fut in futures.values():
+        fut.result(timeout=30)
