@@ -281,7 +281,7 @@ class Kafka(Server):
         if not (self.dir / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             res = subprocess.run(  # noqa: S603
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)),
                 capture_output=True, text=True,
             )
             if res.returncode != 0:
