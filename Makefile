@@ -42,3 +42,6 @@ lint: $(STAMP) ## ruff and mypy
 
 clean: ## remove .venv and caches (not the stack data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary
+	$(PY) -m tools.demo

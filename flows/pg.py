@@ -1,0 +1,52 @@
+"""PostgreSQL adapter for `CustomerLookup`: one psycopg_pool pool per worker.
+
+The query is a constant with one parameter (`= ANY(%s)` over a list of ids); values are
+never part of the SQL text. Connection and query failures that may pass are retried in
+`flows.retry`; the pool replaces broken connections by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from flows.model import Customer
+from flows.retry import Backoff, retry
+from flows.settings import Settings
+
+CUSTOMERS_TABLE = "customers"
+LOOKUP_SQL = sql.SQL(
+    "SELECT customer_id, name, segment, country, status FROM {} WHERE customer_id = ANY(%s)"
+).format(sql.Identifier(CUSTOMERS_TABLE))
+
+
+class PgCustomerLookup:
+    def __init__(self, settings: Settings, name: str = "enrichment") -> None:
+        self._backoff = Backoff(settings.retry_deadline_seconds)
+        self._timeout = settings.startup_timeout_seconds
+        self.pool = ConnectionPool(
+            settings.pg_dsn.get(),
+            min_size=settings.pg_pool_min,
+            max_size=settings.pg_pool_max,
+            kwargs={"connect_timeout": max(1, int(settings.startup_timeout_seconds)),
+                    "application_name": name, **settings.pg_connect_kwargs()},
+            name=name,
+            open=False,
+            # a connection that died while the server was away is found out before use
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=settings.retry_deadline_seconds,
+        )
+        self.pool.open(wait=False)
+
+    def _fetch_once(self, customer_ids: Sequence[str]) -> dict[str, Customer]:
+        with self.pool.connection(timeout=self._timeout) as conn:
+            rows = conn.execute(LOOKUP_SQL, (list(customer_ids),)).fetchall()
+        return {row[0]: Customer(*row) for row in rows}
+
+    def fetch(self, customer_ids: Sequence[str]) -> dict[str, Customer]:
+        return retry("postgresql", lambda: self._fetch_once(customer_ids), self._backoff)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,165 @@
+"""Build the output messages and history rows of the contract. Pure functions.
+
+Success: the input value with `customer` and `enriched_at` spliced in (the original bytes
+are kept, so fields the schema does not list pass through unchanged, byte for byte).
+Failure: the input key and value unchanged, the reason in headers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from flows.model import (
+    Code,
+    Customer,
+    Decoded,
+    Failure,
+    Headers,
+    HistoryRow,
+    OutMessage,
+    Routed,
+    SourceRecord,
+    Stage,
+)
+
+RESERVED_HEADERS = frozenset({
+    "source.topic", "source.partition", "source.offset", "source.timestamp",
+    "error.code", "error.stage", "error.message", "error.field", "failed_at",
+})
+MAX_ERROR_MESSAGE = 1024
+_WS = b" \t\r\n"
+_ANY = msgspec.json.Decoder()
+_ENC = msgspec.json.Encoder()
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """UTC, millisecond precision, `Z` suffix: 2024-05-01T12:00:00.123Z."""
+    moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def customer_fragment(customer: Customer) -> bytes:
+    """The `"customer": {...}` member added to every enriched event (computed once per
+    customer and cached with it)."""
+    body = _ENC.encode({"name": customer.name, "segment": customer.segment,
+                        "country": customer.country, "status": customer.status})
+    return b'"customer":' + body
+
+
+def _input_headers(record: SourceRecord) -> Headers:
+    """The input headers minus the names this pipeline sets, so each appears once."""
+    headers = record.headers
+    if not headers:
+        return []
+    return [(k, v) for k, v in headers if k not in RESERVED_HEADERS]
+
+
+def _source_headers(record: SourceRecord) -> Headers:
+    return [
+        ("source.topic", record.topic.encode()),
+        ("source.partition", str(record.partition).encode()),
+        ("source.offset", str(record.offset).encode()),
+    ]
+
+
+def enriched_value(decoded: Decoded, fragment: bytes, enriched_at: str) -> bytes:
+    value = decoded.record.value
+    assert value is not None
+    event = decoded.event
+    if event.customer is not msgspec.UNSET or event.enriched_at is not msgspec.UNSET:
+        # the input already has members the output sets: replace them, keep the rest
+        doc = _ANY.decode(value)
+        doc["customer"] = _ANY.decode(fragment[len(b'"customer":'):])
+        doc["enriched_at"] = enriched_at
+        return _ENC.encode(doc)
+    body = value.rstrip(_WS)[:-1].rstrip(_WS)  # a validated object ends with '}'
+    sep = b"" if body.endswith(b"{") else b","
+    return b"".join((body, sep, fragment, b',"enriched_at":"', enriched_at.encode(), b'"}'))
+
+
+def success(decoded: Decoded, fragment: bytes, output_topic: str, now: dt.datetime, enriched_at: str) -> Routed:
+    record, event = decoded.record, decoded.event
+    key = record.key if record.key is not None else event.customer_id.encode()
+    message = OutMessage(
+        topic=output_topic,
+        key=key,
+        value=enriched_value(decoded, fragment, enriched_at),
+        headers=_input_headers(record) + _source_headers(record),
+    )
+    history = HistoryRow(
+        event_id=event.event_id,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        status="enriched",
+        error_code=None,
+        event_type=event.event_type,
+        customer_id=event.customer_id,
+        occurred_at=event.occurred_at,
+        processed_at=now,
+        output_topic=output_topic,
+        payload=bytes(event.payload).decode(),
+    )
+    return Routed(True, message, history)
+
+
+def truncate_utf8(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    raw = text.encode()
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
+
+
+def failure(fail: Failure, failure_topic: str, now: dt.datetime) -> Routed:
+    record = fail.record
+    headers = _input_headers(record)
+    headers += [
+        ("error.code", fail.code.value.encode()),
+        ("error.stage", fail.stage.value.encode()),
+        ("error.message", truncate_utf8(fail.message).encode()),
+    ]
+    if fail.field:
+        headers.append(("error.field", fail.field.encode()))
+    headers += _source_headers(record)
+    headers += [
+        ("source.timestamp", str(record.timestamp_ms).encode()),
+        ("failed_at", rfc3339(now).encode()),
+    ]
+    message = OutMessage(topic=failure_topic, key=record.key, value=record.value, headers=headers)
+    history = HistoryRow(
+        event_id=fail.event_id or record.coordinates,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        status="failed",
+        error_code=fail.code.value,
+        event_type=fail.event_type,
+        customer_id=fail.customer_id,
+        occurred_at=fail.occurred_at,
+        processed_at=now,
+        output_topic=failure_topic,
+        payload=fail.payload,
+    )
+    return Routed(False, message, history, fail.code)
+
+
+def not_found(decoded: Decoded) -> Failure:
+    event = decoded.event
+    return Failure(
+        decoded.record, Code.CUSTOMER_NOT_FOUND, Stage.ENRICH,
+        f"no customer with customer_id {truncate_utf8(repr(event.customer_id), 200)}",
+        field="$.customer_id", event_id=event.event_id, event_type=event.event_type,
+        customer_id=event.customer_id, occurred_at=event.occurred_at, payload=bytes(event.payload).decode(),
+    )
+
+
+def internal_error(record: SourceRecord, exc: BaseException, decoded: Decoded | None = None) -> Failure:
+    """The net under a bug: an unexpected exception while processing this one record."""
+    message = f"{type(exc).__name__}: {exc}"
+    if decoded is None:
+        return Failure(record, Code.INTERNAL_ERROR, Stage.INTERNAL, message)
+    event = decoded.event
+    return Failure(
+        record, Code.INTERNAL_ERROR, Stage.INTERNAL, message, event_id=event.event_id,
+        event_type=event.event_type, customer_id=event.customer_id, occurred_at=event.occurred_at,
+    )

@@ -1,0 +1,280 @@
+"""One frozen settings object, read from the environment once at start.
+
+Names and defaults follow the contract (../shared/CONTRACT.md); everything else the
+pipeline reads is listed in README.md's configuration table. A bad value raises
+`SettingsError` naming the variable and the reason; the entry points exit with status 2.
+Secrets are held in `Secret`, whose repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Secret:
+    """A string that never appears in logs, reprs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('****')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A PostgreSQL DSN with any password replaced, for logs and errors."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+            return urlunsplit(parts._replace(netloc=netloc))
+        return re.sub(r"(password=)[^&\s]*", r"\1****", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", dsn)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise ValueError(f"must be between {lo} and {hi}" if hi is not None else f"must be >= {lo}")
+        return value
+
+    return parse
+
+
+def _float_range(lo: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not value >= lo:
+            raise ValueError(f"must be >= {lo:g}")
+        return value
+
+    return parse
+
+
+def _nonempty(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _topic(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+        raise ValueError("a Kafka topic name is 1..249 of [A-Za-z0-9._-]")
+    return value
+
+
+def _cql_name(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,47}", value):
+        raise ValueError("a CQL keyspace name is a letter then up to 47 of [A-Za-z0-9_]")
+    return value
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip() for h in raw.split(",") if h.strip())
+    if not hosts:
+        raise ValueError("needs at least one host")
+    return hosts
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise ValueError(f"must be one of {', '.join(choices)}")
+
+    return parse
+
+
+def _optional(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _secret(raw: str) -> Secret:
+    return Secret(raw)
+
+
+def _env(name: str, default: str, parse: Callable[[str], Any] = _nonempty, secret: bool = False) -> Any:
+    """A dataclass field read from environment variable `name`."""
+    return field(default=None, metadata={"env": name, "default": default, "parse": parse, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- contract
+    kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    input_topic: str = _env("INPUT_TOPIC", "events", _topic)
+    output_topic: str = _env("OUTPUT_TOPIC", "events.enriched", _topic)
+    failure_topic: str = _env("FAILURE_TOPIC", "events.failed", _topic)
+    pg_dsn: Secret = _env("PG_DSN", "postgresql://postgres@127.0.0.1:5432/enrichment", _secret, secret=True)
+    scylla_hosts: tuple[str, ...] = _env("SCYLLA_HOSTS", "127.0.0.1", _hosts)
+    scylla_port: int = _env("SCYLLA_PORT", "9042", _int_range(1, 65535))
+    scylla_keyspace: str = _env("SCYLLA_KEYSPACE", "enrichment", _cql_name)
+    stop_at_end: bool = _env("STOP_AT_END", "false", _bool)
+    log_level: str = _env("LOG_LEVEL", "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    # --- Kafka security
+    kafka_security_protocol: str = _env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    )
+    kafka_sasl_mechanism: str | None = _env("KAFKA_SASL_MECHANISM", "", _optional)
+    kafka_sasl_username: str | None = _env("KAFKA_SASL_USERNAME", "", _optional)
+    kafka_sasl_password: Secret = _env("KAFKA_SASL_PASSWORD", "", _secret, secret=True)
+    kafka_ssl_ca_location: str | None = _env("KAFKA_SSL_CA_LOCATION", "", _optional)
+    # --- PostgreSQL
+    pg_password: Secret = _env("PG_PASSWORD", "", _secret, secret=True)
+    pg_sslmode: str | None = _env("PG_SSLMODE", "", _optional)
+    pg_sslrootcert: str | None = _env("PG_SSLROOTCERT", "", _optional)
+    pg_pool_min: int = _env("PG_POOL_MIN", "1", _int_range(0, 100))
+    pg_pool_max: int = _env("PG_POOL_MAX", "4", _int_range(1, 100))
+    # --- ScyllaDB / Cassandra
+    scylla_username: str | None = _env("SCYLLA_USERNAME", "", _optional)
+    scylla_password: Secret = _env("SCYLLA_PASSWORD", "", _secret, secret=True)
+    scylla_local_dc: str | None = _env("SCYLLA_LOCAL_DC", "", _optional)
+    scylla_ssl: bool = _env("SCYLLA_SSL", "false", _bool)
+    scylla_ssl_ca: str | None = _env("SCYLLA_SSL_CA", "", _optional)
+    scylla_replication_class: str = _env(
+        "SCYLLA_REPLICATION_CLASS", "SimpleStrategy", _one_of("SimpleStrategy", "NetworkTopologyStrategy")
+    )
+    scylla_replication_factor: int = _env("SCYLLA_REPLICATION_FACTOR", "1", _int_range(1, 10))
+    history_ttl_seconds: int = _env("HISTORY_TTL_SECONDS", "0", _int_range(0, 630720000))
+    history_concurrency: int = _env("HISTORY_CONCURRENCY", "128", _int_range(1, 4096))
+    # --- processing
+    max_value_bytes: int = _env("MAX_VALUE_BYTES", "1048576", _int_range(1, 64 * 1024 * 1024))
+    cache_ttl_seconds: float = _env("CACHE_TTL_SECONDS", "300", _float_range(0))
+    cache_negative_ttl_seconds: float = _env("CACHE_NEGATIVE_TTL_SECONDS", "30", _float_range(0))
+    cache_max_size: int = _env("CACHE_MAX_SIZE", "100000", _int_range(0))
+    lookup_batch_size: int = _env("LOOKUP_BATCH_SIZE", "1000", _int_range(1, 100000))
+    source_batch_size: int = _env("SOURCE_BATCH_SIZE", "1000", _int_range(1, 100000))
+    # --- operations
+    startup_timeout_seconds: float = _env("STARTUP_TIMEOUT_SECONDS", "10", _float_range(0.1))
+    retry_deadline_seconds: float = _env("RETRY_DEADLINE_SECONDS", "180", _float_range(1))
+    progress_interval_seconds: float = _env("PROGRESS_INTERVAL_SECONDS", "10", _float_range(0.1))
+    metrics_port: int = _env("METRICS_PORT", "0", _int_range(0, 65535))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            raw = env.get(meta["env"])
+            if raw is None or (raw.strip() == "" and not meta["secret"]):
+                raw = meta["default"]
+            try:
+                values[f.name] = meta["parse"](raw)
+            except ValueError as exc:
+                shown = "(hidden)" if meta["secret"] else repr(raw)
+                raise SettingsError(f"{meta['env']}={shown}: {exc}") from None
+        settings = cls(**values)
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        topics = {"INPUT_TOPIC": self.input_topic, "OUTPUT_TOPIC": self.output_topic,
+                  "FAILURE_TOPIC": self.failure_topic}
+        if len(set(topics.values())) != 3:
+            raise SettingsError(f"INPUT_TOPIC, OUTPUT_TOPIC and FAILURE_TOPIC must differ: {topics}")
+        if self.pg_pool_min > self.pg_pool_max:
+            raise SettingsError(f"PG_POOL_MIN={self.pg_pool_min}: must not exceed PG_POOL_MAX={self.pg_pool_max}")
+        dsn = self.pg_dsn.get()
+        if not (dsn.startswith(("postgresql://", "postgres://")) or "=" in dsn):
+            raise SettingsError(f"PG_DSN={redact_dsn(dsn)!r}: expected postgresql://... or key=value pairs")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise SettingsError(f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL="
+                                f"{self.kafka_security_protocol}")
+        if self.scylla_replication_class == "NetworkTopologyStrategy" and not self.scylla_local_dc:
+            raise SettingsError("SCYLLA_LOCAL_DC: required with SCYLLA_REPLICATION_CLASS=NetworkTopologyStrategy")
+
+    # --- derived client configurations
+
+    def kafka_common(self) -> dict[str, str]:
+        """librdkafka settings shared by every client: brokers and security."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap_servers,
+                "security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get()
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return conf
+
+    def pg_connect_kwargs(self) -> dict[str, str]:
+        kwargs: dict[str, str] = {}
+        if self.pg_password:
+            kwargs["password"] = self.pg_password.get()
+        if self.pg_sslmode:
+            kwargs["sslmode"] = self.pg_sslmode
+        if self.pg_sslrootcert:
+            kwargs["sslrootcert"] = self.pg_sslrootcert
+        return kwargs
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting, secrets hidden and the DSN redacted: safe to log."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "pg_dsn":
+                value = redact_dsn(value.get())
+            elif isinstance(value, Secret):
+                value = "****" if value else ""
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            out[f.metadata["env"]] = value
+        return out
+
+
+ENV_NAMES: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings))

@@ -1,0 +1,117 @@
+"""`make demo`: topics and schemas, seeded customers, a sample with every failure code,
+one run of the dataflow until the input is drained, and a summary of what came out.
+
+Runs against the local stack (or whatever the settings point at). The demo's topics are
+recreated each run, so running it twice gives the same summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from flows import admin
+from flows.history import TABLE, connect, ensure_schema
+from flows.settings import Settings, SettingsError
+from tools import sample
+from tools.kafkautil import header, produce_all, read_topic
+
+ROOT = Path(__file__).resolve().parents[1]
+N_CUSTOMERS = 5000
+N_EVENTS = 5000
+PARTITIONS = 3
+
+
+def recreate_topics(settings: Settings, names: list[str]) -> None:
+    admin.delete_topics(settings, names)
+    client = AdminClient(settings.kafka_common())
+    deadline = time.monotonic() + 60
+    while any(n in client.list_topics(timeout=10).topics for n in names):  # deletion is asynchronous
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {names} still exist 60s after deletion")
+        time.sleep(0.2)
+    while True:
+        try:
+            admin.ensure_topics(settings, names, PARTITIONS)
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: bad setting {exc}", file=sys.stderr)
+        return 2
+    topics = [settings.input_topic, settings.output_topic, settings.failure_topic]
+    print(f"demo: topics {', '.join(topics)} ({PARTITIONS} partitions, recreated)")
+    recreate_topics(settings, topics)
+    print(f"demo: {admin.seed_customers(settings, sample.customers(N_CUSTOMERS))} customers in PostgreSQL")
+    cluster = connect(settings)
+    session = cluster.connect()
+    ensure_schema(session, settings)
+    records = list(sample.events(N_EVENTS, N_CUSTOMERS, bad_ratio=0.02, seed=42,
+                                 max_value_bytes=settings.max_value_bytes))
+    expected = Counter(r.expect for r in records)
+    produce_all(settings, settings.input_topic, records)
+    print(f"demo: produced {len(records)} events to {settings.input_topic}: {dict(sorted(expected.items()))}")
+
+    log_path = ROOT / ".stack" / "demo-dataflow.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "STOP_AT_END": "true", "PROGRESS_INTERVAL_SECONDS": "2"}
+    print(f"demo: running `python -m bytewax.run dataflow` with STOP_AT_END=true (log: {log_path})")
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow"], cwd=ROOT, env=env,
+                              stderr=log, stdout=log, timeout=600)
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        print(f"demo: the dataflow exited with status {proc.returncode}; last lines of {log_path}:")
+        print("\n".join(log_path.read_text(errors="replace").splitlines()[-20:]))
+        return 1
+
+    enriched = list(read_topic(settings, settings.output_topic))
+    failed = list(read_topic(settings, settings.failure_topic))
+    codes = Counter(header(m, "error.code") for m in failed)
+    rows = session.execute(
+        f"SELECT count(*) FROM {settings.scylla_keyspace}.{TABLE} WHERE source_topic = %s ALLOW FILTERING",
+        (settings.input_topic,), timeout=60,
+    ).one()[0]
+    cluster.shutdown()
+    final = [line for line in log_path.read_text(errors="replace").splitlines() if '"final progress"' in line]
+    ratio = json.loads(final[-1]).get("cache_hit_ratio") if final else None
+
+    print("\n=== summary ===")
+    print(f"input      {settings.input_topic:<18} {len(records):>7} records")
+    print(f"enriched   {settings.output_topic:<18} {len(enriched):>7} records")
+    print(f"failed     {settings.failure_topic:<18} {len(failed):>7} records")
+    for code, n in sorted(codes.items(), key=lambda kv: str(kv[0])):
+        print(f"             {code:<26} {n:>5}")
+    print(f"history    {settings.scylla_keyspace}.{TABLE:<12} {rows:>7} rows for topic {settings.input_topic}")
+    print(f"cache hit ratio  {ratio}")
+    print(f"elapsed          {elapsed:.1f}s for the dataflow run (start-up included), "
+          f"{len(records) / elapsed:,.0f} records/s")
+    if enriched:
+        sample_msg = enriched[0]
+        print("\none enriched event (key, headers, value):")
+        print(f"  key     {sample_msg.key()!r}")
+        print(f"  headers {[(k, v.decode()) for k, v in sample_msg.headers() or []]}")
+        print("  value   " + json.dumps(json.loads(sample_msg.value()), indent=2).replace("\n", "\n  "))
+    ok = (len(enriched) == expected["enriched"] and len(failed) == len(records) - expected["enriched"]
+          and all(codes[c] == n for c, n in expected.items() if c != "enriched"))
+    print(f"\naccounting: {'every record accounted for' if ok else 'MISMATCH against what was produced'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
