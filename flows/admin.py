@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import psycopg
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from flows.kafka_io import HEADER_ROOM
 from flows.model import Customer

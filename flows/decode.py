@@ -64,6 +64,8 @@ def _schema_failure(record: SourceRecord, value: bytes, message: str) -> Failure
         missing = _MISSING.match(message)
         if missing:
             path = f"$.{missing.group(1)}"
+        elif message.startswith("Expected"):
+            path = "$"  # the document itself has the wrong type
     readable = _readable_fields(doc)
     return Failure(record, Code.SCHEMA_VIOLATION, Stage.VALIDATE, message, field=path, **readable)
 

@@ -90,10 +90,10 @@ class Enricher:
         self.lookup_batch_size = lookup_batch_size
         self._now = wallclock
 
-    def _resolve(self, items: Sequence[Decoded | Failure]) -> dict[str, bytes | None]:
+    def _resolve(self, items: Sequence[Decoded | Failure]) -> dict[str, bytes | None | Exception]:
         """Fragment (or None) for each customer of the batch: cache first, then one query
         per chunk of the distinct missing ids."""
-        resolved: dict[str, bytes | None] = {}
+        resolved: dict[str, bytes | None | Exception] = {}
         missing: dict[str, None] = {}
         hits = misses = 0
         for item in items:
@@ -119,7 +119,11 @@ class Enricher:
             queries += 1
             for cid in chunk:
                 customer = customers.get(cid)
-                fragment = route.customer_fragment(customer) if customer is not None else None
+                try:
+                    fragment = route.customer_fragment(customer) if customer is not None else None
+                except Exception as exc:  # noqa: BLE001 - fails only this customer's records
+                    resolved[cid] = exc
+                    continue
                 self.cache.put(cid, fragment)
                 resolved[cid] = fragment
         STATS.add_lookups(hits, misses, queries)
@@ -134,6 +138,8 @@ class Enricher:
             try:
                 if type(item) is Decoded:
                     fragment = resolved[item.event.customer_id]
+                    if isinstance(fragment, Exception):
+                        raise fragment
                     if fragment is None:
                         result = route.failure(route.not_found(item), self.failure_topic, now)
                     else:

@@ -92,8 +92,8 @@ class _InputPartition(StatefulSourcePartition[SourceRecord, int]):
                 log.warning("kafka consumer error, retrying", extra={"fields": {
                     "where": self._where, "error": str(err)}})
                 continue
-            append(SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1],
-                                msg.key(), msg.value(), msg.headers() or []))
+            append(SourceRecord(msg.topic(), msg.partition(), msg.offset(),  # type: ignore[arg-type]
+                                msg.timestamp()[1], msg.key(), msg.value(), msg.headers() or []))  # type: ignore[arg-type]
         if batch:
             self._next = batch[-1].offset + 1
             STATS.add_input(len(batch))
@@ -163,7 +163,7 @@ class KafkaWriter:
         for m in messages:
             while True:
                 try:
-                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=cb)
+                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=cb)  # type: ignore[arg-type]
                     break
                 except BufferError:  # local queue full: serve callbacks, then try again
                     poll(0.05)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import msgspec
@@ -53,7 +53,7 @@ class Customer(msgspec.Struct, frozen=True, gc=False):
     status: str
 
 
-class Code(str, Enum):
+class Code(StrEnum):
     """Failure codes of the contract; `error.code` carries the value."""
 
     EMPTY_VALUE = "empty_value"
@@ -64,7 +64,7 @@ class Code(str, Enum):
     INTERNAL_ERROR = "internal_error"
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     DECODE = "decode"
     VALIDATE = "validate"
     ENRICH = "enrich"

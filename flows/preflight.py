@@ -50,8 +50,8 @@ def check_postgres(settings: Settings) -> None:
             conn.execute("SELECT 1")
             found = conn.execute("SELECT to_regclass(%s)", (CUSTOMERS_TABLE,)).fetchone()
     except Exception as exc:
-        raise PreflightError(f"PostgreSQL at {redact_dsn(settings.pg_dsn.get())} unreachable: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PreflightError(f"PostgreSQL at {redact_dsn(settings.pg_dsn.get())} unreachable: {first}") from None
     if not found or found[0] is None:
         raise PreflightError(f"PostgreSQL table '{CUSTOMERS_TABLE}' does not exist in "
                              f"{redact_dsn(settings.pg_dsn.get())}")
@@ -61,6 +61,9 @@ def check_cql(settings: Settings) -> None:
     from flows.history import connect
 
     cluster = connect(settings, connect_timeout=settings.startup_timeout_seconds)
+    driver_log = logging.getLogger("cassandra")
+    level = driver_log.level
+    driver_log.setLevel(logging.CRITICAL)  # our one line says it; the driver's tracebacks would not help
     try:
         session = cluster.connect()
         session.execute("SELECT release_version FROM system.local", timeout=settings.startup_timeout_seconds)
@@ -70,6 +73,7 @@ def check_cql(settings: Settings) -> None:
                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
     finally:
         cluster.shutdown()
+        driver_log.setLevel(level)
 
 
 def run_checks(settings: Settings) -> list[int]:

@@ -238,9 +238,9 @@ class Settings:
 
     # --- derived client configurations
 
-    def kafka_common(self) -> dict[str, str]:
+    def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings shared by every client: brokers and security."""
-        conf = {"bootstrap.servers": self.kafka_bootstrap_servers,
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers,
                 "security.protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
@@ -252,8 +252,8 @@ class Settings:
             conf["ssl.ca.location"] = self.kafka_ssl_ca_location
         return conf
 
-    def pg_connect_kwargs(self) -> dict[str, str]:
-        kwargs: dict[str, str] = {}
+    def pg_connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
         if self.pg_password:
             kwargs["password"] = self.pg_password.get()
         if self.pg_sslmode:

@@ -1,0 +1,86 @@
+"""The whole topology in memory: TestingSource -> steps -> TestingSinks, with a fake lookup."""
+
+import json
+
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from flows.model import Customer, Routed, SourceRecord
+from flows.pipeline import build_flow
+from flows.settings import Settings
+
+from .fakes import ALICE, GOOD, MemoryLookup, record
+
+SETTINGS = Settings.from_env({"INPUT_TOPIC": "events", "OUTPUT_TOPIC": "out", "FAILURE_TOPIC": "dlq",
+                              "MAX_VALUE_BYTES": "2000"})
+
+
+def run(records: list[SourceRecord], customers: dict[str, Customer] | None = None):
+    ok: list[Routed] = []
+    bad: list[Routed] = []
+    history: list[Routed] = []
+    lookup = MemoryLookup(customers if customers is not None else {"C1": ALICE})
+    flow = build_flow(SETTINGS, TestingSource(records, batch_size=4), TestingSink(ok), TestingSink(bad),
+                      TestingSink(history), lambda: lookup)
+    run_main(flow)
+    return ok, bad, history, lookup
+
+
+def with_(**changes) -> bytes:
+    doc = json.loads(GOOD)
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+CASES = [
+    (GOOD, None),
+    (None, "empty_value"),
+    (b"", "empty_value"),
+    (b"{" + b" " * 2000 + b"}", "payload_too_large"),
+    (b"not json", "invalid_json"),
+    (b'{"a": "\xff"}', "invalid_json"),
+    (with_(occurred_at="2024-01-01"), "schema_violation"),
+    (with_(customer_id="NOPE"), "customer_not_found"),
+    (with_(customer_id="' OR 1=1 --"), "customer_not_found"),
+]
+
+
+def test_every_failure_code_and_exactly_one_output_per_record() -> None:
+    records = [record(v, offset=i, headers=[("trace", str(i).encode())]) for i, (v, _) in enumerate(CASES)]
+    ok, bad, history, _ = run(records)
+    assert len(ok) + len(bad) == len(records) == len(history)
+    assert [r.message.value for r in ok] and json.loads(ok[0].message.value)["customer"]["name"] == "Alice"
+    by_offset = {int(dict(r.message.headers)["source.offset"]): r for r in ok + bad}
+    for i, (value, code) in enumerate(CASES):
+        r = by_offset[i]
+        headers = dict(r.message.headers)
+        assert headers["trace"] == str(i).encode()
+        if code is None:
+            assert r.ok and r.message.topic == "out"
+        else:
+            assert headers["error.code"] == code.encode(), (i, headers)
+            assert r.message.value == value and r.message.topic == "dlq"
+    assert sorted(h.history.source_offset for h in history) == list(range(len(CASES)))
+
+
+def test_unknown_fields_pass_through_and_key_defaults() -> None:
+    value = with_(extra={"deep": [1, {"x": None}]}, flag=True)
+    ok, bad, _, _ = run([record(value, key=None)])
+    assert not bad
+    doc = json.loads(ok[0].message.value)
+    assert doc["extra"] == {"deep": [1, {"x": None}]} and doc["flag"] is True
+    assert ok[0].message.key == b"C1"
+
+
+def test_internal_error_does_not_stop_the_flow() -> None:
+    broken = Customer("C2", object(), "s", "c", "a")  # type: ignore[arg-type]
+    records = [record(GOOD, offset=0), record(with_(customer_id="C2"), offset=1), record(GOOD, offset=2)]
+    ok, bad, history, _ = run(records, {"C1": ALICE, "C2": broken})
+    assert [r.history.source_offset for r in ok] == [0, 2]
+    assert [dict(r.message.headers)["error.code"] for r in bad] == [b"internal_error"]
+    assert len(history) == 3
+
+
+def test_lookups_are_batched() -> None:
+    records = [record(GOOD, offset=i) for i in range(8)]
+    _, _, _, lookup = run(records)
+    assert lookup.calls == [["C1"]]

@@ -1,0 +1,80 @@
+import datetime as dt
+import json
+
+import msgspec
+
+from flows import route
+from flows.decode import decode_record
+from flows.model import Code, Decoded, Failure, Stage
+
+from .fakes import ALICE, GOOD, record
+
+NOW = dt.datetime(2024, 6, 1, 8, 30, 15, 123456, tzinfo=dt.UTC)
+
+
+def decoded(value: bytes = GOOD, key: bytes | None = b"k", headers=None) -> Decoded:
+    d = decode_record(record(value, key=key, offset=42, partition=2, headers=headers), 1 << 20)
+    assert isinstance(d, Decoded)
+    return d
+
+
+def test_success_keeps_every_input_field_and_adds_customer() -> None:
+    r = route.success(decoded(), route.customer_fragment(ALICE), "out", NOW, route.rfc3339(NOW))
+    doc = json.loads(r.message.value)
+    assert doc["extra"] == {"nested": [1, 2]} and doc["payload"] == {"a": 1}
+    assert doc["occurred_at"] == "2024-05-01T12:00:00+02:00"  # as received
+    assert doc["customer"] == {"name": "Alice", "segment": "retail", "country": "DE", "status": "active"}
+    assert doc["enriched_at"] == "2024-06-01T08:30:15.123Z"
+    assert r.ok and r.message.topic == "out" and r.message.key == b"k"
+    # the original bytes are kept: the output starts with the input minus its closing brace
+    assert r.message.value.startswith(GOOD[:-1])
+
+
+def test_success_key_defaults_to_customer_id_and_headers_gain_source() -> None:
+    r = route.success(decoded(key=None, headers=[("trace", b"1"), ("source.offset", b"999")]),
+                      route.customer_fragment(ALICE), "out", NOW, "t")
+    assert r.message.key == b"C1"
+    assert r.message.headers == [("trace", b"1"), ("source.topic", b"events"), ("source.partition", b"2"),
+                                 ("source.offset", b"42")]
+
+
+def test_input_that_already_has_customer_is_overwritten_not_duplicated() -> None:
+    value = json.dumps({**json.loads(GOOD), "customer": "old", "enriched_at": 1}).encode()
+    r = route.success(decoded(value), route.customer_fragment(ALICE), "out", NOW, "T")
+    doc = msgspec.json.decode(r.message.value)
+    assert doc["customer"]["name"] == "Alice" and doc["enriched_at"] == "T"
+    assert r.message.value.count(b'"customer"') == 1
+
+
+def test_history_row_of_success() -> None:
+    h = route.success(decoded(), route.customer_fragment(ALICE), "out", NOW, "t").history
+    assert (h.event_id, h.status, h.error_code, h.customer_id, h.output_topic) == ("e1", "enriched", None, "C1", "out")
+    assert (h.source_topic, h.source_partition, h.source_offset) == ("events", 2, 42)
+    assert h.occurred_at == dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC) and h.payload == '{"a":1}'
+
+
+def test_failure_message_is_the_input_byte_for_byte_with_reason_headers() -> None:
+    rec = record(b"\x00garbage", key=None, offset=7, headers=[("h", b"v"), ("error.code", b"stale")])
+    f = Failure(rec, Code.INVALID_JSON, Stage.DECODE, "bad", field=None)
+    r = route.failure(f, "dlq", NOW)
+    assert not r.ok and r.message.topic == "dlq"
+    assert (r.message.key, r.message.value) == (None, b"\x00garbage")
+    headers = dict(r.message.headers)
+    assert [k for k, _ in r.message.headers].count("error.code") == 1
+    assert headers["h"] == b"v" and headers["error.code"] == b"invalid_json"
+    assert headers["error.stage"] == b"decode" and "error.field" not in headers
+    assert headers["source.offset"] == b"7" and headers["source.timestamp"] == b"1700000000000"
+    assert headers["failed_at"] == b"2024-06-01T08:30:15.123Z"
+    assert r.history.event_id == "events:0:7" and r.history.status == "failed"
+    assert r.history.error_code == "invalid_json" and r.history.output_topic == "dlq"
+
+
+def test_error_message_is_capped_at_1_kib_on_a_character_boundary() -> None:
+    f = Failure(record(b"x"), Code.SCHEMA_VIOLATION, Stage.VALIDATE, "é" * 2000, field="$.x")
+    msg = dict(route.failure(f, "dlq", NOW).message.headers)["error.message"]
+    assert len(msg) <= 1024 and msg.decode() == "é" * 512
+
+
+def test_not_found_failure_points_at_customer_id() -> None:
+    f = route.not_found(decoded())
+    assert (f.code, f.stage, f.field, f.event_id) == (Code.CUSTOMER_NOT_FOUND, Stage.ENRICH, "$.customer_id", "e1")
