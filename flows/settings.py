@@ -200,7 +200,6 @@ class Settings:
     startup_timeout_seconds: float = _env("STARTUP_TIMEOUT_SECONDS", "10", _float_range(0.1))
     retry_deadline_seconds: float = _env("RETRY_DEADLINE_SECONDS", "180", _float_range(1))
     progress_interval_seconds: float = _env("PROGRESS_INTERVAL_SECONDS", "10", _float_range(0.1))
-    metrics_port: int = _env("METRICS_PORT", "0", _int_range(0, 65535))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
