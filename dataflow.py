@@ -1,15 +1,20 @@
-"""The production entry point: `python -m bytewax.run dataflow`.
+"""The production entry point: `python -m bytewax.run dataflow` (README, Running it).
 
 Wires the steps of `flows.pipeline` to Kafka, PostgreSQL and ScyllaDB from the settings
-in the environment (README, Configuration). A bad setting exits with status 2 here, at
-import; unreachable dependencies exit with status 2 when the flow starts.
+in the environment. A bad setting exits with status 2 here, at import; unreachable
+dependencies exit with status 2 when the flow starts. Also prepares the process around
+Bytewax's runtime (flows.lifecycle): the recovery directory, SIGTERM/SIGINT handling and
+the exit when a dependency stays down past its deadline.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
 import sys
 
+from flows import lifecycle, retry
 from flows.history import HistorySink
 from flows.kafka_io import KafkaInput, KafkaOutput
 from flows.logs import setup_logging
@@ -25,6 +30,15 @@ except SettingsError as exc:
     sys.exit(2)
 
 setup_logging(settings.log_level)
+
+if "bytewax.run" in sys.orig_argv:
+    # only when run as the dataflow (not when drawn by bytewax.visualize or imported by tests)
+    recovery_dir = lifecycle.recovery_dir_from(sys.argv[1:], os.environ)
+    if recovery_dir is not None:
+        lifecycle.ensure_recovery_dir(recovery_dir, settings.recovery_partitions)
+    lifecycle.install_signal_handlers(settings.shutdown_timeout_seconds)
+    atexit.register(lifecycle.mark_done)
+    retry.set_give_up(lifecycle.give_up)
 
 flow = build_flow(
     settings,

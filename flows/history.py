@@ -89,10 +89,17 @@ class HistoryWriter:
         self.concurrency = settings.history_concurrency
         self._backoff = Backoff(settings.retry_deadline_seconds)
         self.cluster = connect(settings)
-        self.session = retry("cassandra", self.cluster.connect, self._backoff)
+        self.session = retry("cassandra", self._connect, self._backoff)
         retry("cassandra", lambda: ensure_schema(self.session, settings), self._backoff)
         self.insert = retry("cassandra", lambda: self.session.prepare(insert_cql(settings)), self._backoff)
         self.insert.is_idempotent = True
+
+    def _connect(self) -> Session:
+        """A Cluster whose first connection fails shuts itself down for good, so a retry
+        needs a new one."""
+        if self.cluster.is_shutdown:
+            self.cluster = connect(self.settings)
+        return self.cluster.connect()
 
     def _write_once(self, rows: Sequence[tuple[Any, ...]]) -> None:
         results = execute_concurrent_with_args(

@@ -24,7 +24,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from flows.lifecycle import STOPPING
 from flows.model import OutMessage, Routed, SourceRecord
+from flows.retry import gave_up
 from flows.settings import Settings
 from flows.stats import STATS
 
@@ -76,7 +78,7 @@ class _InputPartition(StatefulSourcePartition[SourceRecord, int]):
         self._awake: dt.datetime | None = None
 
     def next_batch(self) -> list[SourceRecord]:
-        if self._eof:
+        if self._eof or STOPPING.is_set():
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
         batch: list[SourceRecord] = []
@@ -176,10 +178,11 @@ class KafkaWriter:
             if self._errors:
                 break
             if time.monotonic() > deadline:
-                raise DeliveryFailed(f"{expected - self._acked} of {expected} messages not acknowledged "
-                                     f"after {self._timeout_s:.0f}s")
+                raise gave_up(DeliveryFailed(f"{expected - self._acked} of {expected} messages not "
+                                             f"acknowledged after {self._timeout_s:.0f}s"))
         if self._errors:
-            raise DeliveryFailed(f"{len(self._errors)} message(s) not delivered, first: {self._errors[0]}")
+            raise gave_up(DeliveryFailed(f"{len(self._errors)} message(s) not delivered, "
+                                         f"first: {self._errors[0]}"))
 
     def close(self) -> None:
         self._producer.flush(self._timeout_s)

@@ -24,6 +24,22 @@ class DependencyUnavailable(RuntimeError):
     """A dependency stayed unavailable past the retry deadline."""
 
 
+_give_up: Callable[[BaseException], None] | None = None
+
+
+def set_give_up(hook: Callable[[BaseException], None] | None) -> None:
+    """What to do when a dependency stays down past the deadline, before the exception is
+    raised: the dataflow exits the process (see flows.lifecycle); the Lambda lets it raise."""
+    global _give_up
+    _give_up = hook
+
+
+def gave_up(exc: BaseException) -> BaseException:
+    if _give_up is not None:
+        _give_up(exc)
+    return exc
+
+
 def is_retriable(exc: BaseException) -> bool:
     """True when the failure may pass by itself: connection refused or lost, timeout,
     unavailable, overloaded. Everything else is a bug or a misconfiguration."""
@@ -91,10 +107,10 @@ def retry(what: str, fn: Callable[[], T], backoff: Backoff,
                 raise
             waited = backoff.clock() - start
             if waited >= backoff.deadline_s:
-                raise DependencyUnavailable(
+                raise gave_up(DependencyUnavailable(
                     f"{what}: still failing after {waited:.0f}s (deadline {backoff.deadline_s:.0f}s): "
                     f"{type(exc).__name__}: {exc}"
-                ) from exc
+                )) from exc
             delay = min(backoff.delay(attempt), max(0.0, backoff.deadline_s - waited))
             log.warning("%s failed, retrying", what, extra={"fields": {
                 "dependency": what, "attempt": attempt + 1, "retry_in_s": round(delay, 3),

@@ -200,6 +200,8 @@ class Settings:
     startup_timeout_seconds: float = _env("STARTUP_TIMEOUT_SECONDS", "10", _float_range(0.1))
     retry_deadline_seconds: float = _env("RETRY_DEADLINE_SECONDS", "180", _float_range(1))
     progress_interval_seconds: float = _env("PROGRESS_INTERVAL_SECONDS", "10", _float_range(0.1))
+    shutdown_timeout_seconds: float = _env("SHUTDOWN_TIMEOUT_SECONDS", "60", _float_range(1))
+    recovery_partitions: int = _env("RECOVERY_PARTITIONS", "4", _int_range(1, 1024))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

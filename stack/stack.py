@@ -556,11 +556,19 @@ def wait_ready(servers: list[Server], started: dict[str, float]) -> None:
             time.sleep(0.5)
 
 
-def cmd_up(_: argparse.Namespace) -> None:
+def selected(args: argparse.Namespace) -> list[Server]:
+    names = getattr(args, "servers", None) or [s.name for s in SERVERS]
+    unknown = set(names) - {s.name for s in SERVERS}
+    if unknown:
+        raise StackError(f"unknown server(s) {', '.join(sorted(unknown))}; known: kafka, postgres, cassandra")
+    return [s for s in SERVERS if s.name in names]
+
+
+def cmd_up(args: argparse.Namespace) -> None:
     STACK_DIR.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     to_start: list[Server] = []
-    for server in SERVERS:
+    for server in selected(args):
         pid = server.pid()
         if pid is not None:
             version = answers(server)
@@ -589,8 +597,8 @@ def cmd_up(_: argparse.Namespace) -> None:
     say(f"stack up in {time.monotonic() - t0:.1f}s")
 
 
-def cmd_down(_: argparse.Namespace) -> None:
-    for server in reversed(SERVERS):
+def cmd_down(args: argparse.Namespace) -> None:
+    for server in reversed(selected(args)):
         server.stop()
 
 
@@ -636,7 +644,9 @@ def main() -> None:
         "up": cmd_up, "down": cmd_down, "status": cmd_status, "wipe": cmd_wipe, "fetch": cmd_fetch,
     }
     for name in commands:
-        sub.add_parser(name)
+        cmd = sub.add_parser(name)
+        if name in ("up", "down"):
+            cmd.add_argument("servers", nargs="*", help="kafka, postgres, cassandra (default: all)")
     args = parser.parse_args()
     try:
         commands[args.cmd](args)

@@ -1,0 +1,167 @@
+"""Helpers for the fault-injection tests: a scenario with fresh topics and a recovery
+directory, a steady background producer, stack control, and the accounting check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cassandra.cluster import Session
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from flows import admin
+from flows.history import TABLE
+from tools import sample
+from tools.kafkautil import header, read_topic
+
+from .flowrun import ROOT, Topics, dataflow_cmd
+
+N_CUSTOMERS = 2000
+
+
+def stack(action: str, server: str) -> None:
+    """Stop or start one server of the local stack (same STACK_* environment as the tests)."""
+    res = subprocess.run([sys.executable, str(ROOT / "stack" / "stack.py"), action, server],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"stack {action} {server}: {res.stdout}{res.stderr}"
+
+
+@dataclass
+class Accounting:
+    inputs: int
+    outputs: int
+    distinct: int
+    duplicates: int
+    lost: int
+    history_rows: int
+    history_missing: int
+    codes: Counter[str] = field(default_factory=Counter)
+
+    def report(self, name: str) -> str:
+        return (f"[{name}] inputs={self.inputs} outputs={self.outputs} distinct={self.distinct} "
+                f"duplicates={self.duplicates} lost={self.lost} history_rows={self.history_rows} "
+                f"history_missing={self.history_missing} failed_by_code={dict(self.codes)}")
+
+
+class Scenario:
+    def __init__(self, tmp: Path, partitions: int = 4, snapshot_s: int = 1, **extra_env: str) -> None:
+        self.topics = Topics(partitions=partitions, prefix="res", extra_env=extra_env).create()
+        self.settings = self.topics.settings
+        self.recovery = tmp / "recovery"
+        self.snapshot_s = snapshot_s
+        self.log = tmp / "dataflow.log"
+        self.expected: Counter[str] = Counter()
+        admin.seed_customers(self.settings, sample.customers(N_CUSTOMERS))
+
+    def args(self) -> tuple[str, ...]:
+        return ("-r", str(self.recovery), "-s", str(self.snapshot_s), "-b", "0")
+
+    def env(self, stop_at_end: bool) -> dict[str, str]:
+        return {**os.environ, **self.topics.env, "STOP_AT_END": "true" if stop_at_end else "false"}
+
+    def start(self, stop_at_end: bool) -> subprocess.Popen[bytes]:
+        out = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(dataflow_cmd(*self.args()), cwd=ROOT, env=self.env(stop_at_end),
+                                stdout=out, stderr=out)
+
+    def run_to_end(self, timeout: float = 240) -> int:
+        proc = self.start(stop_at_end=True)
+        return proc.wait(timeout)
+
+    def records(self, n: int, seed: int) -> list[sample.SampleRecord]:
+        recs = list(sample.events(n, N_CUSTOMERS, bad_ratio=0.01, seed=seed, large=False))
+        self.expected.update(r.expect for r in recs)
+        return recs
+
+    def output_count(self) -> int:
+        """Messages in the success and failure topics, from their watermarks (cheap)."""
+        consumer = Consumer({**self.settings.kafka_common(), "group.id": "watermarks"})
+        try:
+            total = 0
+            for topic in (self.topics.output, self.topics.failure):
+                for p in range(self.topics.partitions):
+                    lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    total += hi - lo
+            return total
+        finally:
+            consumer.close()
+
+    def wait_for_outputs(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.output_count() < n:
+            assert time.monotonic() < deadline, f"only {self.output_count()} of {n} outputs after {timeout}s"
+            time.sleep(0.5)
+
+    def account(self, cql: Session) -> Accounting:
+        s = self.settings
+        inputs = {(m.partition(), m.offset()) for m in read_topic(s, self.topics.input, timeout=120)}
+        outs = list(read_topic(s, self.topics.output, timeout=120)) + \
+            list(read_topic(s, self.topics.failure, timeout=120))
+        seen = Counter((int(header(m, "source.partition") or -1), int(header(m, "source.offset") or -1))
+                       for m in outs)
+        rows = cql.execute(
+            f"SELECT source_partition, source_offset FROM {self.topics.keyspace}.{TABLE} "
+            f"WHERE source_topic = %s ALLOW FILTERING", (self.topics.input,), timeout=120)
+        history = {(r.source_partition, r.source_offset) for r in rows}
+        # by distinct input offset: a duplicate after a crash is not a second failure
+        code_of = {(header(m, "source.partition"), header(m, "source.offset")): header(m, "error.code")
+                   for m in outs}
+        codes = Counter(c for c in code_of.values() if c)
+        return Accounting(
+            inputs=len(inputs), outputs=len(outs), distinct=len(set(seen) & inputs),
+            duplicates=sum(n - 1 for n in seen.values()), lost=len(inputs - set(seen)),
+            history_rows=len(history & inputs), history_missing=len(inputs - history), codes=codes,
+        )
+
+
+class SteadyProducer(threading.Thread):
+    """Produces `records` at about `rate` per second in the background, riding out broker
+    restarts (idempotent producer, long message timeout); `join()` then check `error`."""
+
+    def __init__(self, scenario: Scenario, records: list[sample.SampleRecord], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.scenario, self.records, self.rate = scenario, records, rate
+        self.error: str | None = None
+        self.delivered = 0
+
+    def run(self) -> None:
+        s = self.scenario.settings
+        producer = Producer({**s.kafka_common(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                             "message.timeout.ms": 120000})
+        failures: list[str] = []
+
+        def cb(err, _msg) -> None:  # type: ignore[no-untyped-def]
+            if err is None:
+                self.delivered += 1
+            else:
+                failures.append(str(err))
+
+        start = time.monotonic()
+        for i, rec in enumerate(self.records):
+            due = start + i / self.rate
+            while time.monotonic() < due:
+                producer.poll(min(0.01, max(0.0, due - time.monotonic())))
+            while True:
+                try:
+                    producer.produce(self.scenario.topics.input, rec.value, rec.key, headers=rec.headers,
+                                     on_delivery=cb)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        left = producer.flush(180)
+        if left or failures:
+            self.error = f"{left} unflushed, {len(failures)} failed: {failures[:2]}"
+
+
+def sigterm(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout)
+    return rc, time.monotonic() - started
