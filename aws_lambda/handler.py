@@ -1,0 +1,64 @@
+"""The Lambda entry point, `aws_lambda.handler.handler`, for an Amazon MSK or self-managed
+Kafka event source mapping.
+
+One invocation is one batch: parse the event, run the records through
+`flows.pipeline.process` (the dataflow's decode/validate and enrich steps), write every
+history row, then produce every message and wait for Kafka's acknowledgements. It returns
+only when all of that is done, so the mapping commits offsets of records whose output is
+safe. Poison records are values routed to the failure topic and do not fail the batch. A
+dependency that stays down past RETRY_DEADLINE_SECONDS, or anything else unexpected, raises:
+Lambda then retries the batch (at-least-once; history rows are idempotent upserts, Kafka
+messages of a retried batch may appear twice, with the same `source.*` headers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aws_lambda.clients import ClientHolder
+from aws_lambda.event import KafkaBatch, parse_event, reject_own_outputs, summarise
+from flows.kafka_io import DeliveryFailed
+from flows.pipeline import process
+from flows.retry import DependencyUnavailable, is_retriable
+
+log = logging.getLogger(__name__)
+
+CLIENTS = ClientHolder()
+
+
+def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """Process one event source mapping batch; returns counts by outcome and failure code."""
+    batch = parse_event(event)  # MalformedEvent before any client is touched
+    clients = CLIENTS.get()
+    settings = clients.settings
+    reject_own_outputs(batch, settings.output_topic, settings.failure_topic)
+    request_id = getattr(context, "aws_request_id", None)
+    try:
+        results = process(batch.records, clients.enricher, settings.max_value_bytes)
+        # history first: it is an idempotent upsert, so a retry after a failed produce
+        # rewrites the same rows instead of duplicating them
+        clients.history.write([r.history for r in results])
+    except Exception as exc:
+        _log_batch_failed(batch, exc, request_id)
+        raise
+    try:
+        clients.writer.write([r.message for r in results])
+    except Exception as exc:
+        clients.renew_writer()
+        _log_batch_failed(batch, exc, request_id)
+        raise
+    summary = summarise(batch, results)
+    log.info("batch done", extra={"fields": {**summary, "request_id": request_id}})
+    return summary
+
+
+def _log_batch_failed(batch: KafkaBatch, exc: BaseException, request_id: str | None) -> None:
+    """One line saying which records Lambda will retry and whether the cause may pass."""
+    cause = exc.__cause__ or exc
+    partitions = sorted({f"{r.topic}-{r.partition}" for r in batch.records})
+    log.error("batch failed, Lambda will retry it", extra={"fields": {
+        "request_id": request_id, "records": len(batch.records), "partitions": partitions,
+        "retriable": isinstance(exc, DependencyUnavailable | DeliveryFailed) or is_retriable(cause),
+        "error": f"{type(exc).__name__}: {exc}"[:500]}})
