@@ -138,6 +138,22 @@ class DeliveryFailed(RuntimeError):
     """Kafka did not acknowledge a message: raised so nothing is lost silently."""
 
 
+class _Acks:
+    """Delivery reports of one `write` call."""
+
+    __slots__ = ("acked", "errors")
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.errors: list[str] = []
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self.acked += 1
+        else:
+            self.errors.append(f"{msg.topic()}: {err}")
+
+
 class KafkaWriter:
     """Produces messages and returns only when Kafka acknowledged every one of them;
     raises `DeliveryFailed` otherwise. Shared by the dataflow's sinks and the Lambda."""
@@ -147,42 +163,31 @@ class KafkaWriter:
         conf["client.id"] = client_id
         self._producer = Producer(conf)
         self._timeout_s = settings.retry_deadline_seconds
-        self._errors: list[str] = []
-        self._acked = 0
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is None:
-            self._acked += 1
-        else:
-            self._errors.append(f"{msg.topic()}: {err}")
 
     def write(self, messages: Sequence[OutMessage]) -> None:
         if not messages:
             return
-        self._acked = 0
-        self._errors.clear()
-        produce, cb, poll = self._producer.produce, self._on_delivery, self._producer.poll
+        acks = _Acks()  # per call: a late report of an earlier batch can't count for this one
+        produce, poll = self._producer.produce, self._producer.poll
         for m in messages:
             while True:
                 try:
-                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=cb)  # type: ignore[arg-type]
+                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=acks)  # type: ignore[arg-type]
                     break
                 except BufferError:  # local queue full: serve callbacks, then try again
                     poll(0.05)
-        self._wait_acked(len(messages))
+        self._wait(acks, len(messages))
 
-    def _wait_acked(self, expected: int) -> None:
+    def _wait(self, acks: _Acks, expected: int) -> None:
         deadline = time.monotonic() + self._timeout_s + 30
-        while self._acked + len(self._errors) < expected:
+        while acks.acked + len(acks.errors) < expected and not acks.errors:
             self._producer.flush(1.0)
-            if self._errors:
-                break
             if time.monotonic() > deadline:
-                raise gave_up(DeliveryFailed(f"{expected - self._acked} of {expected} messages not "
+                raise gave_up(DeliveryFailed(f"{expected - acks.acked} of {expected} messages not "
                                              f"acknowledged after {self._timeout_s:.0f}s"))
-        if self._errors:
-            raise gave_up(DeliveryFailed(f"{len(self._errors)} message(s) not delivered, "
-                                         f"first: {self._errors[0]}"))
+        if acks.errors:
+            raise gave_up(DeliveryFailed(f"{len(acks.errors)} message(s) not delivered, "
+                                         f"first: {acks.errors[0]}"))
 
     def close(self) -> None:
         self._producer.flush(self._timeout_s)

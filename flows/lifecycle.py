@@ -50,7 +50,7 @@ def ensure_recovery_dir(path: Path, partitions: int) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if any(path.glob("part-*.sqlite3")):
             return False
-        init_db_dir(path, partitions)
+        init_db_dir(path, partitions)  # type: ignore[no-untyped-call]
         log.info("initialized recovery directory", extra={"fields": {"path": str(path), "partitions": partitions}})
         return True
 

@@ -95,3 +95,37 @@ def test_sigterm_exits_0_and_restart_continues_without_loss(tmp_path: Path, cql:
     assert acc.lost == 0 and acc.history_missing == 0
     # graceful shutdown snapshots after the last acknowledged batch: nothing is redone
     assert acc.duplicates == 0
+
+
+def test_dependency_down_past_the_deadline_exits_3_then_resumes(tmp_path: Path, cql: Session) -> None:
+    import json
+    import random as rnd
+
+    from tools import sample
+
+    sc = Scenario(tmp_path, partitions=2, RETRY_DEADLINE_SECONDS="5", STARTUP_TIMEOUT_SECONDS="2")
+    first = list(sample.events(500, 100, bad_ratio=0, seed=1))  # customers 0..99, then cached
+    rng = rnd.Random(2)
+    later = [(None, json.dumps(sample.good_event(rng, 10_000 + i, sample.customer_id(1000 + i))).encode(), [])
+             for i in range(300)]  # customers never seen: each needs PostgreSQL
+    produce_all(sc.settings, sc.topics.input, first)
+    proc = sc.start(stop_at_end=False)
+    try:
+        sc.wait_for_outputs(500, timeout=60)
+        stack("down", "postgres")
+        produce_all(sc.settings, sc.topics.input, later)
+        rc = proc.wait(90)
+    finally:
+        stack("up", "postgres")
+        if proc.poll() is None:
+            proc.kill()
+    log = sc.log.read_text()
+    errors = [line for line in log.splitlines() if '"level":"ERROR"' in line]
+    print(f"[deadline] exit={rc} error_lines={len(errors)}")
+    assert rc == 3, log[-3000:]
+    assert len(errors) == 1 and "dependency unavailable, exiting for a restart: postgresql" in errors[0]
+    assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
+    acc = sc.account(cql)
+    print(acc.report("deadline exit then resume"))
+    assert acc.inputs == 800 and acc.lost == 0 and acc.history_missing == 0
+    assert acc.codes == {}, "the outage dead-lettered nothing"
