@@ -33,6 +33,9 @@ wipe: $(STAMP) ## delete all local stack data (stack must be down)
 test: up ## unit and integration tests against the real local stack
 	$(PY) -m pytest
 
+test-resilience: up ## the fault-injection tests, larger: make test-resilience RECORDS=200000
+	RESILIENCE_RECORDS=$(or $(RECORDS),200000) $(PY) -m pytest -s tests/integration/test_resilience.py
+
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit
 

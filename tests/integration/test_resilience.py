@@ -5,6 +5,7 @@ Each test prints its figures (records, duplicates, lost); run with `-s` to see t
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from .resilience import Scenario, SteadyProducer, sigterm, stack
 
 RATE = 400  # records/s fed during outages
 OUTAGE_S = 10
-N_CRASH = 40000
+N_CRASH = int(os.environ.get("RESILIENCE_RECORDS", "40000"))
 
 
 def test_crash_loop_loses_nothing(tmp_path: Path, cql: Session) -> None:
