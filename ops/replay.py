@@ -1,0 +1,269 @@
+"""`ops replay`: send dead letters back through the pipeline once their cause is fixed.
+
+A replayed record is the original input record again: its key and value byte for byte, its
+headers without the ones the pipeline added on the way to the failure topic (`error.*`,
+`source.*`, `failed_at`: the dataflow drops incoming headers of those names anyway, and
+other consumers of the input topic should not see a stale error on a record that may now
+succeed), plus `replay.of: <failure topic>:<partition>:<offset>`, which points at the dead
+letter where those headers are kept and lets anyone tell replays apart. A `replay.of` from
+an earlier replay is replaced. The partition follows from the key, as for any producer, and
+the timestamp is the time of the replay (an old timestamp could fall to time retention at
+once).
+
+Selection is by `error.code`, by the dead letter's own Kafka timestamp (the time it was
+dead-lettered, within milliseconds of its `failed_at` header; chosen because Kafka's time
+index finds where to start without reading the topic from the beginning) and by offsets of
+the failure topic (`ops/replay_rules.py`). What was replayed is kept in a state file
+(`ops/replay_state.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from confluent_kafka import Consumer
+
+from flows.kafka_io import DeliveryFailed, KafkaWriter
+from flows.model import OutMessage
+from flows.settings import Settings
+from ops import scan
+from ops.errors import FAILED, INTERRUPTED, OK, OpsError
+from ops.progress import Progress
+from ops.ranges import span_for, window
+from ops.replay_rules import NO_CODE, REPLAY_HEADER, Selection, parse_replay_of, refuse_target, replay_headers
+from ops.replay_state import ReplayState, locked, state_path
+
+
+def n_records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
+@dataclass(frozen=True)
+class Options:
+    selection: Selection
+    target: str | None = None
+    dry_run: bool = False
+    limit: int | None = None
+    chunk_size: int = 500
+    state_dir: Path = Path(".ops-state")
+    restart: bool = False
+    progress: bool = True
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the chunk in flight, record it, stop. A second one stops
+    at once; the chunk stays pending in the state file and the next run settles it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("ops replay: stopping after the chunk in flight (again to stop at once)", file=sys.stderr)
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+
+
+@dataclass
+class Counts:
+    selected: Counter[str]
+    already: Counter[str]
+    not_selected: int = 0
+    scanned: int = 0
+
+
+def run(settings: Settings, opts: Options, out: TextIO) -> int:
+    failure = settings.failure_topic
+    target = opts.target or settings.input_topic
+    refuse_target(target, settings)
+    scan.check_topics(settings, [failure, target])
+    timeout = settings.startup_timeout_seconds
+    consumer = scan.open_consumer(settings)
+    try:
+        cluster = scan.cluster_id(consumer, timeout)
+        path = state_path(opts.state_dir, cluster, failure, target)
+        ident = (cluster, failure, scan.topic_id(settings, failure, timeout), target)
+        if opts.dry_run:
+            state = ReplayState.load(path, *ident, restart=opts.restart)
+            return _dry_run(settings, opts, consumer, state, target, out)
+        with locked(path):
+            state = ReplayState.load(path, *ident, restart=opts.restart)
+            if state.pending is not None:
+                _settle(settings, opts, consumer, state, target, out)
+            return _replay(settings, opts, consumer, state, target, out)
+    finally:
+        consumer.close()
+
+
+def _windows(consumer: Consumer, topic: str, selection: Selection, timeout: float) -> dict[int, scan.Window]:
+    parts = scan.partitions(consumer, topic, timeout)
+    marks = scan.watermarks(consumer, topic, parts, timeout)
+    wins = {p: window(span_for(selection.spans, p), *marks[p]) for p in parts}
+    if selection.since_ms is not None:
+        starts = scan.offsets_at(consumer, topic, parts, selection.since_ms, timeout)
+        for p, (lo, hi) in wins.items():
+            first = starts.get(p)
+            wins[p] = (max(lo, hi if first is None else first), hi)
+    if selection.until_ms is not None:
+        ends = scan.offsets_at(consumer, topic, parts, selection.until_ms, timeout)
+        for p, (lo, hi) in wins.items():
+            stop = ends.get(p)
+            wins[p] = (lo, max(lo, hi if stop is None else min(hi, stop)))
+    return wins
+
+
+def _candidates(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, counts: Counts,
+                label: str, stop: StopFlag | None = None) -> Iterator[tuple[int, int, str, OutMessage]]:
+    """Dead letters that the selection takes and no earlier run replayed; ends early when
+    `stop` is requested (checked per record: matches may be rare in a long scan)."""
+    failure = settings.failure_topic
+    target = opts.target or settings.input_topic
+    wins = _windows(consumer, failure, opts.selection, settings.startup_timeout_seconds)
+    progress = Progress(label, sum(hi - lo for lo, hi in wins.values()), enabled=opts.progress)
+    try:
+        with contextlib.closing(scan.scan(consumer, failure, wins)) as records:
+            for rec in records:
+                if stop is not None and stop.requested:
+                    return
+                counts.scanned += 1
+                progress.advance()
+                p, o = rec.partition, rec.offset
+                code = rec.header_map().get("error.code") or NO_CODE
+                if not opts.selection.matches(p, o, rec.timestamp_ms, code):
+                    counts.not_selected += 1
+                    continue
+                if state.is_replayed(p, o):
+                    counts.already[code] += 1
+                    continue
+                counts.selected[code] += 1
+                headers = replay_headers(rec.headers, rec.coordinates)
+                yield p, o, code, OutMessage(target, rec.key, rec.value, headers)
+    finally:
+        progress.close()
+
+
+def _dry_run(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str,
+             out: TextIO) -> int:
+    counts = Counts(Counter(), Counter())
+    for _ in _candidates(settings, opts, consumer, state, counts, "replay --dry-run: scanned"):
+        pass
+    total = sum(counts.selected.values())
+    print(f"dry run: would replay {n_records(total)} from {settings.failure_topic} to {target}", file=out)
+    _report(counts, state, out)
+    if state.pending is not None:
+        print(f"an earlier run stopped with {n_records(len(state.pending))} in flight; a real run first checks "
+              f"{target} for them", file=out)
+    return OK
+
+
+def _replay(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str,
+            out: TextIO) -> int:
+    counts = Counts(Counter(), Counter())
+    produced: Counter[str] = Counter()
+    writer = KafkaWriter(settings, client_id="enrichment-ops-replay")
+    chunk: list[tuple[int, int, str, OutMessage]] = []
+
+    def flush() -> None:
+        if not chunk:
+            return
+        state.begin(((p, o) for p, o, _, _ in chunk), int(time.time() * 1000))
+        try:
+            writer.write([m for _, _, _, m in chunk])
+        except DeliveryFailed as exc:
+            raise OpsError(f"{exc}; {sum(produced.values())} records replayed before this chunk; run the same "
+                           "command again to check the chunk in flight and continue", FAILED) from None
+        state.commit()
+        produced.update(code for _, _, code, _ in chunk)
+        chunk.clear()
+
+    stopped = ""
+    try:
+        with StopFlag() as stop:
+            for item in _candidates(settings, opts, consumer, state, counts, "replay: scanned", stop):
+                chunk.append(item)
+                done = sum(produced.values()) + len(chunk)
+                limit_hit = opts.limit is not None and done >= opts.limit
+                if len(chunk) >= opts.chunk_size or limit_hit or stop.requested:
+                    flush()
+                if limit_hit:
+                    stopped = f"stopped after {n_records(done)} (--limit); run again to continue"
+                    break
+            flush()
+            if stop.requested and not stopped:
+                stopped = "interrupted"
+    finally:
+        writer.close()
+    counts.selected = produced
+    print(f"replayed {n_records(sum(produced.values()))} from {settings.failure_topic} to {target}", file=out)
+    _report(counts, state, out, partial=bool(stopped))
+    if stopped == "interrupted":
+        print(f"ops replay: interrupted; {state.path} records what was replayed: run the same command again "
+              "to continue", file=sys.stderr)
+        return INTERRUPTED
+    if stopped:
+        print(stopped, file=out)
+    return OK
+
+
+def _report(counts: Counts, state: ReplayState, out: TextIO, partial: bool = False) -> None:
+    for code, n in sorted(counts.selected.items()):
+        print(f"  {code:<24}{n:>9}", file=out)
+    already = sum(counts.already.values())
+    if already:
+        detail = ", ".join(f"{c} {n}" for c, n in sorted(counts.already.items()))
+        print(f"skipped, replayed by an earlier run: {already} ({detail})", file=out)
+    scanned = "scanned so far" if partial else "scanned"
+    print(f"not selected: {counts.not_selected} of {counts.scanned} dead letters {scanned}", file=out)
+    print(f"state file: {state.path} ({state.count()} dead letters replayed in all)", file=out)
+
+
+def _settle(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str,
+            out: TextIO) -> None:
+    """An earlier run was killed with a chunk in flight: look for it in the target topic."""
+    pending = state.pending
+    assert pending is not None
+    timeout = settings.startup_timeout_seconds
+    parts = scan.partitions(consumer, target, timeout)
+    marks = scan.watermarks(consumer, target, parts, timeout)
+    starts = scan.offsets_at(consumer, target, parts, pending.since_ms, timeout)
+    wins = {}
+    for p, (lo, hi) in marks.items():
+        first = starts.get(p)
+        wins[p] = (hi if first is None else max(lo, first), hi)
+    progress = Progress(f"replay: looking for {len(pending)} records in flight in {target}",
+                        sum(hi - lo for lo, hi in wins.values()), enabled=opts.progress)
+    found: list[tuple[int, int]] = []
+    try:
+        with contextlib.closing(scan.scan(consumer, target, wins)) as records:
+            for rec in records:
+                progress.advance()
+                ref = parse_replay_of(rec.header_map().get(REPLAY_HEADER))
+                if ref is not None and ref[0] == settings.failure_topic:
+                    found.append((ref[1], ref[2]))
+    finally:
+        progress.close()
+    total = len(pending)
+    in_flight = {(p, o) for p, o in found if p in pending.offsets and o in pending.offsets[p]}
+    state.commit(in_flight)
+    print(f"an earlier run stopped with {n_records(total)} in flight: {len(in_flight)} had reached {target}, "
+          f"{total - len(in_flight)} had not (they are replayed now if selected)", file=out)
+

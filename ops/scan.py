@@ -1,0 +1,174 @@
+"""Reading bounded slices of Kafka topics for the operator tools.
+
+Each read has an end fixed before it starts (the high watermarks, or offsets found by time),
+so a scan of a live topic finishes. No consumer group is joined and nothing is committed:
+the tools must not disturb the dataflow or any other consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from flows.settings import Settings
+from ops.errors import FAILED, USAGE, OpsError
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record as the tools use it: plain types, headers as bytes (the client's
+    `Message` types nearly every field as optional)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int  # -1 when the record has none
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]  # a header value may be null
+
+    @property
+    def coordinates(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    def header_map(self) -> dict[str, str]:
+        """Header values as text, last one winning; undecodable bytes replaced rather than
+        failing, since these topics may hold anything producers sent."""
+        return {k: v.decode("utf-8", "replace") if v is not None else "" for k, v in self.headers}
+
+
+def record(msg: Message) -> Record:
+    raw: Any = msg
+    return Record(raw.topic(), raw.partition(), raw.offset(), int(raw.timestamp()[1]), raw.key(), raw.value(),
+                  list(raw.headers() or []))
+
+
+# librdkafka's own log lines (connection refused, retries...) go here, not to stderr: the
+# tools report failures as one line; `--debug` lets them through
+CLIENT_LOG = logging.getLogger("ops.librdkafka")
+
+Window = tuple[int, int]  # half-open [start, end) offsets
+STALL_S = 60.0
+_RAISE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                    KafkaError.GROUP_AUTHORIZATION_FAILED})
+
+
+def check_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Kafka answers and every topic exists, before anything is read or written (status 2).
+    The dataflow's preflight check, with the client's log lines kept off stderr."""
+    conf: dict[str, Any] = {**settings.kafka_common(), "socket.connection.setup.timeout.ms": 5000,
+                            "logger": CLIENT_LOG}
+    admin = AdminClient(conf)
+    try:
+        meta = admin.list_topics(timeout=settings.startup_timeout_seconds)
+    except KafkaException as exc:
+        raise OpsError(f"Kafka at {settings.kafka_bootstrap_servers} unreachable within "
+                       f"{settings.startup_timeout_seconds:g}s: {exc}", USAGE) from None
+    for topic in dict.fromkeys(topics):
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise OpsError(f"Kafka topic '{topic}' does not exist on {settings.kafka_bootstrap_servers}", USAGE)
+
+
+def open_consumer(settings: Settings) -> Consumer:
+    return Consumer({
+        **settings.kafka_common(),
+        "group.id": f"enrichment-ops-{uuid.uuid4().hex[:12]}",  # required by the client; never joined
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        # retention may delete the first offsets between listing and fetching: start at the
+        # first one kept, never jump to the end
+        "auto.offset.reset": "earliest",
+        "socket.connection.setup.timeout.ms": 5000,
+        "logger": CLIENT_LOG,
+    })
+
+
+def partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise OpsError(f"Kafka topic '{topic}' does not exist", USAGE)
+    return sorted(meta.partitions)
+
+
+def cluster_id(consumer: Consumer, timeout: float) -> str:
+    return str(consumer.list_topics(timeout=timeout).cluster_id)
+
+
+def topic_id(settings: Settings, topic: str, timeout: float) -> str:
+    """The topic's id: tells a topic from an older one of the same name, deleted and recreated."""
+    conf: dict[str, Any] = {**settings.kafka_common(), "logger": CLIENT_LOG}
+    admin = AdminClient(conf)
+    futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+    return str(futures[topic].result().topic_id)
+
+
+def watermarks(consumer: Consumer, topic: str, parts: Iterable[int], timeout: float) -> dict[int, Window]:
+    """Per partition: (first offset kept, next offset to be written)."""
+    out: dict[int, Window] = {}
+    for p in parts:
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        out[p] = (lo, hi)
+    return out
+
+
+def offsets_at(consumer: Consumer, topic: str, parts: Iterable[int], ms: int, timeout: float) -> dict[int, int | None]:
+    """Per partition, the first offset whose timestamp is at or after `ms` (None: none is)."""
+    found = consumer.offsets_for_times([TopicPartition(topic, p, max(0, ms)) for p in parts], timeout=timeout)
+    out: dict[int, int | None] = {}
+    for tp in found:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        out[tp.partition] = tp.offset if tp.offset >= 0 else None
+    return out
+
+
+def scan(consumer: Consumer, topic: str, windows: dict[int, Window],
+         stall_s: float = STALL_S) -> Generator[Record, None, None]:
+    """Every record in each partition's window, partitions interleaved. A window's end may
+    fall on an offset without a record (a transaction marker, a compacted record): the
+    partition ends at the first offset at or past it, or at its current end."""
+    todo = {p: w for p, w in windows.items() if w[1] > w[0]}
+    if not todo:
+        return
+    consumer.assign([TopicPartition(topic, p, w[0]) for p, w in todo.items()])
+    last = time.monotonic()
+    try:
+        while todo:
+            msgs = consumer.consume(500, 0.5)
+            if not msgs:
+                if time.monotonic() - last > stall_s:
+                    raise OpsError(f"reading {topic}: nothing received for {stall_s:.0f}s from partitions "
+                                   f"{sorted(todo)}", FAILED)
+                continue
+            last = time.monotonic()
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    ended = msg.partition()
+                    if err.code() == KafkaError._PARTITION_EOF and ended is not None:
+                        todo.pop(ended, None)
+                    elif err.fatal() or err.code() in _RAISE:
+                        raise KafkaException(err)
+                    continue  # transient: the client reconnects by itself; a stall raises above
+                rec = record(msg)
+                p, off = rec.partition, rec.offset
+                win = todo.get(p)
+                if win is None:
+                    continue
+                if off >= win[1]:
+                    del todo[p]
+                    continue
+                yield rec
+                if off + 1 >= win[1]:
+                    todo.pop(p, None)
+    finally:
+        consumer.unassign()
+

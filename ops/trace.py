@@ -1,0 +1,286 @@
+"""`ops trace`: follow one record from its history rows to the message it became.
+
+By `event_id`: the history table's partition key, one cheap query. By `--source
+topic:partition:offset`: the history table cannot be asked by coordinates without
+ALLOW FILTERING (a scan of the whole table), so the input record is read from Kafka and its
+`event_id` worked out with the dataflow's own decoder: the `event_id` of the JSON, or the
+coordinates for a record whose `event_id` can't be read (the contract's fallback). Only
+when the input record is gone (retention) does `--full-scan` fall back to ALLOW FILTERING.
+
+The output message is found by its `source.*` headers in the topic the row names, reading
+only the slice of it written around the row's `processed_at` (Kafka's time index finds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from cassandra.cluster import Cluster, Session
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from flows.decode import decode_record
+from flows.history import COLUMNS, TABLE, connect
+from flows.model import Decoded, SourceRecord
+from flows.settings import Settings
+from ops import scan
+from ops.errors import FOUND_GAPS, OK, USAGE, OpsError
+from ops.progress import Progress
+from ops.ranges import format_ms
+
+# output timestamps come from the dataflow's clock, like processed_at; a little slack
+# covers LogAppendTime topics (the broker's clock)
+BEFORE_MS = 10_000
+VALUE_PREVIEW = 1000
+
+
+@dataclass(frozen=True)
+class Source:
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+def parse_source(text: str) -> Source:
+    """`topic:partition:offset`; topic names never contain ':'."""
+    parts = text.strip().rsplit(":", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise ValueError(f"{text!r} is not TOPIC:PARTITION:OFFSET")
+    try:
+        partition, offset = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"{text!r}: partition and offset must be integers") from None
+    if partition < 0 or offset < 0:
+        raise ValueError(f"{text!r}: partition and offset must not be negative")
+    return Source(parts[0], partition, offset)
+
+
+@dataclass(frozen=True)
+class Options:
+    event_id: str | None = None
+    source: Source | None = None
+    window_s: float = 300.0
+    full: bool = False
+    full_scan: bool = False
+    progress: bool = True
+
+
+def show_bytes(data: bytes | None, limit: int | None = VALUE_PREVIEW) -> str:
+    """Text when it is UTF-8, else a bytes literal; cut at `limit` characters."""
+    if data is None:
+        return "null"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = repr(data)
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}… ({len(data)} bytes; --full shows all)"
+    return text
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """The driver returns naive datetimes that are UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        moment = _utc(value)
+        assert moment is not None
+        return format_ms(int(moment.timestamp() * 1000))
+    return "null" if value is None else str(value)
+
+
+class History:
+    """Read access to `event_history`, with prepared statements."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.table = f"{settings.scylla_keyspace}.{TABLE}"  # keyspace validated by Settings
+        self.cluster: Cluster = connect(settings, connect_timeout=settings.startup_timeout_seconds)
+        try:
+            self.session: Session = self.cluster.connect()
+        except Exception as exc:
+            self.cluster.shutdown()
+            hosts = ",".join(settings.scylla_hosts)
+            raise OpsError(f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: "
+                           f"{type(exc).__name__}: {str(exc)[:200]}", USAGE) from None
+        cols = ", ".join(COLUMNS)
+        try:
+            # identifiers only (the keyspace is validated by Settings); values are bound
+            self.by_id = self.session.prepare(f"SELECT {cols} FROM {self.table} WHERE event_id = ?")  # noqa: S608
+        except Exception as exc:
+            self.cluster.shutdown()
+            raise OpsError(f"history table {self.table}: {str(exc)[:300]}", USAGE) from None
+        self._cols = cols
+
+    def rows(self, event_id: str) -> list[dict[str, Any]]:
+        return [dict(zip(COLUMNS, r, strict=True)) for r in self.session.execute(self.by_id, (event_id,))]
+
+    def rows_at(self, source: Source) -> list[dict[str, Any]]:
+        """Every row with these coordinates: a scan of the whole table (ALLOW FILTERING)."""
+        stmt = self.session.prepare(f"SELECT {self._cols} FROM {self.table} WHERE source_topic = ? AND "  # noqa: S608
+                                    "source_partition = ? AND source_offset = ? ALLOW FILTERING")
+        result = self.session.execute(stmt, (source.topic, source.partition, source.offset), timeout=120)
+        return [dict(zip(COLUMNS, r, strict=True)) for r in result]
+
+    def close(self) -> None:
+        self.cluster.shutdown()
+
+
+def read_one(consumer: Consumer, source: Source, timeout: float) -> scan.Record | None:
+    """The record at exactly these coordinates, or None when the partition no longer (or
+    not yet) holds it."""
+    lo, hi = consumer.get_watermark_offsets(TopicPartition(source.topic, source.partition), timeout=timeout)
+    if not lo <= source.offset < hi:
+        return None
+    consumer.assign([TopicPartition(source.topic, source.partition, source.offset)])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return None
+                continue
+            return scan.record(msg) if msg.offset() == source.offset else None
+        return None
+    finally:
+        consumer.unassign()
+
+
+def event_id_of(record: SourceRecord, max_value_bytes: int) -> tuple[str, bool]:
+    """The `event_id` the dataflow files this record under, and whether it came from the value."""
+    result = decode_record(record, max_value_bytes)
+    if isinstance(result, Decoded):
+        return result.event.event_id, True
+    if result.event_id:
+        return result.event_id, True
+    return record.coordinates, False
+
+
+def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeout: float,
+                progress: bool) -> tuple[scan.Record | None, str]:
+    """The message with this row's `source.*` headers in its output topic, looked for from a
+    little before `processed_at` to `window_s` after it; (None, why) if absent."""
+    topic = row["output_topic"]
+    processed = _utc(row["processed_at"])
+    if not topic or processed is None:
+        return None, "the row names no output topic"
+    try:
+        parts = scan.partitions(consumer, topic, timeout)
+    except OpsError:
+        return None, f"topic {topic} does not exist"
+    at_ms = int(processed.timestamp() * 1000)
+    first_ms, last_ms = at_ms - BEFORE_MS, at_ms + int(window_s * 1000)
+    marks = scan.watermarks(consumer, topic, parts, timeout)
+    starts = scan.offsets_at(consumer, topic, parts, first_ms, timeout)
+    ends = scan.offsets_at(consumer, topic, parts, last_ms, timeout)
+    wins: dict[int, scan.Window] = {}
+    for p, (lo, hi) in marks.items():
+        start, end = starts.get(p), ends.get(p)
+        begin = hi if start is None else max(lo, start)
+        wins[p] = (begin, max(begin, hi if end is None else min(hi, end)))
+    where = f"not in {topic} between {format_ms(first_ms)} and {format_ms(last_ms)} (--window widens the search)"
+    want = (str(row["source_topic"]), str(row["source_partition"]), str(row["source_offset"]))
+    bar = Progress(f"trace: searching {topic}", sum(hi - lo for lo, hi in wins.values()), enabled=progress)
+    try:
+        with contextlib.closing(scan.scan(consumer, topic, wins)) as records:
+            for rec in records:
+                bar.advance()
+                h = rec.header_map()
+                if (h.get("source.topic"), h.get("source.partition"), h.get("source.offset")) == want:
+                    return rec, where
+    finally:
+        bar.close()
+    return None, where
+
+
+def print_row(row: dict[str, Any], n: int, total: int, out: TextIO) -> None:
+    status = row["status"] + (f" ({row['error_code']})" if row["error_code"] else "")
+    coords = f"{row['source_topic']}:{row['source_partition']}:{row['source_offset']}"
+    print(f"history row {n} of {total}: {coords} -> {status}", file=out)
+    for name in ("event_id", "event_type", "customer_id", "occurred_at", "processed_at", "output_topic", "payload"):
+        print(f"  {name:<14}{_text(row[name])}", file=out)
+
+
+def print_message(rec: scan.Record, full: bool, out: TextIO) -> None:
+    print(f"  output record {rec.coordinates} at {format_ms(rec.timestamp_ms)}", file=out)
+    print(f"    key     {show_bytes(rec.key, None)}", file=out)
+    for name, value in rec.headers:
+        print(f"    header  {name}: {show_bytes(value, None)}", file=out)
+    print(f"    value   {show_bytes(rec.value, None if full else VALUE_PREVIEW)}", file=out)
+
+
+def run(settings: Settings, opts: Options, out: TextIO) -> int:
+    scan.check_topics(settings, [opts.source.topic] if opts.source else [])
+    timeout = settings.startup_timeout_seconds
+    history = History(settings)
+    consumer = scan.open_consumer(settings)
+    try:
+        if opts.source is not None:
+            rows = _rows_for_source(settings, opts, history, consumer, out)
+        else:
+            assert opts.event_id is not None
+            rows = history.rows(opts.event_id)
+            if not rows:
+                print(f"no history row for event_id {opts.event_id!r} in {history.table}", file=out)
+        if not rows:
+            return FOUND_GAPS
+        missing = 0
+        for n, row in enumerate(rows, 1):
+            print_row(row, n, len(rows), out)
+            found, where = find_output(consumer, row, opts.window_s, timeout, opts.progress)
+            if found is None:
+                missing += 1
+                print(f"  output record not found: {where}", file=out)
+            else:
+                print_message(found, opts.full, out)
+        return OK if not missing else FOUND_GAPS
+    finally:
+        consumer.close()
+        history.close()
+
+
+def _rows_for_source(settings: Settings, opts: Options, history: History, consumer: Consumer,
+                     out: TextIO) -> list[dict[str, Any]]:
+    source = opts.source
+    assert source is not None
+    rec = read_one(consumer, source, settings.startup_timeout_seconds)
+    if rec is not None:
+        record = SourceRecord(source.topic, source.partition, source.offset, rec.timestamp_ms, rec.key, rec.value)
+        event_id, readable = event_id_of(record, settings.max_value_bytes)
+        how = "read from its value" if readable else "its event_id can't be read: filed under its coordinates"
+        print(f"input record {source} at {format_ms(rec.timestamp_ms)}: event_id {event_id} ({how})", file=out)
+        candidates = [event_id]
+    else:
+        print(f"input record {source} is not in Kafka (deleted by retention, or not written yet)", file=out)
+        candidates = [str(source)]  # the fallback id, for records whose event_id could not be read
+    rows = [r for eid in candidates for r in history.rows(eid)]
+    others = [r for r in rows if (r["source_topic"], r["source_partition"], r["source_offset"])
+              != (source.topic, source.partition, source.offset)]
+    rows = [r for r in rows if r not in others]
+    if others:
+        print(f"({len(others)} other history rows share this event_id: `ops trace {candidates[0]}` shows them)",
+              file=out)
+    if not rows and rec is None:
+        if opts.full_scan:
+            print(f"searching {history.table} for the coordinates (ALLOW FILTERING: reads the whole table)",
+                  file=out)
+            rows = history.rows_at(source)
+        else:
+            print("no history row under the fallback event_id; --full-scan searches the whole history table",
+                  file=out)
+    elif not rows:
+        print(f"no history row for {source} in {history.table}: not processed yet?", file=out)
+    return rows
