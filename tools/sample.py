@@ -76,7 +76,7 @@ def events(n: int, n_customers: int, bad_ratio: float = 0.01, seed: int = 7, zip
     """`n` records; customers Zipf-distributed (hit-heavy) or uniform when `zipf` is None.
     Every `1/bad_ratio`-th record is bad, cycling through every failure kind; `large=False`
     leaves out the over-the-limit record (it is big to produce)."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - sample data, not secrets
     every = int(1 / bad_ratio) if bad_ratio > 0 else 0
     cum = None
     if zipf is not None:

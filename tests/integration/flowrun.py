@@ -51,7 +51,9 @@ def dataflow_cmd(*extra: str) -> list[str]:
     return [sys.executable, "-m", "bytewax.run", "dataflow", *extra]
 
 
-def run_dataflow(env: dict[str, str], timeout: float = 180, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_dataflow(
+    env: dict[str, str], timeout: float = 180, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """Run to completion (pass STOP_AT_END=true in `env`); stdout/stderr captured as text."""
     return subprocess.run(dataflow_cmd(*args), cwd=ROOT, env={**os.environ, **env}, capture_output=True,
                           text=True, timeout=timeout)
