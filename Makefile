@@ -48,3 +48,9 @@ clean: ## remove .venv and caches (not the stack data)
 
 demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary
 	$(PY) -m tools.demo
+
+N ?= 200000
+SOAK_MINUTES ?= 0
+BENCH_ARGS ?=
+bench: up ## benchmark: dataflow vs passthrough vs naive handler (N=200000 SOAK_MINUTES=0 BENCH_ARGS=--uniform)
+	$(PY) -m bench --records $(N) --soak-minutes $(SOAK_MINUTES) $(BENCH_ARGS)

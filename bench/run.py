@@ -1,0 +1,225 @@
+"""`python -m bench` (`make bench`): load one workload, run each variant over it, run the
+dataflow at a fixed rate for latency (and optionally a soak), check every output, and write
+a JSON report to bench/results/ plus a table on stdout.
+
+The servers are those of the settings (the local stack by default). The benchmark keeps to
+its own PostgreSQL database (`--pg-database`), topics `bench.<run id>.*` and keyspaces
+`bench_<run id>_*`, and deletes its topics and keyspaces at the end unless `--keep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import metrics, variants
+from bench.progress import Display, Watermarks
+from bench.variants import ROOT, Bench
+from bench.workload import bench_dsn, create_topics, delete_topics, ensure_database, load, records, seed_customers
+from flows.history import connect
+from flows.settings import Settings, SettingsError
+
+RESULTS = ROOT / "bench" / "results"
+SEEDED = 100_000
+UNIFORM_SPACE = 1_000_000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--records", type=int, default=200_000, help="records in the workload (default 200000)")
+    p.add_argument("--uniform", action="store_true",
+                   help=f"miss-heavy: customers drawn uniformly from {UNIFORM_SPACE:,} ids "
+                        f"(default: Zipf over the {SEEDED:,} seeded ones, hit-heavy)")
+    p.add_argument("--variants", default=",".join(metrics.VARIANTS),
+                   help="comma-separated, from passthrough,dataflow,naive (default: all three)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of every bench topic (default 4)")
+    p.add_argument("--naive-records", type=int, default=20_000,
+                   help="the naive baseline handles at most this many records (default 20000)")
+    p.add_argument("--naive-seconds", type=float, default=60,
+                   help="... or for at most this long, whichever comes first (default 60)")
+    p.add_argument("--rate", type=float, default=0,
+                   help="records/s for the latency run (default: 70%% of the dataflow's measured rate)")
+    p.add_argument("--latency-seconds", type=float, default=30,
+                   help="length of the fixed-rate latency run; 0 skips it (default 30)")
+    p.add_argument("--soak-minutes", type=float, default=0,
+                   help="soak: the dataflow tails a topic fed at the latency rate this long (default 0: none)")
+    p.add_argument("--pg-database", default="enrichment_bench",
+                   help="PostgreSQL database of the benchmark's customers, on PG_DSN's server")
+    p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
+    p.add_argument("--profile", action="store_true",
+                   help="run the dataflow variant under py-spy and say where its time goes (its figures then "
+                        "do not compare)")
+    args = p.parse_args(argv)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(chosen) - set(metrics.VARIANTS)
+    if unknown or not chosen:
+        p.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(metrics.VARIANTS)}")
+    args.variants = [v for v in metrics.VARIANTS if v in chosen]
+    if args.records < 1000:
+        p.error("--records: at least 1000")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform(), "load_avg": os.getloadavg()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    import bytewax  # noqa: F401 - versions for the report
+    import cassandra
+    import confluent_kafka
+    import msgspec
+    import psycopg
+
+    info["versions"] = {"bytewax": version("bytewax"), "confluent-kafka": confluent_kafka.version()[0],
+                        "librdkafka": confluent_kafka.libversion()[0], "psycopg": psycopg.__version__,
+                        "scylla-driver": cassandra.__version__, "msgspec": msgspec.__version__}
+    return info
+
+
+def cleanup(bench: Bench) -> None:
+    for mon in bench.running:
+        if mon.running:
+            mon.stop(10)
+    deleted = delete_topics(bench.settings, bench.prefix + ".")
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    cluster = connect(bench.settings)
+    try:
+        session = cluster.connect()
+        names = [r.keyspace_name for r in session.execute("SELECT keyspace_name FROM system_schema.keyspaces")]
+        mine = [n for n in names if n.startswith(bench.ks_prefix + "_")]
+        for name in mine:
+            session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=120)
+    finally:
+        cluster.shutdown()
+    bench.display.done(f"cleanup: deleted {len(deleted)} topics and {len(mine)} keyspaces")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        base = Settings.from_env()
+        dsn = bench_dsn(base, args.pg_database)
+        env = variants.environment({"PG_DSN": dsn})
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"error: bad setting {exc}", file=sys.stderr)
+        return 2
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    workload = "uniform" if args.uniform else "zipf"
+    space = UNIFORM_SPACE if args.uniform else SEEDED
+    display = Display()
+    bench = Bench(settings, env, run_id, args.partitions, SEEDED, space, args.uniform,
+                  RESULTS / run_id, display, Watermarks(settings), args.profile)
+    report: dict[str, Any] = {
+        "schema": 1, "run_id": run_id, "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "config": {"records": args.records, "workload": workload, "customer_space": space,
+                   "customers_seeded": SEEDED, "zipf_s": None if args.uniform else 1.1,
+                   "bad_ratio": 0.01, "partitions": args.partitions, "variants": args.variants,
+                   "naive_records": args.naive_records, "naive_seconds": args.naive_seconds,
+                   "pg_database": args.pg_database},
+        "variants": {},
+    }
+    started = time.monotonic()
+    status = 0
+    try:
+        ensure_database(base, args.pg_database)
+        took = seed_customers(dsn, settings, SEEDED)
+        display.done(f"seeded {SEEDED:,} customers into database {args.pg_database} in {took:.1f}s")
+        topic = f"{bench.prefix}.events"
+        create_topics(settings, [topic], args.partitions, log_append_time=False)
+        loaded = load(settings, topic, records(args.records, space, args.uniform, 7, settings.max_value_bytes),
+                      SEEDED, on_progress=lambda n: display.show(f"[load] {n:,}/{args.records:,}"))
+        report["config"]["event_bytes_mean"] = round(loaded.bytes_mean, 1)
+        report["load"] = {"topic": topic, "records": loaded.records, "seconds": round(loaded.seconds, 2),
+                          "expected_outcomes": loaded.outcomes()}
+        display.done(f"loaded {loaded.records:,} records (~{loaded.bytes_mean:.0f} bytes) into {topic} "
+                     f"in {loaded.seconds:.1f}s: {loaded.outcomes()}")
+
+        for name in args.variants:
+            if name == "passthrough":
+                result = variants.passthrough(bench, loaded)
+            elif name == "dataflow":
+                result = variants.dataflow(bench, loaded)
+            else:
+                result = variants.naive(bench, loaded, args.naive_records, args.naive_seconds)
+            report["variants"][name] = result
+            display.done(f"[{name}] {_line(result)}")
+
+        rates = {k: v.get("rate_rps") for k, v in report["variants"].items()}
+        report["ratios"] = {
+            "dataflow_vs_passthrough": metrics.ratio(rates.get("dataflow"), rates.get("passthrough")),
+            "dataflow_vs_naive": metrics.ratio(rates.get("dataflow"), rates.get("naive")),
+        }
+        # a profiled dataflow's rate is not its rate: then only an explicit --rate
+        rate = args.rate or (0.7 * rates["dataflow"] if rates.get("dataflow") and not args.profile else 0)
+        if args.latency_seconds > 0 and rate:
+            report["latency_run"] = variants.latency_run(bench, rate, args.latency_seconds)
+            display.done(f"[latency] {_line(report['latency_run'])}")
+        elif args.latency_seconds > 0:
+            display.done("[latency] skipped: no dataflow rate measured and no --rate given")
+        if args.soak_minutes > 0:
+            if rate:
+                report["soak"] = variants.soak(bench, rate, args.soak_minutes)
+            else:
+                display.done("[soak] skipped: no dataflow rate measured and no --rate given")
+    except KeyboardInterrupt:
+        display.done("interrupted; cleaning up")
+        report["interrupted"] = True
+        status = 130
+    except Exception as exc:
+        display.done(f"error: {type(exc).__name__}: {exc}")
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        status = 1
+    finally:
+        if not args.keep:
+            try:
+                cleanup(bench)
+            except Exception as exc:  # noqa: BLE001 - report what can't be cleaned, keep the report
+                display.done(f"cleanup failed: {exc}")
+        bench.marks.close()
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["machine"]["load_avg_end"] = os.getloadavg()
+    report["targets"] = metrics.targets(report)
+    gates = [v.get("gate", {}).get("ok") for v in report["variants"].values()]
+    gates += [report[k]["gate"]["ok"] for k in ("latency_run", "soak") if k in report]
+    report["all_gates_ok"] = bool(gates) and all(gates)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{run_id}-{workload}-n{args.records}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(metrics.format_table(report))
+    print(f"\nreport: {path.relative_to(ROOT)} ({report['seconds']:,.0f}s in all)")
+    if status == 0 and not report["all_gates_ok"]:
+        print("correctness gate FAILED for at least one run: its figures do not count")
+        status = 1
+    return status
+
+
+def _line(result: dict[str, Any]) -> str:
+    lat = result.get("latency_ms") or {}
+    gate = result.get("gate") or {}
+    rate = result.get("rate_rps")
+    return (f"{rate:,.0f} records/s" if rate else "no rate") + \
+        f", p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, gate {'ok' if gate.get('ok') else gate.get('problems')}"
