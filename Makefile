@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status wipe demo test test-unit test-integration lint typecheck bench run clean
+.PHONY: help venv up down status wipe demo test test-unit test-integration lint typecheck bench run manifests clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,14 @@ clean: ## remove .venv and caches (not the stack data)
 
 demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary
 	$(PY) -m tools.demo
+
+PROCESSES ?= 1
+WORKERS ?= 1
+run: up ## run the dataflow as a local cluster until Ctrl-C: make run PROCESSES=2 WORKERS=1 (recovery in recovery/local)
+	$(PY) -m tools.run_local --processes $(PROCESSES) --workers $(WORKERS)
+
+manifests: $(STAMP) ## render the example Kubernetes overlay (builds the pinned kustomize once)
+	$(PY) -m tools.kustomize build k8s/overlays/example
 
 N ?= 200000
 SOAK_MINUTES ?= 0

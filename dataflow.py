@@ -10,7 +10,6 @@ the exit when a dependency stays down past its deadline.
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import sys
 
@@ -20,7 +19,7 @@ from flows.kafka_io import KafkaInput, KafkaOutput
 from flows.logs import setup_logging
 from flows.pg import PgCustomerLookup
 from flows.pipeline import build_flow
-from flows.preflight import checked_partitions
+from flows.preflight import checked_partitions_once
 from flows.settings import Settings, SettingsError
 
 try:
@@ -35,14 +34,19 @@ if "bytewax.run" in sys.orig_argv:
     # only when run as the dataflow (not when drawn by bytewax.visualize or imported by tests)
     recovery_dir = lifecycle.recovery_dir_from(sys.argv[1:], os.environ)
     if recovery_dir is not None:
-        lifecycle.ensure_recovery_dir(recovery_dir, settings.recovery_partitions)
+        try:
+            place = lifecycle.cluster_place(sys.argv[1:], os.environ)
+            lifecycle.ensure_recovery_dir(recovery_dir, settings.recovery_partitions, place)
+        except (OSError, ValueError, lifecycle.RecoveryLayoutError) as exc:
+            print(f"error: recovery directory: {exc}", file=sys.stderr)
+            sys.exit(2)
     lifecycle.install_signal_handlers(settings.shutdown_timeout_seconds)
     atexit.register(lifecycle.mark_done)
     retry.set_give_up(lifecycle.give_up)
 
 flow = build_flow(
     settings,
-    source=KafkaInput(settings, functools.cache(lambda: checked_partitions(settings))),
+    source=KafkaInput(settings, checked_partitions_once(settings)),
     success_sink=KafkaOutput(settings),
     failure_sink=KafkaOutput(settings),
     history_sink=HistorySink(settings),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 
 from flows.settings import Settings, redact_dsn
@@ -97,3 +98,19 @@ def checked_partitions(settings: Settings, exit: Callable[[int], None] = os._exi
         # panic with a traceback and status 1; nothing has been opened yet
         exit(2)
         raise
+
+
+def checked_partitions_once(settings: Settings) -> Callable[[], list[int]]:
+    """`checked_partitions` for the source's `list_parts`, which Bytewax calls on every
+    worker: the checks run once per process, the other workers wait for and share the
+    answer (`functools.cache` would let worker threads run them concurrently)."""
+    lock = threading.Lock()
+    answer: list[list[int]] = []
+
+    def partitions() -> list[int]:
+        with lock:
+            if not answer:
+                answer.append(checked_partitions(settings))
+            return list(answer[0])
+
+    return partitions
