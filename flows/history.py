@@ -2,14 +2,15 @@
 input record, written with a prepared, idempotent INSERT (an upsert on the primary key).
 
 Writes of a batch go out asynchronously, a few rows per unlogged CQL batch, with a bound
-on requests in flight, and the batch is done only when every write is acknowledged. Only CQL that ScyllaDB and Cassandra 5 both
-accept is used.
+on requests in flight, and the batch is done only when every write is acknowledged. Only
+CQL that ScyllaDB and Cassandra 5 both accept is used.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from cassandra.query import BatchStatement, BatchType
 from flows.model import HistoryRow, Routed
 from flows.retry import Backoff, retry
 from flows.settings import Settings
+from flows.stats import STATS
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +200,10 @@ class HistoryWriter:
     def write(self, rows: Sequence[HistoryRow]) -> None:
         if not rows:
             return
+        started = time.perf_counter()
         statements = self._statements([msgspec.structs.astuple(r) for r in rows])
         retry("cassandra", lambda: self._write_once(statements), self._backoff)
+        STATS.add_history(len(rows), time.perf_counter() - started)
 
     def close(self) -> None:
         self.cluster.shutdown()

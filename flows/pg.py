@@ -7,6 +7,7 @@ never part of the SQL text. Connection and query failures that may pass are retr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from psycopg import sql
@@ -15,6 +16,7 @@ from psycopg_pool import ConnectionPool
 from flows.model import Customer
 from flows.retry import Backoff, retry
 from flows.settings import Settings
+from flows.stats import STATS
 
 CUSTOMERS_TABLE = "customers"
 LOOKUP_SQL = sql.SQL(
@@ -46,7 +48,10 @@ class PgCustomerLookup:
         return {row[0]: Customer(*row) for row in rows}
 
     def fetch(self, customer_ids: Sequence[str]) -> dict[str, Customer]:
-        return retry("postgresql", lambda: self._fetch_once(customer_ids), self._backoff)
+        started = time.perf_counter()
+        found = retry("postgresql", lambda: self._fetch_once(customer_ids), self._backoff)
+        STATS.observe_lookup(time.perf_counter() - started)
+        return found
 
     def close(self) -> None:
         self.pool.close()

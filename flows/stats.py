@@ -1,6 +1,7 @@
 """Process-wide counters: the periodic progress line and the Prometheus metrics read them.
 
-Updated once per batch under a lock (workers are threads of one process).
+Updated once per batch under a lock (workers are threads of one process; each process of a
+cluster has its own). `STATS` also feeds the Prometheus collectors of `flows.metrics`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from flows.metrics import PipelineMetrics
 from flows.model import Routed
 
 log = logging.getLogger("flows.progress")
 
 
 class Stats:
-    def __init__(self) -> None:
+    def __init__(self, metrics: PipelineMetrics | None = None) -> None:
         self._lock = threading.Lock()
         self.records_in = 0
         self.enriched = 0
@@ -26,17 +28,46 @@ class Stats:
         self.cache_hits = 0
         self.cache_misses = 0
         self.lookup_queries = 0
+        self.history_rows = 0
         self.started = time.monotonic()
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.track_in_flight(self.in_flight)
 
     def add_input(self, n: int) -> None:
         with self._lock:
             self.records_in += n
+        if self.metrics is not None:
+            self.metrics.records_in.inc(n)
 
     def add_lookups(self, hits: int, misses: int, queries: int) -> None:
         with self._lock:
             self.cache_hits += hits
             self.cache_misses += misses
             self.lookup_queries += queries
+        if self.metrics is not None:
+            self.metrics.cache_hits.inc(hits)
+            self.metrics.cache_misses.inc(misses)
+            self.metrics.lookup_queries.inc(queries)
+
+    def observe_lookup(self, seconds: float) -> None:
+        """One PostgreSQL lookup (`flows.pg`)."""
+        if self.metrics is not None:
+            self.metrics.pg_lookup_seconds.observe(seconds)
+
+    def add_history(self, rows: int, seconds: float) -> None:
+        """One batch of history rows acknowledged (`flows.history`)."""
+        with self._lock:
+            self.history_rows += rows
+        if self.metrics is not None:
+            self.metrics.history_rows.inc(rows)
+            self.metrics.history_write_seconds.observe(seconds)
+
+    def in_flight(self) -> float:
+        """Records read whose history row is not written yet (never below 0: the Lambda
+        writes history without reading through the source)."""
+        with self._lock:
+            return float(max(0, self.records_in - self.history_rows))
 
     def add_results(self, results: Iterable[Routed]) -> None:
         ok = 0
@@ -49,6 +80,10 @@ class Stats:
         with self._lock:
             self.enriched += ok
             self.failed.update(failed)
+        if self.metrics is not None:
+            self.metrics.enriched.inc(ok)
+            for code, n in failed.items():
+                self.metrics.failed.labels(code).inc(n)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -68,7 +103,7 @@ class Stats:
             }
 
 
-STATS = Stats()
+STATS = Stats(PipelineMetrics())
 
 
 class ProgressReporter:

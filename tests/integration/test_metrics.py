@@ -1,0 +1,107 @@
+"""The pipeline's Prometheus metrics, scraped from Bytewax's dataflow API of a running
+dataflow (`BYTEWAX_DATAFLOW_API_ENABLED`), against what the dataflow produced."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from flows import admin
+from tools import sample
+from tools.kafkautil import header, produce_all, read_topic
+
+from .flowrun import Topics, start_dataflow
+from .resilience import sigterm
+
+N = 3000
+N_CUSTOMERS = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample, keyed `name` or `name{label="value",...}`."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def wait_for(port: int, name: str, value: float, timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # the API is not up yet
+            last = scrape(port)
+        if last.get(name) == value:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{name} is {last.get(name)} after {timeout}s, expected {value}")
+
+
+def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
+    port = free_port()
+    topics = Topics(partitions=3, prefix="metrics", extra_env={
+        "STOP_AT_END": "false", "BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path)}).create()
+    settings = topics.settings
+    admin.seed_customers(settings, sample.customers(N_CUSTOMERS))
+    records = list(sample.events(N, N_CUSTOMERS, bad_ratio=0.05, seed=19, large=False))
+    expected = Counter(r.expect for r in records)
+    produce_all(settings, topics.input, records)
+
+    log = tmp_path / "dataflow.log"
+    proc = start_dataflow(topics.env, log)
+    try:
+        m = wait_for(port, "enrichment_history_rows_written_total", N, timeout=120)
+        # the Kafka sinks run beside history: wait until the topics hold everything too
+        deadline = time.monotonic() + 60
+        while True:
+            enriched = list(read_topic(settings, topics.output))
+            failed = list(read_topic(settings, topics.failure))
+            if len(enriched) + len(failed) >= N or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        m = scrape(port)
+        rc, _ = sigterm(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, log.read_text()[-3000:]
+
+    produced_codes = Counter(header(msg, "error.code") for msg in failed)
+    assert len(enriched) == expected["enriched"] and len(enriched) + len(failed) == N
+    # counters against what was fed and what is on the topics
+    assert m["enrichment_records_in_total"] == N
+    assert m["enrichment_records_enriched_total"] == len(enriched)
+    for code in ("empty_value", "payload_too_large", "invalid_json", "schema_violation", "customer_not_found",
+                 "internal_error"):
+        assert m[f'enrichment_records_failed_total{{code="{code}"}}'] == produced_codes.get(code, 0), code
+    assert m["enrichment_history_rows_written_total"] == N
+    assert m["enrichment_records_in_flight"] == 0
+    # every decoded record was looked up, in the cache or in PostgreSQL
+    decoded = len(enriched) + produced_codes["customer_not_found"]
+    assert m["enrichment_cache_hits_total"] + m["enrichment_cache_misses_total"] == decoded
+    assert m["enrichment_cache_hits_total"] > 0
+    # latency histograms: one observation per query / per history batch
+    queries = m["enrichment_pg_lookup_queries_total"]
+    assert queries > 0 and m["enrichment_pg_lookup_duration_seconds_count"] == queries
+    assert m['enrichment_pg_lookup_duration_seconds_bucket{le="+Inf"}'] == queries
+    assert m["enrichment_pg_lookup_duration_seconds_sum"] > 0
+    assert m["enrichment_history_write_duration_seconds_count"] > 0
+    assert m["enrichment_history_write_duration_seconds_sum"] > 0
+    # Bytewax's own metrics are on the same page
+    assert any(name.startswith("bytewax_item_inp_count") for name in m), sorted({n.split("{")[0] for n in m})
