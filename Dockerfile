@@ -1,0 +1,29 @@
+# The enrichment dataflow image: `python -m bytewax.run dataflow` as a non-root user.
+# Build: docker build -t enrichment-dataflow .   (Kubernetes: k8s/, Compose: docker-compose.yml)
+# Python 3.12: bytewax 0.21.1 has wheels for 3.8-3.12 (manylinux glibc 2.31; bookworm has 2.36).
+FROM python:3.12.10-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install --no-cache-dir --only-binary=:all: -r requirements.txt
+
+COPY dataflow.py ./
+COPY flows ./flows
+
+# the recovery directory is a volume: created here, owned by the user, so a fresh named
+# volume (Compose) starts writable; Kubernetes sets fsGroup instead
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin enrichment \
+    && mkdir -p /var/recovery \
+    && chown enrichment:enrichment /var/recovery
+USER 10001
+
+# 9999: the Bytewax cluster (process to process); 3030: the dataflow API (/metrics)
+EXPOSE 9999 3030
+ENV BYTEWAX_DATAFLOW_API_CACHE_PATH=/tmp
+
+CMD ["python", "-m", "bytewax.run", "dataflow"]

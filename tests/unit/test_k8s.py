@@ -1,0 +1,287 @@
+"""Deployment files against the code: the kustomize overlay rendered by the real kustomize
+and validated offline against the Kubernetes API schemas (kubernetes-validate, strict), the
+wiring (env names the settings and Bytewax read, ports, process ids from pod names), the
+Dockerfile and docker-compose.yml."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from flows.lifecycle import ClusterPlace, cluster_place
+from flows.settings import ENV_NAMES, Settings, redact_dsn
+from tools import kustomize
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = ROOT / "k8s" / "overlays" / "example"
+BASE = ROOT / "k8s" / "base"
+K8S_VERSIONS = ("1.29.0", "1.33.0", "1.37.0")
+SECRET_SETTINGS = {f.metadata["env"] for f in fields(Settings) if f.metadata["secret"]}
+CLUSTER_PORT = 9999
+API_PORT = 3030
+
+
+def bytewax_env_names() -> set[str]:
+    """BYTEWAX_* variables the installed Bytewax reads: bytewax.run's, and the Rust side's
+    (the dataflow API), found as strings in the compiled module."""
+    spec = importlib.util.find_spec("bytewax.run")
+    assert spec is not None and spec.origin is not None
+    pkg = Path(spec.origin).parent
+    names = set(re.findall(r"BYTEWAX_[A-Z_]+", (pkg / "run.py").read_text()))
+    for lib in pkg.glob("_bytewax*.so"):
+        names |= {m.decode() for m in re.findall(rb"BYTEWAX_[A-Z_]+", lib.read_bytes())}
+    return names
+
+
+# informational in waxctl's manifests, read by our init container's hostfile script
+HOSTFILE_ONLY = {"BYTEWAX_REPLICAS"}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(kustomize.build(OVERLAY)) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"one {kind} expected, got {len(found)}"
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def container(sts: dict[str, Any], name: str, init: bool = False) -> dict[str, Any]:
+    key = "initContainers" if init else "containers"
+    return next(c for c in sts["spec"]["template"]["spec"][key] if c["name"] == name)
+
+
+def test_bytewax_reads_what_the_manifests_set() -> None:
+    names = bytewax_env_names()
+    for name in ("BYTEWAX_POD_NAME", "BYTEWAX_STATEFULSET_NAME", "BYTEWAX_HOSTFILE_PATH", "BYTEWAX_WORKERS_PER_PROCESS",
+                 "BYTEWAX_RECOVERY_DIRECTORY", "BYTEWAX_SNAPSHOT_INTERVAL", "BYTEWAX_RECOVERY_BACKUP_INTERVAL",
+                 "BYTEWAX_DATAFLOW_API_ENABLED", "BYTEWAX_DATAFLOW_API_PORT", "BYTEWAX_DATAFLOW_API_CACHE_PATH"):
+        assert name in names
+
+
+@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_manifests_validate_against_kubernetes_schemas(directory: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(kustomize.build(directory)) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert {"ConfigMap", "Service", "StatefulSet"} <= set(kinds)
+    for version in K8S_VERSIONS:
+        for doc in docs:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_validator_rejects_a_broken_manifest(rendered: list[dict[str, Any]]) -> None:
+    sts = yaml.safe_load(yaml.safe_dump(one(rendered, "StatefulSet")))
+    sts["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, K8S_VERSIONS[-1], strict=True)
+    sts = yaml.safe_load(yaml.safe_dump(one(rendered, "StatefulSet")))
+    sts["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, K8S_VERSIONS[-1], strict=True)
+
+
+def test_statefulset_is_what_waxctl_deploys(rendered: list[dict[str, Any]]) -> None:
+    sts, svc = one(rendered, "StatefulSet"), one(rendered, "Service")
+    spec = sts["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert {"name": "process", "port": CLUSTER_PORT, "targetPort": "process"} in svc["spec"]["ports"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    main = container(sts, "dataflow")
+    env = env_of(main)
+    assert env["BYTEWAX_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["BYTEWAX_STATEFULSET_NAME"] == sts["metadata"]["name"]
+    assert int(env["BYTEWAX_REPLICAS"]) == spec["replicas"]
+    assert int(env["BYTEWAX_WORKERS_PER_PROCESS"]) >= 1
+    assert env_of(container(sts, "init-hostfile", init=True))["BYTEWAX_REPLICAS"] == env["BYTEWAX_REPLICAS"]
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports == {"process": CLUSTER_PORT, "api": API_PORT}
+    # recovery: a volume per pod, where Bytewax is told to look
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["recovery"]
+    assert mounts["recovery"] == env["BYTEWAX_RECOVERY_DIRECTORY"] == "/var/recovery"
+    assert int(env["BYTEWAX_SNAPSHOT_INTERVAL"]) > 0 and int(env["BYTEWAX_RECOVERY_BACKUP_INTERVAL"]) >= 0
+    assert Path(env["BYTEWAX_HOSTFILE_PATH"]).parent == Path(mounts["hostfile"])
+    # the dataflow API (metrics) on, on the port that is scraped and probed
+    assert env["BYTEWAX_DATAFLOW_API_ENABLED"] == "true"
+    assert int(env["BYTEWAX_DATAFLOW_API_PORT"]) == API_PORT
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == API_PORT and annotations["prometheus.io/path"] == "/metrics"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"] == {"path": "/metrics", "port": "api"}
+    assert env["BYTEWAX_DATAFLOW_API_CACHE_PATH"] in mounts.values(), "a writable place for dataflow.json"
+
+
+def test_resources_security_and_shutdown(rendered: list[dict[str, Any]]) -> None:
+    sts, cm = one(rendered, "StatefulSet"), one(rendered, "ConfigMap")
+    pod = sts["spec"]["template"]["spec"]
+    for c in pod["initContainers"] + pod["containers"]:
+        assert {"cpu", "memory"} <= c["resources"]["requests"].keys() <= c["resources"]["limits"].keys()
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    shutdown = float(cm["data"]["SHUTDOWN_TIMEOUT_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > shutdown, "the process may drain before the kubelet kills it"
+
+
+def test_env_names_exist_in_the_code(rendered: list[dict[str, Any]]) -> None:
+    sts, cm, secret = one(rendered, "StatefulSet"), one(rendered, "ConfigMap"), one(rendered, "Secret")
+    known = set(ENV_NAMES) | bytewax_env_names() | HOSTFILE_ONLY
+    main = container(sts, "dataflow")
+    assert set(env_of(main)) <= known
+    assert set(cm["data"]) <= set(ENV_NAMES)
+    assert set(secret["data"]) == {"PG_PASSWORD", "KAFKA_SASL_PASSWORD", "SCYLLA_PASSWORD"} <= SECRET_SETTINGS
+    assert redact_dsn(cm["data"]["PG_DSN"]) == cm["data"]["PG_DSN"], "no password in the ConfigMap"
+    refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in main["envFrom"]}
+    assert refs == {cm["metadata"]["name"], secret["metadata"]["name"]}
+    # the settings as the pod sees them parse
+    settings = Settings.from_env({**cm["data"], **{k: "" for k in secret["data"]}})
+    assert settings.recovery_partitions >= int(env_of(main)["BYTEWAX_REPLICAS"])
+    # the init container uses every variable it is given
+    init = container(sts, "init-hostfile", init=True)
+    script = init["command"][-1]
+    assert all(f"${name}" in script for name in env_of(init))
+
+
+def hostfile_lines(sts: dict[str, Any], tmp_path: Path) -> list[str]:
+    """Run the init container's script as the kubelet would (sh, its env)."""
+    init = container(sts, "init-hostfile", init=True)
+    env = {k: v for k, v in env_of(init).items() if isinstance(v, str)}
+    env["POD_NAMESPACE"] = sts["metadata"]["namespace"]
+    env["BYTEWAX_HOSTFILE_PATH"] = str(tmp_path / "hostfile.txt")
+    subprocess.run(init["command"], env={"PATH": "/usr/bin:/bin", **env}, check=True, capture_output=True)
+    return (tmp_path / "hostfile.txt").read_text().splitlines()
+
+
+def test_process_ids_and_addresses_from_pod_names(rendered: list[dict[str, Any]], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    sts, svc = one(rendered, "StatefulSet"), one(rendered, "Service")
+    name, ns, replicas = sts["metadata"]["name"], sts["metadata"]["namespace"], sts["spec"]["replicas"]
+    lines = hostfile_lines(sts, tmp_path)
+    assert lines == [f"{name}-{i}.{svc['metadata']['name']}.{ns}.svc.cluster.local:{CLUSTER_PORT}"
+                     for i in range(replicas)]
+    env = env_of(container(sts, "dataflow"))
+    from bytewax.run import _parse_args
+
+    for i in range(replicas):
+        pod_env = {"BYTEWAX_POD_NAME": f"{name}-{i}", "BYTEWAX_STATEFULSET_NAME": env["BYTEWAX_STATEFULSET_NAME"],
+                   "BYTEWAX_HOSTFILE_PATH": str(tmp_path / "hostfile.txt")}
+        # what bytewax.run itself derives ...
+        for k, v in pod_env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(sys, "argv", ["bytewax.run", "dataflow"])
+        args = _parse_args()
+        assert args.process_id == i
+        assert args.addresses.split(";") == lines
+        # ... and what the recovery directory's share is computed from
+        assert cluster_place([], pod_env) == ClusterPlace(i, replicas)
+
+
+# --- Dockerfile and docker-compose.yml
+
+def dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            op, _, rest = line.strip().partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile() -> None:
+    steps = dockerfile()
+    base = [rest for op, rest in steps if op == "FROM"]
+    assert len(base) == 1 and re.fullmatch(r"python:3\.12\.\d+-slim(-\w+)?", base[0]), "pinned slim Python 3.12"
+    assert ("RUN", "pip install --no-cache-dir --only-binary=:all: -r requirements.txt") in steps
+    copies = [rest.split() for op, rest in steps if op == "COPY"]
+    assert ["requirements.txt", "./"] in copies and ["dataflow.py", "./"] in copies and ["flows", "./flows"] in copies
+    user = [rest for op, rest in steps if op == "USER"]
+    assert user and user[-1] not in ("0", "root")
+    assert steps[-1] == ("CMD", '["python", "-m", "bytewax.run", "dataflow"]')
+    exposed = {int(p) for op, rest in steps if op == "EXPOSE" for p in rest.split()}
+    assert exposed == {CLUSTER_PORT, API_PORT}
+    # the build context keeps what the image copies
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert {"!requirements.txt", "!dataflow.py", "!flows/"} <= set(ignore)
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[\w.]+", line.strip()), f"pinned: {line}"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
+    images = {name: svc.get("image", "") for name, svc in compose["services"].items()}
+    assert {"kafka", "postgres", "scylla", "dataflow"} <= images.keys()
+    assert images["kafka"].startswith("apache/kafka:") and images["scylla"].startswith("scylladb/scylla:")
+    for name, image in images.items():
+        assert re.search(r":\d+(\.\d+)+", image) or compose["services"][name].get("build"), f"{name}: pinned"
+        assert not image.endswith(":latest")
+
+
+def test_compose_wiring_matches_the_settings(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    env = {k: str(v) for k, v in services["dataflow"]["environment"].items()}
+    assert set(env) <= set(ENV_NAMES) | bytewax_env_names()
+    settings = Settings.from_env(env)
+    # Kafka: the dataflow's bootstrap address is a listener the broker advertises
+    kafka = services["kafka"]["environment"]
+    advertised = {a.split("://")[1] for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    assert set(settings.kafka_bootstrap_servers.split(",")) <= advertised
+    assert "EXTERNAL://127.0.0.1:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"], "the contract's default, from the host"
+    assert "127.0.0.1:9092:9092" in services["kafka"]["ports"]
+    # PostgreSQL: host, port, database, user and password of the server
+    dsn = urlsplit(settings.pg_dsn.get())
+    pg = services["postgres"]["environment"]
+    assert (dsn.hostname, dsn.port, dsn.path.lstrip("/"), dsn.username) == \
+        ("postgres", 5432, pg["POSTGRES_DB"], pg["POSTGRES_USER"])
+    assert settings.pg_password.get() == pg["POSTGRES_PASSWORD"]
+    # ScyllaDB: service name and CQL port
+    assert settings.scylla_hosts == ("scylla",) and settings.scylla_port == 9042
+    assert "127.0.0.1:9042:9042" in services["scylla"]["ports"]
+    # the dataflow: API port published, recovery on a volume, shutdown within the grace period
+    assert f"127.0.0.1:{API_PORT}:{env['BYTEWAX_DATAFLOW_API_PORT']}" in services["dataflow"]["ports"]
+    assert f"recovery:{env['BYTEWAX_RECOVERY_DIRECTORY']}" in services["dataflow"]["volumes"]
+    grace = int(services["dataflow"]["stop_grace_period"].rstrip("s"))
+    assert grace > settings.shutdown_timeout_seconds
+    # the init service runs real code of ours
+    init = services["init"]
+    assert {k: str(v) for k, v in init["environment"].items()} == \
+        {k: v for k, v in env.items() if k in init["environment"]}
+    compile(init["command"][-1].replace("; ", "\n"), "init", "exec")
+    for name in re.findall(r"admin\.(\w+)", init["command"][-1]):
+        from flows import admin
+
+        assert callable(getattr(admin, name))
+
+
+def test_compose_depends_on_healthy_servers(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("kafka", "postgres", "scylla", "dataflow"):
+        assert "healthcheck" in services[name]
+    deps = services["dataflow"]["depends_on"]
+    assert deps["init"]["condition"] == "service_completed_successfully"
+    assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
