@@ -1,12 +1,24 @@
-"""How history rows are grouped into unlogged CQL batches (flows.history.plan_batches)."""
+"""How history rows are grouped into unlogged CQL batches and serialized (flows.history)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import msgspec
+import pytest
+from cassandra import cqltypes
 
-from flows.history import BATCH_MAX_BYTES, BATCH_MAX_ROWS, COLUMNS, ROW_OVERHEAD_BYTES, plan_batches, row_size
+from flows.history import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_ROWS,
+    COLUMNS,
+    CQL_TYPES,
+    ROW_OVERHEAD_BYTES,
+    can_encode,
+    encode_row,
+    plan_batches,
+    row_size,
+)
 from flows.model import HistoryRow
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -57,3 +69,46 @@ def test_rows_of_different_groups_never_share_a_batch() -> None:
 
 def test_no_rows_no_batches() -> None:
     assert plan_batches([]) == []
+
+
+def driver_bytes(row: tuple[object, ...]) -> list[bytes | None]:
+    """What PreparedStatement.bind() would send, from the driver's own serializers."""
+    types = {"varchar": cqltypes.UTF8Type, "int": cqltypes.Int32Type, "bigint": cqltypes.LongType,
+             "timestamp": cqltypes.DateType}
+    return [None if v is None else types[t].serialize(v, 4) for v, t in zip(row, CQL_TYPES, strict=True)]
+
+
+@pytest.mark.parametrize("moment", [
+    NOW,
+    dt.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),  # before the epoch, sub-millisecond
+    dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+    dt.datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC),
+    dt.datetime(2026, 1, 1, 0, 0, 0, 500),  # naive: UTC, as the driver reads it
+])
+def test_encode_row_matches_the_driver(moment: dt.datetime) -> None:
+    r = msgspec.structs.astuple(HistoryRow(
+        event_id="évt-ü-🚀", source_topic="events", source_partition=2**31 - 1, source_offset=2**63 - 1,
+        status="failed", error_code="schema_violation", event_type=None, customer_id=None, occurred_at=moment,
+        processed_at=moment, output_topic="events.failed", payload=None))
+    assert encode_row(r) == driver_bytes(r)
+    assert encode_row(row(3)) == driver_bytes(row(3))
+
+
+class _Col:
+    def __init__(self, name: str, typename: str) -> None:
+        self.name, self.type = name, type("T", (), {"typename": typename})
+
+
+class _Prepared:
+    def __init__(self, cols: list[tuple[str, str]], policy: object = None) -> None:
+        self.column_metadata = [_Col(n, t) for n, t in cols]
+        self.column_encryption_policy = policy
+
+
+def test_encode_only_for_the_table_it_knows() -> None:
+    exact = list(zip(COLUMNS, CQL_TYPES, strict=True))
+    assert can_encode(_Prepared(exact))  # type: ignore[arg-type]
+    assert not can_encode(_Prepared(exact, policy=object()))  # type: ignore[arg-type]
+    assert not can_encode(_Prepared(exact[:-1] + [("payload", "blob")]))  # type: ignore[arg-type]
+    assert not can_encode(_Prepared(exact[1:] + exact[:1]))  # type: ignore[arg-type]
