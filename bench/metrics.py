@@ -190,6 +190,9 @@ def format_table(report: Mapping[str, Any]) -> str:
             f"{_fmt(v.get('cpu_s_per_1k'), '.3f'):>10}{_fmt(v.get('peak_rss_mb'), ',.0f'):>13}  {gate_txt}"
         )
     notes = [f"  {label}: {v['note']}" for label, v in rows if v.get("note")]
+    if any(name in VARIANTS for name, _ in rows):
+        notes.append("  p50/p99 of the backlog rows include the time records waited in the pre-loaded topic; "
+                     "latency under load is the fixed-rate row")
     if notes:
         lines += ["", "notes:", *notes]
     ratios = report.get("ratios", {})

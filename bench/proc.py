@@ -1,6 +1,6 @@
-"""Run a variant as a subprocess and measure it from outside: CPU time and RSS sampled from
-/proc while it runs, and the kernel's own totals (wait4 rusage: user + system CPU of the
-process and its waited-for children, peak RSS) when it exits.
+"""Run a variant as a subprocess and measure it from outside: CPU time, RSS and peak RSS
+(VmHWM) sampled from /proc while it runs, and the kernel's CPU totals (wait4 rusage: user
++ system CPU of the process and its waited-for children) when it exits.
 
 Its output goes to a log file; lines matching `drop` (the dataflow's per-record failure
 warnings, thousands a second on a miss-heavy workload) are counted instead of kept.
@@ -26,6 +26,7 @@ class Sample:
     wall: float  # time.time()
     cpu_s: float  # user + system, the process and its reaped children
     rss_mb: float
+    peak_mb: float = 0.0
 
 
 @dataclass
@@ -41,8 +42,10 @@ class Exit:
         return self.cpu_user_s + self.cpu_sys_s
 
 
-def read_proc(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds, RSS MB) of a live process from /proc, or None once it is gone."""
+def read_proc(pid: int) -> tuple[float, float, float] | None:
+    """(CPU seconds, RSS MB, peak RSS MB) of a live process from /proc, or None once it is
+    gone. The peak is VmHWM: wait4's ru_maxrss can't be used, as Linux carries the parent's
+    RSS at spawn time into the child's across exec."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -52,12 +55,13 @@ def read_proc(pid: int) -> tuple[float, float] | None:
         return None
     fields = stat[stat.rindex(b")") + 2:].split()  # the command name may contain spaces
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    rss_kb = 0
+    rss_kb = hwm_kb = 0
     for line in status.splitlines():
         if line.startswith(b"VmRSS:"):
             rss_kb = int(line.split()[1])
-            break
-    return (utime + stime + cutime + cstime) / CLK_TCK, rss_kb / 1024
+        elif line.startswith(b"VmHWM:"):
+            hwm_kb = int(line.split()[1])
+    return (utime + stime + cutime + cstime) / CLK_TCK, rss_kb / 1024, hwm_kb / 1024
 
 
 @dataclass
@@ -123,8 +127,8 @@ class Monitored:
     def _finish(self, status: int, usage: resource.struct_rusage) -> None:
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code  # reaped here, so Popen must not wait again
-        self.exit = Exit(code, time.monotonic() - self._t0, usage.ru_utime, usage.ru_stime,
-                         usage.ru_maxrss / 1024)
+        peak = max((x.peak_mb for x in self.samples), default=0.0)
+        self.exit = Exit(code, time.monotonic() - self._t0, usage.ru_utime, usage.ru_stime, peak)
         # the last cumulative CPU figure, so CPU between samples ends exactly at the total
         self.samples.append(Sample(time.time(), self.exit.cpu_s, self.samples[-1].rss_mb if self.samples else 0))
         self._done.set()
