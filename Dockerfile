@@ -14,6 +14,9 @@ RUN pip install --no-cache-dir --only-binary=:all: -r requirements.txt
 
 COPY dataflow.py ./
 COPY flows ./flows
+# waxctl / Bytewax's Helm chart run `sh ./entrypoint.sh` (and `sh ./entrypoint-recovery.sh`)
+COPY k8s/waxctl/entrypoint.sh k8s/waxctl/entrypoint-recovery.sh ./
+ENV PYTHONPATH=/app
 
 # the recovery directory is a volume: created here, owned by the user, so a fresh named
 # volume (Compose) starts writable; Kubernetes sets fsGroup instead

@@ -285,3 +285,28 @@ def test_compose_depends_on_healthy_servers(compose: dict[str, Any]) -> None:
     deps = services["dataflow"]["depends_on"]
     assert deps["init"]["condition"] == "service_completed_successfully"
     assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_waxctl_values_match_the_overlay(rendered: list[dict[str, Any]]) -> None:
+    """`waxctl dataflow deploy dataflow.py -V k8s/waxctl/values.yaml ...` (README) deploys the
+    same settings, secret, scraping and resources as the example overlay."""
+    values = yaml.safe_load((ROOT / "k8s" / "waxctl" / "values.yaml").read_text())
+    sts, cm, secret = one(rendered, "StatefulSet"), one(rendered, "ConfigMap"), one(rendered, "Secret")
+    env = {k: str(v) for k, v in values["env"].items()}
+    assert set(env) <= set(ENV_NAMES)
+    Settings.from_env(env)
+    assert float(env.pop("SHUTDOWN_TIMEOUT_SECONDS")) < 10, "the chart's terminationGracePeriodSeconds is 10"
+    assert env == {k: v for k, v in cm["data"].items() if k != "SHUTDOWN_TIMEOUT_SECONDS"}
+    assert secret["metadata"]["name"].startswith(values["envFromSecret"] + "-")
+    assert values["podAnnotations"] == sts["spec"]["template"]["metadata"]["annotations"]
+    assert values["resources"] == container(sts, "dataflow")["resources"]
+
+
+def test_image_runs_under_waxctl_too() -> None:
+    """The chart runs `sh ./entrypoint.sh` in the image's working directory."""
+    steps = dockerfile()
+    assert ("WORKDIR", "/app") in steps and ("ENV", "PYTHONPATH=/app") in steps
+    assert ("COPY", "k8s/waxctl/entrypoint.sh k8s/waxctl/entrypoint-recovery.sh ./") in steps
+    script = (ROOT / "k8s" / "waxctl" / "entrypoint.sh").read_text()
+    assert 'exec python -m bytewax.run "${BYTEWAX_PYTHON_FILE_PATH:-dataflow}"' in script
+    assert "!k8s/waxctl/*.sh" in (ROOT / ".dockerignore").read_text().split()
