@@ -50,6 +50,7 @@ def main() -> int:
     pool = list(records(min(total, args.pool), args.space, args.uniform, args.seed, settings.max_value_bytes))
     source = itertools.cycle(pool)
     started = time.monotonic()
+    started_at = time.time()
     sent = 0
     behind_max = 0
     for_sleep = time.sleep
@@ -69,7 +70,8 @@ def main() -> int:
         for_sleep(TICK_S)
     elapsed = time.monotonic() - started
     left = producer.flush(120)
-    result = {"produced": sent, "seconds": round(elapsed, 3), "rate": round(sent / elapsed, 1),
+    result = {"produced": sent, "started_at": started_at, "ended_at": started_at + elapsed,
+              "seconds": round(elapsed, 3), "rate": round(sent / elapsed, 1),
               "max_behind": behind_max, "undelivered": left, "errors": errors[:3]}
     if args.report:
         with open(args.report, "w") as f:

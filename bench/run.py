@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=30,
                    help="length of the fixed-rate latency run; 0 skips it (default 30)")
     p.add_argument("--soak-minutes", type=float, default=0,
-                   help="soak: the dataflow tails a topic fed at the latency rate this long (default 0: none)")
+                   help="soak: the dataflow tails a topic fed at a fixed rate this long (default 0: none)")
+    p.add_argument("--soak-rate", type=float, default=0,
+                   help="records/s during the soak (default: the latency run's rate)")
     p.add_argument("--pg-database", default="enrichment_bench",
                    help="PostgreSQL database of the benchmark's customers, on PG_DSN's server")
     p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
@@ -90,7 +92,7 @@ def machine() -> dict[str, Any]:
     import msgspec
     import psycopg
 
-    info["versions"] = {"bytewax": version("bytewax"), "confluent-kafka": confluent_kafka.version()[0],
+    info["versions"] = {"bytewax": version("bytewax"), "confluent-kafka": version("confluent-kafka"),
                         "librdkafka": confluent_kafka.libversion()[0], "psycopg": psycopg.__version__,
                         "scylla-driver": cassandra.__version__, "msgspec": msgspec.__version__}
     return info
@@ -180,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.latency_seconds > 0:
             display.done("[latency] skipped: no dataflow rate measured and no --rate given")
         if args.soak_minutes > 0:
-            if rate:
-                report["soak"] = variants.soak(bench, rate, args.soak_minutes)
+            if args.soak_rate or rate:
+                report["soak"] = variants.soak(bench, args.soak_rate or rate, args.soak_minutes)
             else:
                 display.done("[soak] skipped: no dataflow rate measured and no --rate given")
     except KeyboardInterrupt:

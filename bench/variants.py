@@ -248,7 +248,10 @@ def latency_run(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
     check_history(bench.settings, run["keyspace"], loaded, out)
     if stop["stopped_by"] != "SIGINT":
         out.problem(f"did not exit on SIGINT within 30s (needed {stop['stopped_by']})")
-    t0_ms, t1_ms = (run["fed_from"] + WARMUP_S) * 1000, run["fed_to"] * 1000
+    # the feeder's own clock: it starts producing only after generating its records
+    fed_from = run["feeder"].get("started_at", run["fed_from"])
+    fed_to = run["feeder"].get("ended_at", run["fed_to"])
+    t0_ms, t1_ms = (fed_from + WARMUP_S) * 1000, fed_to * 1000
     measured = [lat for c, lat in zip(out.create_ms, out.latencies_ms, strict=True) if t0_ms <= c <= t1_ms]
     in_window = len(measured)
     cpu = None
@@ -282,7 +285,8 @@ def soak(bench: Bench, rate: float, minutes: float) -> dict[str, Any]:
     mon, _, run = _tailing(bench, label, rate, seconds, True, 1_000_000)
     stop = _stop(bench, mon, label)
     outputs = bench.marks.count([run["ok"], run["failed"]])
-    series = [(s.wall - run["fed_from"], s.rss_mb) for s in mon.samples if s.wall >= run["fed_from"]]
+    fed_from = run["feeder"].get("started_at", run["fed_from"])
+    series = [(s.wall - fed_from, s.rss_mb) for s in mon.samples if s.wall >= fed_from]
     warmup_s = max(60.0, 0.1 * seconds)
     every = 10.0
     sampled: list[tuple[float, float]] = []
