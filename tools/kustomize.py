@@ -33,8 +33,10 @@ def ensure() -> Path:
         raise RuntimeError(f"kustomize {VERSION} is not in {path.parent} and Go is not installed to build it")
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"building kustomize {VERSION} into {path.parent} (go install, about a minute)", file=sys.stderr)
-    res = subprocess.run([go, "install", f"{MODULE}@{VERSION}"], env={**os.environ, "GOBIN": str(path.parent)},
-                         capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "GOBIN": str(path.parent)}
+    env.setdefault("HOME", str(Path.home()))  # go needs it for its module and build caches
+    res = subprocess.run([go, "install", f"{MODULE}@{VERSION}"], env=env, capture_output=True, text=True,
+                         timeout=900)
     if res.returncode != 0 or not path.exists():
         raise RuntimeError(f"go install {MODULE}@{VERSION} failed:\n{res.stdout}{res.stderr}")
     return path
