@@ -33,15 +33,19 @@ def addresses(processes: int, base_port: int, host: str = "127.0.0.1") -> list[s
 
 
 def commands(processes: int, workers: int, base_port: int, recovery: Path | None, snapshot_s: int,
-             backup_s: int, flow: str = "dataflow") -> list[list[str]]:
-    """One `bytewax.run` command line per process."""
-    common = [sys.executable, "-m", "bytewax.run", flow, "-w", str(workers)]
-    if recovery is not None:
-        common += ["-r", str(recovery), "-s", str(snapshot_s), "-b", str(backup_s)]
-    if processes == 1:
-        return [common]
-    addrs = ";".join(addresses(processes, base_port))
-    return [[*common, "-i", str(i), "-a", addrs] for i in range(processes)]
+             backup_s: int, flow: str = "dataflow", separate: bool = False) -> list[list[str]]:
+    """One `bytewax.run` command line per process; `separate`: a recovery directory per
+    process (`<recovery>/process-<i>`), as a volume per pod in Kubernetes."""
+    cmds = []
+    for i in range(processes):
+        cmd = [sys.executable, "-m", "bytewax.run", flow, "-w", str(workers)]
+        if recovery is not None:
+            directory = recovery / f"process-{i}" if separate else recovery
+            cmd += ["-r", str(directory), "-s", str(snapshot_s), "-b", str(backup_s)]
+        if processes > 1:
+            cmd += ["-i", str(i), "-a", ";".join(addresses(processes, base_port))]
+        cmds.append(cmd)
+    return cmds
 
 
 def child_env(base: Mapping[str, str], process_id: int, api_port: int, api_cache: str) -> dict[str, str]:
@@ -99,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=3030, help="dataflow API of process i on api-port + i")
     parser.add_argument("-r", "--recovery-directory", type=Path, default=ROOT / "recovery" / "local",
                         help="shared by the processes; 'none' turns recovery off")
+    parser.add_argument("--separate-recovery", action="store_true",
+                        help="a recovery directory per process (<dir>/process-<i>), as a volume per pod")
     parser.add_argument("-s", "--snapshot-interval", type=int, default=10)
     parser.add_argument("-b", "--backup-interval", type=int, default=0)
     parser.add_argument("--stop-timeout", type=float, default=None,
@@ -110,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--processes and --workers must be at least 1")
     recovery = None if str(args.recovery_directory) == "none" else args.recovery_directory
     cmds = commands(args.processes, args.workers, args.base_port, recovery, args.snapshot_interval,
-                    args.backup_interval, args.flow)
+                    args.backup_interval, args.flow, args.separate_recovery)
     stop_timeout = args.stop_timeout
     if stop_timeout is None:
         stop_timeout = float(os.environ.get("SHUTDOWN_TIMEOUT_SECONDS") or 60) + 10

@@ -49,11 +49,14 @@ def free_base_port(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def run_cluster(sc: Scenario, processes: int, workers: int, timeout: float = 300) -> int:
+def run_cluster(sc: Scenario, processes: int, workers: int, timeout: float = 300, separate: bool = False,
+                **env: str) -> int:
     cmd = [sys.executable, "-m", "tools.run_local", "-p", str(processes), "-w", str(workers),
            "-r", str(sc.recovery), "-s", "1", "-b", "0", "--base-port", str(free_base_port(processes))]
+    if separate:
+        cmd.append("--separate-recovery")
     with open(sc.log, "ab") as out:
-        return subprocess.run(cmd, cwd=ROOT, env=sc.env(stop_at_end=True), stdout=out, stderr=out,
+        return subprocess.run(cmd, cwd=ROOT, env={**sc.env(stop_at_end=True), **env}, stdout=out, stderr=out,
                               timeout=timeout).returncode
 
 
@@ -126,3 +129,25 @@ def test_rescale_resumes_from_shared_recovery(tmp_path: Path, cql: Session) -> N
     acc = sc.account(cql)
     print(acc.report("2 x 1 then 1 x 2"))
     check_complete(acc, N)
+
+
+def test_recovery_directory_per_process(tmp_path: Path, cql: Session) -> None:
+    """As with a volume per pod: each process creates and keeps its share of the partitions;
+    a restart of the same shape resumes; another number of processes is refused loudly."""
+    sc = Scenario(tmp_path, partitions=4)
+    produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED))
+    assert run_cluster(sc, 2, 1, separate=True) == 0, sc.log.read_text()[-3000:]
+    dirs = [sc.recovery / f"process-{i}" for i in range(2)]
+    assert [sorted(p.name for p in d.glob("part-*.sqlite3")) for d in dirs] == \
+        [["part-0.sqlite3", "part-2.sqlite3"], ["part-1.sqlite3", "part-3.sqlite3"]]
+    produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED + 1))
+    sc.log.write_text("")
+    assert run_cluster(sc, 2, 1, separate=True) == 0, sc.log.read_text()[-3000:]
+    assert sum(int(f["records_in"]) for f in final_progress(sc)) == N // 2  # type: ignore[call-overload]
+    acc = sc.account(cql)
+    print(acc.report("2 x 1, a directory per process, twice"))
+    check_complete(acc, N)
+    sc.log.write_text("")
+    # processes 0 and 1 refuse to start; process 2 waits for its peers until stopped
+    assert run_cluster(sc, 3, 1, separate=True, SHUTDOWN_TIMEOUT_SECONDS="3") == 2
+    assert "laid out for 2 processes, but this cluster has 3" in sc.log.read_text()

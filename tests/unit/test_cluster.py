@@ -88,6 +88,8 @@ def test_launcher_commands() -> None:
     assert [c[-4:] for c in two] == [["-i", "0", "-a", "127.0.0.1:5000;127.0.0.1:5001"],
                                      ["-i", "1", "-a", "127.0.0.1:5000;127.0.0.1:5001"]]
     assert "-r" not in two[0]
+    own = commands(2, 1, 5000, Path("/r"), 10, 0, separate=True)
+    assert [c[c.index("-r") + 1] for c in own] == ["/r/process-0", "/r/process-1"]
 
 
 def test_launcher_gives_each_process_its_own_api_port() -> None:
