@@ -20,26 +20,35 @@ from .resilience import Scenario, SteadyProducer, sigterm, stack
 RATE = 400  # records/s fed during outages
 OUTAGE_S = 10
 N_CRASH = int(os.environ.get("RESILIENCE_RECORDS", "40000"))
+CRASH_RATE = max(2000.0, N_CRASH / 20)  # the feed lasts about 20 s, longer than the three killed runs
 
 
 def test_crash_loop_loses_nothing(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4)
-    produce_all(sc.settings, sc.topics.input, sc.records(N_CRASH, seed=11))
+    records = sc.records(N_CRASH, seed=11)
+    # fed at a fixed rate while the dataflow runs, so every kill lands mid-stream however
+    # fast the dataflow is on this machine
+    feeder = SteadyProducer(sc, records, CRASH_RATE)
+    feeder.start()
     rng = random.Random(5)
     kills = 0
     for _ in range(3):
-        # a random moment 1.2-2.2 s after the run's first new output: past at least one
-        # snapshot (every second), so restarts really resume from recovery state
+        # a random moment 1.5-3 s into the run's output: past at least one snapshot (every
+        # second), so restarts really resume from recovery state
         before = sc.output_count()
-        proc = sc.start(stop_at_end=True)
+        proc = sc.start(stop_at_end=False)
         while proc.poll() is None and sc.output_count() <= before:
             time.sleep(0.05)
-        time.sleep(rng.uniform(1.2, 2.2))
+        time.sleep(rng.uniform(1.5, 3.0))
         if proc.poll() is None:
             proc.kill()  # SIGKILL: no chance to flush or snapshot
             proc.wait(30)
             kills += 1
-    assert kills == 3, "the dataflow finished before it could be killed three times: make the input larger"
+    fed_while_killing = feeder.delivered
+    feeder.join(300)
+    assert feeder.error is None, feeder.error
+    assert kills == 3, sc.log.read_text()[-3000:]
+    assert fed_while_killing < N_CRASH, "the kills happened while records were still arriving"
     assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
     acc = sc.account(cql)
     print(acc.report(f"crash loop, {kills} x SIGKILL"))
@@ -82,11 +91,16 @@ def test_dependency_outage_loses_nothing_and_dead_letters_nothing(server: str, t
 
 def test_sigterm_exits_0_and_restart_continues_without_loss(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, SHUTDOWN_TIMEOUT_SECONDS="30")
-    produce_all(sc.settings, sc.topics.input, sc.records(20000, seed=23))
+    records = sc.records(20000, seed=23)
+    feeder = SteadyProducer(sc, records, 4000)
     proc = sc.start(stop_at_end=False)
-    time.sleep(4)
+    feeder.start()
+    sc.wait_for_outputs(1, timeout=60)
+    time.sleep(2)
     rc, took = sigterm(proc, timeout=60)
     first = sc.output_count()
+    feeder.join(120)
+    assert feeder.error is None, feeder.error
     assert rc == 0, sc.log.read_text()[-3000:]
     assert took < 30
     assert 0 < first < 20000, "SIGTERM arrived mid-stream"
