@@ -30,7 +30,7 @@ status: $(STAMP) ## show each server, its address, pid and whether it answers
 wipe: $(STAMP) ## delete all local stack data (stack must be down)
 	$(PY) stack/stack.py wipe
 
-test: up ## unit and integration tests against the real local stack
+test: up lint ## lint, then unit and integration tests against the real local stack
 	$(PY) -m pytest
 
 test-resilience: up ## the fault-injection tests, larger: make test-resilience RECORDS=200000
@@ -39,7 +39,7 @@ test-resilience: up ## the fault-injection tests, larger: make test-resilience R
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, and mypy --strict on flows/, dataflow.py, ops/, aws_lambda/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

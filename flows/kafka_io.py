@@ -32,7 +32,7 @@ from flows.stats import STATS
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT = dt.timedelta(milliseconds=20)
+IDLE_WAIT = dt.timedelta(milliseconds=5)  # an idle partition is polled again after this
 # room for the record headers the pipeline adds on top of the largest accepted value
 HEADER_ROOM = 64 * 1024
 
