@@ -44,7 +44,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": settings.stop_at_end,
-        "queued.max.messages.kbytes": 16384,
+        # prefetch per partition: a few source batches, not the 64 MiB default (memory stays flat)
+        "queued.max.messages.kbytes": 4096,
         "fetch.wait.max.ms": 50,
         "socket.keepalive.enable": True,
     }
