@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak-minutes", type=float, default=0,
                    help="soak: the dataflow tails a topic fed at a fixed rate this long (default 0: none)")
     p.add_argument("--soak-rate", type=float, default=0,
-                   help="records/s during the soak (default: the latency run's rate)")
+                   help="records/s during the soak (default: 25%% of the dataflow's measured rate, which "
+                        "the machine sustains beside the feeder for the whole soak, so the soak measures "
+                        "memory at steady state rather than a growing backlog)")
     p.add_argument("--pg-database", default="enrichment_bench",
                    help="PostgreSQL database of the benchmark's customers, on PG_DSN's server")
     p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
@@ -182,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.latency_seconds > 0:
             display.done("[latency] skipped: no dataflow rate measured and no --rate given")
         if args.soak_minutes > 0:
-            if args.soak_rate or rate:
-                report["soak"] = variants.soak(bench, args.soak_rate or rate, args.soak_minutes)
+            soak_rate = args.soak_rate or (0.25 * rates["dataflow"] if rates.get("dataflow") else 0)
+            if soak_rate:
+                report["soak"] = variants.soak(bench, soak_rate, args.soak_minutes)
             else:
-                display.done("[soak] skipped: no dataflow rate measured and no --rate given")
+                display.done("[soak] skipped: no dataflow rate measured and no --soak-rate given")
     except KeyboardInterrupt:
         display.done("interrupted; cleaning up")
         report["interrupted"] = True
