@@ -133,4 +133,7 @@ class ProgressReporter:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
+            # runs at exit, when a host program (a test runner) may have closed the stream
+            # the handler writes to: skip the line then rather than print a logging error
+            logging.raiseExceptions = False
             self.emit("final progress")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from cassandra.cluster import Cluster, Session
+from cassandra.policies import ExponentialReconnectionPolicy
 from confluent_kafka.admin import AdminClient, NewTopic
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -50,7 +51,9 @@ def pg_conninfo() -> str:
 @pytest.fixture(scope="session")
 def cql() -> Iterator[Session]:
     logging.getLogger("cassandra").setLevel(logging.ERROR)
-    cluster = Cluster([CQL_HOST], port=CQL_PORT, protocol_version=4)
+    # the fault-injection tests stop Cassandra: come back within seconds, as the dataflow does
+    cluster = Cluster([CQL_HOST], port=CQL_PORT, protocol_version=4,
+                      reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=5.0))
     try:
         session = cluster.connect()
     except Exception as exc:  # pragma: no cover

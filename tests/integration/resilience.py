@@ -12,8 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cassandra.cluster import Session
+from cassandra.cluster import NoHostAvailable, Session
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from flows import admin
@@ -99,6 +100,20 @@ class Scenario:
             assert time.monotonic() < deadline, f"only {self.output_count()} of {n} outputs after {timeout}s"
             time.sleep(0.5)
 
+    def _history(self, cql: Session) -> list[Any]:
+        """The history rows of the input topic; the session may still be reconnecting after
+        a Cassandra outage, so wait for it (bounded)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return list(cql.execute(
+                    f"SELECT source_partition, source_offset FROM {self.topics.keyspace}.{TABLE} "
+                    f"WHERE source_topic = %s ALLOW FILTERING", (self.topics.input,), timeout=120))
+            except NoHostAvailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
     def account(self, cql: Session) -> Accounting:
         s = self.settings
         inputs = {(m.partition(), m.offset()) for m in read_topic(s, self.topics.input, timeout=120)}
@@ -106,9 +121,7 @@ class Scenario:
             list(read_topic(s, self.topics.failure, timeout=120))
         seen = Counter((int(header(m, "source.partition") or -1), int(header(m, "source.offset") or -1))
                        for m in outs)
-        rows = cql.execute(
-            f"SELECT source_partition, source_offset FROM {self.topics.keyspace}.{TABLE} "
-            f"WHERE source_topic = %s ALLOW FILTERING", (self.topics.input,), timeout=120)
+        rows = self._history(cql)
         history = {(r.source_partition, r.source_offset) for r in rows}
         # by distinct input offset: a duplicate after a crash is not a second failure
         code_of = {(header(m, "source.partition"), header(m, "source.offset")): header(m, "error.code")
