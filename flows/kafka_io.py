@@ -32,6 +32,7 @@ from flows.stats import STATS
 
 log = logging.getLogger(__name__)
 
+STALL_CHECK_S = 5.0
 IDLE_WAIT = dt.timedelta(milliseconds=5)  # an idle partition is polled again after this
 # room for the record headers the pipeline adds on top of the largest accepted value
 HEADER_ROOM = 64 * 1024
@@ -71,12 +72,37 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 class _InputPartition(StatefulSourcePartition[SourceRecord, int]):
     def __init__(self, settings: Settings, topic: str, partition: int, resume: int | None) -> None:
         self._consumer = Consumer(consumer_config(settings))
+        self._topic, self._partition = topic, partition
         self._next = OFFSET_BEGINNING if resume is None else resume
         self._consumer.assign([TopicPartition(topic, partition, self._next)])
         self._batch_size = settings.source_batch_size
         self._where = f"{topic}:{partition}"
         self._eof = False
         self._awake: dt.datetime | None = None
+        self._last_data = self._last_check = time.monotonic()
+
+    def _check_stalled(self) -> None:
+        """Seen here once in a while after a broker restart: the consumer of an assigned
+        partition fetches nothing any more although records wait behind its position, and
+        reports no error. When a partition has been idle for STALL_CHECK_S, compare the
+        position with the broker's end offset and, if records wait, assign it afresh at the
+        position (nothing is skipped or read twice: the position is our own)."""
+        now = time.monotonic()
+        if now - self._last_data < STALL_CHECK_S or now - self._last_check < STALL_CHECK_S:
+            return
+        self._last_check = now
+        tp = TopicPartition(self._topic, self._partition)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+        except KafkaException:
+            return  # the broker is away: librdkafka reconnects by itself
+        waiting = high > self._next if self._next >= 0 else high > low
+        if waiting:
+            log.warning("kafka partition stalled, assigning it again", extra={"fields": {
+                "where": self._where, "position": self._next, "end_offset": high}})
+            self._consumer.unassign()
+            self._consumer.assign([TopicPartition(self._topic, self._partition, self._next)])
+            self._last_data = now
 
     def next_batch(self) -> list[SourceRecord]:
         if self._eof or STOPPING.is_set():
@@ -101,7 +127,9 @@ class _InputPartition(StatefulSourcePartition[SourceRecord, int]):
             self._next = batch[-1].offset + 1
             STATS.add_input(len(batch))
             self._awake = None
+            self._last_data = time.monotonic()
         else:
+            self._check_stalled()
             self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
         return batch
 
