@@ -189,6 +189,10 @@ class Settings:
     scylla_replication_factor: int = _env("SCYLLA_REPLICATION_FACTOR", "1", _int_range(1, 10))
     history_ttl_seconds: int = _env("HISTORY_TTL_SECONDS", "0", _int_range(0, 630720000))
     history_concurrency: int = _env("HISTORY_CONCURRENCY", "128", _int_range(1, 4096))
+    # rows per unlogged CQL batch, and their estimated size: under ScyllaDB's batch warning
+    # (128 KiB) and stock Cassandra's failure threshold (50 KiB); README, Configuration
+    history_batch_rows: int = _env("HISTORY_BATCH_ROWS", "50", _int_range(1, 1000))
+    history_batch_bytes: int = _env("HISTORY_BATCH_BYTES", "40960", _int_range(1024, 1024 * 1024))
     # --- processing
     max_value_bytes: int = _env("MAX_VALUE_BYTES", "1048576", _int_range(1, 64 * 1024 * 1024))
     cache_ttl_seconds: float = _env("CACHE_TTL_SECONDS", "300", _float_range(0))

@@ -472,6 +472,11 @@ concurrent_reads: 8
 concurrent_writes: 16
 concurrent_counter_writes: 8
 memtable_allocation_type: heap_buffers
+# ScyllaDB's batch limits (warn at 128 KiB, fail at 1 MiB; no warning for batches over
+# many partitions), so the stand-in takes the history sink's batches as ScyllaDB does
+batch_size_warn_threshold: 128KiB
+batch_size_fail_threshold: 1024KiB
+unlogged_batch_across_partitions_warn_threshold: 1000
 disk_access_mode: mmap_index_only
 dynamic_snitch: false
 """)

@@ -10,6 +10,8 @@ def test_defaults_match_the_contract() -> None:
     assert s.pg_dsn.get() == "postgresql://postgres@127.0.0.1:5432/enrichment"
     assert (s.scylla_hosts, s.scylla_port, s.scylla_keyspace) == (("127.0.0.1",), 9042, "enrichment")
     assert (s.stop_at_end, s.log_level, s.max_value_bytes) == (False, "INFO", 1048576)
+    # under stock Cassandra's batch failure threshold (50 KiB) and ScyllaDB's warning (128 KiB)
+    assert (s.history_batch_rows, s.history_batch_bytes) == (50, 40960)
 
 
 @pytest.mark.parametrize(("env", "needle"), [
@@ -20,6 +22,8 @@ def test_defaults_match_the_contract() -> None:
     ({"CACHE_MAX_SIZE": "-1"}, "CACHE_MAX_SIZE='-1': must be >= 0"),
     ({"SCYLLA_KEYSPACE": "x;DROP"}, "SCYLLA_KEYSPACE"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
+    ({"HISTORY_BATCH_ROWS": "0"}, "HISTORY_BATCH_ROWS='0': must be"),
+    ({"HISTORY_BATCH_BYTES": "100"}, "HISTORY_BATCH_BYTES='100': must be"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError) as err:
