@@ -17,6 +17,7 @@ from flows import lifecycle, retry
 from flows.history import HistorySink
 from flows.kafka_io import KafkaInput, KafkaOutput
 from flows.logs import setup_logging
+from flows.memory import pin_mmap_threshold
 from flows.pg import PgCustomerLookup
 from flows.pipeline import build_flow
 from flows.preflight import checked_partitions_once
@@ -32,6 +33,7 @@ setup_logging(settings.log_level)
 
 if "bytewax.run" in sys.orig_argv:
     # only when run as the dataflow (not when drawn by bytewax.visualize or imported by tests)
+    pin_mmap_threshold()  # RSS stays flat while the customer cache churns (flows/memory.py)
     recovery_dir = lifecycle.recovery_dir_from(sys.argv[1:], os.environ)
     if recovery_dir is not None:
         try:
