@@ -1,9 +1,9 @@
 """ScyllaDB history sink (Apache Cassandra 5 in local runs): one `event_history` row per
 input record, written with a prepared, idempotent INSERT (an upsert on the primary key).
 
-Writes of a batch go out asynchronously, up to HISTORY_BATCH_ROWS rows per unlogged CQL batch, with a bound
-on requests in flight, and the batch is done only when every write is acknowledged. Only
-CQL that ScyllaDB and Cassandra 5 both accept is used.
+Writes of a batch go out asynchronously, up to HISTORY_BATCH_ROWS rows per unlogged CQL
+batch, with a bound on requests in flight, and the batch is done only when every write is
+acknowledged. Only CQL that ScyllaDB and Cassandra 5 both accept is used.
 """
 
 from __future__ import annotations
@@ -102,10 +102,7 @@ def insert_cql(settings: Settings) -> str:
 # are settings (HISTORY_BATCH_ROWS, HISTORY_BATCH_BYTES): the defaults stay under ScyllaDB's
 # batch warning (128 KiB) and under stock Cassandra's failure threshold (50 KiB; its
 # warnings start at 5 KiB and 10 partitions, which the local stack raises to ScyllaDB's);
-# a row too big for the budget goes alone, as a plain INSERT. These are the unit tests'
-# limits; the writer takes its own from the settings.
-BATCH_MAX_BYTES = 40960
-BATCH_MAX_ROWS = 50
+# a row too big for the budget goes alone, as a plain INSERT.
 # what Cassandra counts for a row beyond its text values (cells, timestamps, clustering):
 # measured 544 bytes for a row with 320 characters of text
 ROW_OVERHEAD_BYTES = 224
@@ -124,8 +121,8 @@ def _one_group(row: tuple[Any, ...]) -> Hashable:
     return None
 
 
-def plan_batches(rows: Sequence[tuple[Any, ...]], group_of: Callable[[tuple[Any, ...]], Hashable] = _one_group,
-                 max_bytes: int = BATCH_MAX_BYTES, max_rows: int = BATCH_MAX_ROWS) -> list[list[tuple[Any, ...]]]:
+def plan_batches(rows: Sequence[tuple[Any, ...]], max_bytes: int, max_rows: int,
+                 group_of: Callable[[tuple[Any, ...]], Hashable] = _one_group) -> list[list[tuple[Any, ...]]]:
     """Every row in exactly one batch: rows of one group, at most `max_rows` and
     `max_bytes` (estimated) per batch; a row over `max_bytes` alone."""
     batches: list[list[tuple[Any, ...]]] = []
@@ -236,8 +233,8 @@ class HistoryWriter:
     def _statements(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
         several_nodes = len(self.cluster.metadata.all_hosts()) > 1
         statements: list[tuple[Any, Any]] = []
-        for batch in plan_batches(rows, self._primary_replica if several_nodes else _one_group,
-                                  self.settings.history_batch_bytes, self.settings.history_batch_rows):
+        for batch in plan_batches(rows, self.settings.history_batch_bytes, self.settings.history_batch_rows,
+                                  self._primary_replica if several_nodes else _one_group):
             if len(batch) == 1:
                 statements.append((self._bound(batch[0]), None))
                 continue

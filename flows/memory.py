@@ -6,7 +6,7 @@ freed, but when such a block is freed it raises that threshold to the block's si
 and fragments. The customer cache churns at its size limit, and its dict's table (a few
 MiB for 100,000 entries) is reallocated now and then: with the threshold raised, each
 reallocation can leave the old table's space behind, and RSS climbs in steps (measured:
-a 100,000-entry cache under churn went 54 -> 66 MB in 3 million lookups; flat at 54 MB
+a 100,000-entry cache under churn went 56 -> 67 MB in 2 million lookups; flat at 56 MB
 with the threshold pinned). Pinning the threshold at glibc's own default keeps large
 blocks on mmap for good. A `MALLOC_MMAP_THRESHOLD_` set in the environment wins; on a C
 library without `mallopt` (macOS) or where it has no effect (musl) nothing changes.
@@ -15,11 +15,8 @@ library without `mallopt` (macOS) or where it has no effect (musl) nothing chang
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from collections.abc import Mapping
-
-log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 DEFAULT_THRESHOLD = 128 * 1024  # glibc's default before any dynamic adjustment

@@ -9,8 +9,6 @@ import pytest
 from cassandra import cqltypes
 
 from flows.history import (
-    BATCH_MAX_BYTES,
-    BATCH_MAX_ROWS,
     COLUMNS,
     CQL_TYPES,
     ROW_OVERHEAD_BYTES,
@@ -20,8 +18,15 @@ from flows.history import (
     row_size,
 )
 from flows.model import HistoryRow
+from flows.settings import Settings
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+DEFAULTS = Settings.from_env({})
+BATCH_MAX_BYTES, BATCH_MAX_ROWS = DEFAULTS.history_batch_bytes, DEFAULTS.history_batch_rows
+
+
+def plan(rows: list[tuple[object, ...]], **kwargs: object) -> list[list[tuple[object, ...]]]:
+    return plan_batches(rows, BATCH_MAX_BYTES, BATCH_MAX_ROWS, **kwargs)  # type: ignore[arg-type]
 
 
 def row(i: int, payload: str = "{}", event_id: str | None = None) -> tuple[object, ...]:
@@ -45,7 +50,7 @@ def test_row_size_counts_text_plus_overhead() -> None:
 
 def test_every_row_in_exactly_one_batch_within_limits() -> None:
     rows = [row(i, payload="x" * (i * 37 % 700)) for i in range(500)]
-    batches = plan_batches(rows)
+    batches = plan(rows)
     flat = [r for b in batches for r in b]
     assert sorted(flat, key=lambda r: r[3]) == rows  # type: ignore[arg-type, return-value]
     for b in batches:
@@ -55,20 +60,20 @@ def test_every_row_in_exactly_one_batch_within_limits() -> None:
 
 def test_a_row_over_the_budget_goes_alone() -> None:
     big = row(1, payload="x" * (BATCH_MAX_BYTES + 1))
-    batches = plan_batches([row(0), big, row(2)])
+    batches = plan([row(0), big, row(2)])
     assert [big] in batches
     assert sorted(len(b) for b in batches) == [1, 2]
 
 
 def test_rows_of_different_groups_never_share_a_batch() -> None:
     rows = [row(i) for i in range(40)]
-    batches = plan_batches(rows, group_of=lambda r: r[2])  # by source_partition
+    batches = plan(rows, group_of=lambda r: r[2])  # by source_partition
     assert all(len({r[2] for r in b}) == 1 for b in batches)
     assert sum(len(b) for b in batches) == 40
 
 
 def test_no_rows_no_batches() -> None:
-    assert plan_batches([]) == []
+    assert plan([]) == []
 
 
 def driver_bytes(row: tuple[object, ...]) -> list[bytes | None]:
