@@ -1,7 +1,7 @@
 """The event source mapping's event in, the invocation's summary out. Pure: no client library
 is imported here, so parsing is tested in microseconds and needs no server.
 
-The event (Amazon MSK: `aws:kafka`; self-managed Kafka: `aws:SelfManagedKafka`) groups
+The event (Amazon MSK: `aws:kafka`; self-managed Kafka: `SelfManagedKafka`) groups
 records under "<topic>-<partition>" keys. Each record carries `key` and `value` in base64
 (missing or null for a null key and for a tombstone) and `headers` as a list of
 single-entry maps from a header name to a list of byte values. Lambda's poller is written in
@@ -20,10 +20,13 @@ from typing import Any
 
 import msgspec
 
+from flows.kafka_headers import from_pairs
 from flows.model import Routed, SourceRecord
 from flows.settings import SettingsError
 
-EVENT_SOURCES = ("aws:kafka", "aws:SelfManagedKafka")
+# what AWS sends for Amazon MSK and for self-managed Kafka (the Lambda developer guide's
+# example event), and the spelling some tools and older examples use
+EVENT_SOURCES = ("aws:kafka", "SelfManagedKafka", "aws:SelfManagedKafka")
 NO_TIMESTAMP = -1  # what confluent-kafka reports for a record without one
 
 
@@ -68,6 +71,7 @@ def _record(item: object, where: str) -> SourceRecord:
     if not isinstance(topic, str) or not topic:
         raise MalformedEvent(f"{where}.topic is {topic!r}, not a topic name")
     timestamp = item.get("timestamp")
+    headers, header_error = from_pairs(_headers(item.get("headers"), where))
     return SourceRecord(
         topic=topic,
         partition=_int(item, "partition", where),
@@ -75,7 +79,8 @@ def _record(item: object, where: str) -> SourceRecord:
         timestamp_ms=NO_TIMESTAMP if timestamp is None else _int(item, "timestamp", where),
         key=_base64(item, "key", where),
         value=_base64(item, "value", where),
-        headers=_headers(item.get("headers"), where),
+        headers=headers,
+        header_error=header_error,
     )
 
 
@@ -99,19 +104,24 @@ def _base64(item: Mapping[str, Any], name: str, where: str) -> bytes | None:
         raise MalformedEvent(f"{where}.{name} is not valid base64: {exc}") from None
 
 
-def _headers(raw: object, where: str) -> list[tuple[str, Any]]:
-    """(name, bytes) pairs in the event's order; a null value stays None, as confluent-kafka
-    gives it to the dataflow (typed `Any` for that reason: `Headers` says bytes)."""
+def _headers(raw: object, where: str) -> list[tuple[bytes, bytes | None]]:
+    """(name, value) pairs in the event's order, names as the UTF-8 bytes of the event's
+    text (a lone surrogate, which JSON can carry as an escape, stays a byte sequence that
+    is not UTF-8: the record is then `invalid_headers`, as it would be in the dataflow); a
+    null value stays None, as confluent-kafka gives it to the dataflow."""
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise MalformedEvent(f"{where}.headers is {_kind(raw)}, not a list")
-    out: list[tuple[str, Any]] = []
+    out: list[tuple[bytes, bytes | None]] = []
     for i, entry in enumerate(raw):
         if not isinstance(entry, Mapping):
             raise MalformedEvent(f"{where}.headers[{i}] is {_kind(entry)}, not a {{name: [bytes]}} object")
         for name, value in entry.items():
-            out.append((name, _header_value(value, f"{where}.headers[{i}][{name!r}]")))
+            if not isinstance(name, str):
+                raise MalformedEvent(f"{where}.headers[{i}] has a name that is not a string")
+            out.append((name.encode("utf-8", "surrogatepass"),
+                        _header_value(value, f"{where}.headers[{i}][{name!r}]")))
     return out
 
 

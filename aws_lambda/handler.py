@@ -2,13 +2,15 @@
 Kafka event source mapping.
 
 One invocation is one batch: parse the event, run the records through
-`flows.pipeline.process` (the dataflow's decode/validate and enrich steps), write every
-history row, then produce every message and wait for Kafka's acknowledgements. It returns
-only when all of that is done, so the mapping commits offsets of records whose output is
-safe. Poison records are values routed to the failure topic and do not fail the batch. A
-dependency that stays down past RETRY_DEADLINE_SECONDS, or anything else unexpected, raises:
-Lambda then retries the batch (at-least-once; history rows are idempotent upserts, Kafka
-messages of a retried batch may appear twice, with the same `source.*` headers).
+`flows.pipeline.process` (the dataflow's decode/validate and enrich steps), then deliver
+them as the dataflow does (`flows.delivery`: every history row written, every message
+acknowledged, a message a topic refuses re-routed). It returns only when all of that is
+done, so the mapping commits offsets of records whose output is safe. A bad record is a
+value routed to the failure topic and never fails the batch (a failed batch is retried
+forever). A dependency that stays down past RETRY_DEADLINE_SECONDS, or anything else
+unexpected, raises: Lambda then retries the batch (at-least-once; history rows are
+idempotent upserts, Kafka messages of a retried batch may appear twice, with the same
+`source.*` headers).
 """
 
 from __future__ import annotations
@@ -39,18 +41,21 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
     try:
         results = process(batch.records, clients.enricher, settings.max_value_bytes)
-        # history first: it is an idempotent upsert, so a retry after a failed produce
-        # rewrites the same rows instead of duplicating them
-        clients.history.write([r.history for r in results])
     except Exception as exc:
         _log_batch_failed(batch, exc, request_id)
         raise
     try:
-        clients.writer.write([r.message for r in results])
+        # the dataflow's delivery: messages handed to the producer, history rows written
+        # (idempotent upserts: a retried batch rewrites the same rows), then every Kafka
+        # acknowledgement awaited; a message a topic refuses is re-routed, not raised
+        clients.delivery().write(results)
     except Exception as exc:
         clients.renew_writer()
         _log_batch_failed(batch, exc, request_id)
         raise
+    finally:
+        clients.failures.flush()
+        clients.fallbacks.flush()
     summary = summarise(batch, results)
     log.info("batch done", extra={"fields": {**summary, "request_id": request_id}})
     return summary

@@ -22,8 +22,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flows.admin import CUSTOMERS_DDL
-from flows.kafka_io import HEADER_ROOM
 from flows.settings import Settings
+from flows.sizes import topic_sizes_to_create
 from tools import sample
 
 ZIPF_S = 1.1
@@ -104,10 +104,12 @@ def create_topics(settings: Settings, names: Iterable[str], partitions: int, log
     """Fresh topics; outputs stamp each message with the broker's append time so latency is
     read from Kafka itself (input: CreateTime, set by the producer)."""
     admin = AdminClient(settings.kafka_common())
-    config = {"max.message.bytes": str(settings.max_value_bytes + HEADER_ROOM),
-              "message.timestamp.type": "LogAppendTime" if log_append_time else "CreateTime"}
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1, config=config)
-                                   for n in names], operation_timeout=30)
+    input_size, output_size = topic_sizes_to_create(settings.max_value_bytes)
+    stamp = {"message.timestamp.type": "LogAppendTime" if log_append_time else "CreateTime"}
+    # outputs (stamped by the broker) are sized for what the pipeline adds (flows.sizes)
+    size = output_size if log_append_time else input_size
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1, config={
+        **stamp, "max.message.bytes": str(size)}) for n in names], operation_timeout=30)
     for name, fut in futures.items():
         try:
             fut.result(timeout=60)
@@ -140,7 +142,7 @@ def delete_topics(settings: Settings, prefix: str) -> list[str]:
 
 def producer_conf(settings: Settings) -> dict[str, Any]:
     return {**settings.kafka_common(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "message.max.bytes": settings.max_value_bytes + HEADER_ROOM, "partitioner": "murmur2_random",
+            "message.max.bytes": topic_sizes_to_create(settings.max_value_bytes)[0], "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 200000}
 
 

@@ -2,16 +2,24 @@
 
 The result is a `Decoded` or a `Failure` carrying the contract's code, stage, message and
 the JSON path of the field at fault. Decoders are built once, at import.
+
+Beyond the schema, the rules that keep every reader of the same bytes seeing the same event
+(README, "What happens to bad records"): the value is UTF-8 throughout (unknown members pass
+through to the output); no top-level member name appears twice; `occurred_at` stays within
+years 1..9999 once in UTC, so its history row reads back; a document nested deeper than the
+decoder accepts is `invalid_json`; a header name that is not UTF-8 is `invalid_headers`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 from typing import Any
 
 import msgspec
 
+from flows.jsonmembers import duplicate_name, member_path, member_spans, raw_members
 from flows.model import Code, Decoded, Event, Failure, SourceRecord, Stage
 
 _EVENT_DECODER = msgspec.json.Decoder(Event)
@@ -19,6 +27,12 @@ _ANY_DECODER = msgspec.json.Decoder()
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 _WS = b" \t\r\n"
+REPLACED_MEMBERS = frozenset({"customer", "enriched_at"})
+
+
+def _too_deep() -> str:
+    return (f"the value is not JSON this pipeline can read: nested deeper than the decoder accepts "
+            f"(about {sys.getrecursionlimit()} levels)")
 
 
 def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
@@ -31,6 +45,8 @@ def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
             record, Code.PAYLOAD_TOO_LARGE, Stage.DECODE,
             f"the value is {len(value)} bytes, over the limit of {max_bytes} bytes",
         )
+    if record.header_error is not None:
+        return Failure(record, Code.INVALID_HEADERS, Stage.DECODE, record.header_error)
     try:
         # msgspec skips unknown fields without checking their UTF-8, but they pass through
         # to the output, so the whole value must be valid UTF-8
@@ -44,9 +60,42 @@ def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
         return _schema_failure(record, value, str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Failure(record, Code.INVALID_JSON, Stage.DECODE, f"the value is not JSON: {exc}")
+    except RecursionError:
+        return Failure(record, Code.INVALID_JSON, Stage.DECODE, _too_deep())
     if bytes(event.payload).lstrip(_WS)[:1] != b"{":
         return _schema_failure(record, value, "Expected `object` - at `$.payload`")
-    return Decoded(record, event)
+    if not _in_utc_range(event.occurred_at):
+        return _schema_failure(record, value, _OUT_OF_RANGE)
+    members = raw_members(value)  # the same document again: it decodes
+    duplicate = duplicate_name(value, members)
+    if duplicate is not None:
+        return Failure(record, Code.SCHEMA_VIOLATION, Stage.VALIDATE,
+                       f"the member name {_shown(duplicate)} appears more than once", field=member_path(duplicate))
+    kept: tuple[tuple[int, int], ...] = ()
+    if event.customer is not msgspec.UNSET or event.enriched_at is not msgspec.UNSET:
+        kept = tuple((start, end) for name, start, end in member_spans(value, members)
+                     if name not in REPLACED_MEMBERS)
+    return Decoded(record, event, kept)
+
+
+_OUT_OF_RANGE = "Timestamp outside years 1..9999 once converted to UTC - at `$.occurred_at`"
+
+
+def _in_utc_range(moment: dt.datetime) -> bool:
+    """Whether the moment is between years 1 and 9999 in UTC (what the history table's
+    readers can represent); only the first and last years can fall out with an offset."""
+    if 1 < moment.year < 9999:
+        return True
+    try:
+        moment.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _shown(name: str, limit: int = 200) -> str:
+    text = msgspec.json.encode(name if len(name) <= limit else name[:limit]).decode()
+    return text if len(name) <= limit else text[:-1] + '…"'
 
 
 def _schema_failure(record: SourceRecord, value: bytes, message: str) -> Failure:
@@ -56,6 +105,8 @@ def _schema_failure(record: SourceRecord, value: bytes, message: str) -> Failure
         doc = _ANY_DECODER.decode(value)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Failure(record, Code.INVALID_JSON, Stage.DECODE, f"the value is not JSON: {exc}")
+    except RecursionError:
+        return Failure(record, Code.INVALID_JSON, Stage.DECODE, _too_deep())
     path = None
     match = _PATH.search(message)
     if match:
@@ -66,28 +117,38 @@ def _schema_failure(record: SourceRecord, value: bytes, message: str) -> Failure
             path = f"$.{missing.group(1)}"
         elif message.startswith("Expected"):
             path = "$"  # the document itself has the wrong type
-    readable = _readable_fields(doc)
+    readable = _readable_fields(value, doc)
     return Failure(record, Code.SCHEMA_VIOLATION, Stage.VALIDATE, message, field=path, **readable)
 
 
-def _readable_fields(doc: Any) -> dict[str, Any]:
-    """What can still be read of a JSON object that failed validation, for the history row."""
+_LIMITS = (("event_id", 128), ("event_type", 128), ("customer_id", 64))
+
+
+def _readable_fields(value: bytes, doc: Any) -> dict[str, Any]:
+    """What can still be read of a JSON object that failed validation, for the history row:
+    nothing when a member name appears twice (the readers of these bytes disagree)."""
     if not isinstance(doc, dict):
         return {}
+    try:
+        members = raw_members(value)
+        if duplicate_name(value, members) is not None:
+            return {}
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return {}
     out: dict[str, Any] = {}
-    for name, limit in (("event_id", 128), ("event_type", 128), ("customer_id", 64)):
-        value = doc.get(name)
-        if isinstance(value, str) and 1 <= len(value) <= limit:
-            out[name] = value
+    for name, limit in _LIMITS:
+        field = doc.get(name)
+        if isinstance(field, str) and 1 <= len(field) <= limit:
+            out[name] = field
     occurred = doc.get("occurred_at")
     if isinstance(occurred, str):
         try:
             parsed = msgspec.convert(occurred, dt.datetime)
         except msgspec.ValidationError:
             parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
+        if parsed is not None and parsed.tzinfo is not None and _in_utc_range(parsed):
             out["occurred_at"] = parsed
-    payload = doc.get("payload")
-    if isinstance(payload, dict):
-        out["payload"] = msgspec.json.encode(payload).decode()
+    payload = members.get("payload")
+    if payload is not None and isinstance(doc.get("payload"), dict):
+        out["payload"] = bytes(payload).decode()  # its text as received
     return out

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from flows import route
+from flows.failurelog import FailureLog
 from flows.model import Customer, Decoded, Failure, Routed
+from flows.sizes import TopicLimits, record_size
 from flows.stats import STATS
 
 log = logging.getLogger(__name__)
@@ -32,38 +34,62 @@ class CustomerLookup(Protocol):
     def close(self) -> None: ...
 
 
-class CustomerCache:
-    """LRU with a TTL per entry; `None` values remember "not found" for `negative_ttl`."""
+class _Lru:
+    """Entries with an expiry time, least recently used dropped beyond `max_size`."""
 
-    def __init__(self, ttl: float, negative_ttl: float, max_size: int, clock: Clock = time.monotonic) -> None:
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.entries: OrderedDict[str, tuple[float, bytes | None]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[float, bytes | None] | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, expires: float, fragment: bytes | None) -> None:
+        self.entries[key] = (expires, fragment)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_size:
+            self.entries.popitem(last=False)
+
+
+class CustomerCache:
+    """Customers found (for `ttl`, at most `max_size`) and ids not found (for
+    `negative_ttl`, at most `negative_max_size`), in two LRUs: a stream of unknown ids
+    evicts only other unknown ids, never the customers that are hit."""
+
+    def __init__(self, ttl: float, negative_ttl: float, max_size: int, negative_max_size: int | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.max_size = max_size
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, bytes | None]] = OrderedDict()
+        self._found = _Lru(max_size)
+        self._missing = _Lru(max_size if negative_max_size is None else negative_max_size)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._found.entries) + len(self._missing.entries)
 
     def lookup(self, customer_id: str) -> tuple[bool, bytes | None]:
         """(found in cache, fragment or None for a remembered miss)."""
-        entry = self._entries.get(customer_id)
+        now = self._clock()
+        entry = self._found.get(customer_id, now) or self._missing.get(customer_id, now)
         if entry is None:
             return False, None
-        if entry[0] <= self._clock():
-            del self._entries[customer_id]
-            return False, None
-        self._entries.move_to_end(customer_id)
         return True, entry[1]
 
     def put(self, customer_id: str, fragment: bytes | None) -> None:
-        ttl = self.ttl if fragment is not None else self.negative_ttl
-        if ttl <= 0 or self.max_size <= 0:
-            return
-        self._entries[customer_id] = (self._clock() + ttl, fragment)
-        self._entries.move_to_end(customer_id)
-        while len(self._entries) > self.max_size:
-            self._entries.popitem(last=False)
+        if fragment is None:
+            if self.negative_ttl > 0 and self._missing.max_size > 0:
+                self._found.entries.pop(customer_id, None)
+                self._missing.put(customer_id, self._clock() + self.negative_ttl, None)
+        elif self.ttl > 0 and self._found.max_size > 0:
+            self._missing.entries.pop(customer_id, None)
+            self._found.put(customer_id, self._clock() + self.ttl, fragment)
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -82,6 +108,8 @@ class Enricher:
         failure_topic: str,
         lookup_batch_size: int = 1000,
         wallclock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        limits: TopicLimits | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.lookup = lookup
         self.cache = cache
@@ -89,6 +117,8 @@ class Enricher:
         self.failure_topic = failure_topic
         self.lookup_batch_size = lookup_batch_size
         self._now = wallclock
+        self.limits = limits
+        self.failures = failures
 
     def _resolve(self, items: Sequence[Decoded | Failure]) -> dict[str, bytes | None | Exception]:
         """Fragment (or None) for each customer of the batch: cache first, then one query
@@ -137,13 +167,7 @@ class Enricher:
         for item in items:
             try:
                 if type(item) is Decoded:
-                    fragment = resolved[item.event.customer_id]
-                    if isinstance(fragment, Exception):
-                        raise fragment
-                    if fragment is None:
-                        result = route.failure(route.not_found(item), self.failure_topic, now)
-                    else:
-                        result = route.success(item, fragment, self.output_topic, now, enriched_at)
+                    result = self._enrich(item, resolved[item.event.customer_id], now, enriched_at)
                 else:
                     assert isinstance(item, Failure)
                     result = route.failure(item, self.failure_topic, now)
@@ -153,4 +177,21 @@ class Enricher:
                 result = route.failure(route.internal_error(item.record, exc, decoded), self.failure_topic, now)
             out.append(result)
         STATS.add_results(out)
+        if self.failures is not None:
+            self.failures.add(out)
         return out
+
+    def _enrich(self, item: Decoded, fragment: bytes | None | Exception, now: dt.datetime,
+                enriched_at: str) -> Routed:
+        if isinstance(fragment, Exception):
+            raise fragment
+        if fragment is None:
+            return route.failure(route.not_found(item), self.failure_topic, now)
+        result = route.success(item, fragment, self.output_topic, now, enriched_at)
+        if self.limits is not None:
+            m = result.message
+            size = record_size(m.key, m.value, m.headers)
+            if size > self.limits.output:
+                too_large = route.output_too_large(item, size, self.limits.output, self.output_topic)
+                return route.failure(too_large, self.failure_topic, now)
+        return result

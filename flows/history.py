@@ -17,8 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import msgspec
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.concurrent import execute_concurrent
@@ -30,8 +29,8 @@ from cassandra.policies import (
 )
 from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
 
-from flows.model import HistoryRow, Routed
-from flows.retry import Backoff, retry
+from flows.model import HistoryRow
+from flows.retry import Backoff, is_retriable, retry
 from flows.settings import Settings
 from flows.stats import STATS
 
@@ -257,30 +256,39 @@ class HistoryWriter:
         if not rows:
             return
         started = time.perf_counter()
-        statements = self._statements([msgspec.structs.astuple(r) for r in rows])
-        retry("cassandra", lambda: self._write_once(statements), self._backoff)
+        tuples = [msgspec.structs.astuple(r) for r in rows]
+        statements = self._statements(tuples)
+        try:
+            retry("cassandra", lambda: self._write_once(statements), self._backoff)
+        except InvalidRequest:
+            self._write_isolated(tuples)
         STATS.add_history(len(rows), time.perf_counter() - started)
+
+    def _write_isolated(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """A batch the server refused for what it holds (`InvalidRequest`: a row over the
+        largest mutation it takes, say): write its rows one by one, and a row refused on its
+        own again without its payload, so that every record keeps a readable row."""
+        statements = [(self._bound(row), None) for row in rows]
+        results = execute_concurrent(self.session, statements, concurrency=self.concurrency,
+                                     raise_on_first_error=False)
+        for row, (ok, result) in zip(rows, results, strict=True):
+            if ok:
+                continue
+            if not isinstance(result, InvalidRequest):
+                if is_retriable(result):
+                    self._write_one(row)
+                    continue
+                raise result
+            degraded = (*row[:-1], None)  # payload is the last column
+            log.warning("history row refused, written without its payload", extra={"fields": {
+                "event_id": row[0], "topic": row[1], "partition": row[2], "offset": row[3],
+                "error": str(result)[:300]}})
+            self._write_one(degraded)
+            STATS.add_history_degraded(1)
+
+    def _write_one(self, row: tuple[Any, ...]) -> None:
+        bound = self._bound(row)
+        retry("cassandra", lambda: self.session.execute(bound), self._backoff)
 
     def close(self) -> None:
         self.cluster.shutdown()
-
-
-class _HistoryPartition(StatelessSinkPartition[Routed]):
-    def __init__(self, writer: HistoryWriter) -> None:
-        self.writer = writer
-
-    def write_batch(self, items: list[Routed]) -> None:
-        self.writer.write([r.history for r in items])
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class HistorySink(DynamicSink[Routed]):
-    """One CQL session per worker, opened when the worker builds the sink."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _HistoryPartition:
-        return _HistoryPartition(HistoryWriter(self.settings))

@@ -1,15 +1,17 @@
-"""Kafka input and outputs on confluent-kafka, in place of Bytewax's bundled connector.
+"""Kafka input and output on confluent-kafka, in place of Bytewax's bundled connector.
 
 Input: one consumer per partition via `assign()` (no consumer group); the next offset to
 read is the partition's recovery state, so a restart resumes from the last snapshot.
 Consumer errors that may pass (a broker restarting) are logged and ridden out; fatal ones
 raise. Before listing partitions the source runs the start-up checks with a timeout
-(Bytewax's own KafkaSource asks for metadata without one and can hang forever).
+(Bytewax's own KafkaSource asks for metadata without one and can hang forever). Headers
+are read as bytes (`flows.kafka_headers`): a name that is not UTF-8 can't stop the source.
 
-Outputs: a sink on an idempotent Producer (`acks=all`) with a delivery callback on every
-message; a batch is done only when every message in it is acknowledged, and a delivery
-error raises, so the process fails loudly instead of losing a record. (Bytewax's
-KafkaSink drops failed deliveries silently.)
+Output: `KafkaWriter`, an idempotent Producer (`acks=all`) with a delivery callback on
+every message; a batch is done only when every message in it is acknowledged. A message a
+topic refuses for what it is comes back to the caller (`flows.delivery` re-routes it);
+any other delivery error raises, so the process fails loudly instead of losing a record.
+(Bytewax's KafkaSink drops failed deliveries silently.)
 """
 
 from __future__ import annotations
@@ -18,24 +20,25 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from flows.kafka_headers import READER
 from flows.lifecycle import STOPPING
-from flows.model import OutMessage, Routed, SourceRecord
+from flows.model import OutMessage, SourceRecord
 from flows.retry import gave_up
 from flows.settings import Settings
+from flows.sizes import topic_sizes_to_create
 from flows.stats import STATS
 
 log = logging.getLogger(__name__)
 
 STALL_CHECK_S = 5.0
 IDLE_WAIT = dt.timedelta(milliseconds=5)  # an idle partition is polled again after this
-# room for the record headers the pipeline adds on top of the largest accepted value
-HEADER_ROOM = 64 * 1024
+PREFETCH_KBYTES = 4096  # per partition: a few source batches of ordinary records
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -45,10 +48,20 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": settings.stop_at_end,
-        # prefetch per partition: a few source batches, not the 64 MiB default (memory stays flat)
-        "queued.max.messages.kbytes": 4096,
+        # prefetch per partition: a few source batches, not the 64 MiB default (memory stays
+        # flat), but at least two of the largest records, so large records stream
+        "queued.max.messages.kbytes": max(PREFETCH_KBYTES, 2 * settings.max_value_bytes // 1024 + 64),
+        # a full prefetch queue makes librdkafka wait this long before fetching again (its
+        # default, 1 s, starves a stream of large records that fill the queue in a few)
+        "fetch.queue.backoff.ms": 5,
         "fetch.wait.max.ms": 50,
+        # a fetch returns records of a partition up to this (one larger record still comes
+        # alone): room for a few of the largest records per round trip
+        "max.partition.fetch.bytes": max(1024 * 1024, min(4 * settings.max_value_bytes, 32 * 1024 * 1024)),
         "socket.keepalive.enable": True,
+        # only when the resume position is gone (retention deleted it while the flow was
+        # down): start from the oldest record kept, never skip to the end
+        "auto.offset.reset": "earliest",
     }
 
 
@@ -62,7 +75,10 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "compression.type": "none",
         # Java clients' default, so keyed records land where other producers put them
         "partitioner": "murmur2_random",
-        "message.max.bytes": settings.max_value_bytes + HEADER_ROOM,
+        # the writer sets these from the topics' sizes; this default fits the topics the
+        # project creates (flows.sizes)
+        "message.max.bytes": topic_sizes_to_create(settings.max_value_bytes)[1],
+        "batch.size": 1_000_000,
         # librdkafka keeps retrying a delivery until this expires: the same deadline as
         # every other dependency; past it the sink raises and the process exits
         "message.timeout.ms": int(settings.retry_deadline_seconds * 1000),
@@ -105,6 +121,7 @@ class _InputPartition(StatefulSourcePartition[SourceRecord, int]):
             self._last_data = now
 
     def next_batch(self) -> list[SourceRecord]:
+        read_headers = READER.read
         if self._eof or STOPPING.is_set():
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
@@ -121,8 +138,9 @@ class _InputPartition(StatefulSourcePartition[SourceRecord, int]):
                 log.warning("kafka consumer error, retrying", extra={"fields": {
                     "where": self._where, "error": str(err)}})
                 continue
+            headers, header_error = read_headers(msg)
             append(SourceRecord(msg.topic(), msg.partition(), msg.offset(),  # type: ignore[arg-type]
-                                msg.timestamp()[1], msg.key(), msg.value(), msg.headers() or []))  # type: ignore[arg-type]
+                                msg.timestamp()[1], msg.key(), msg.value(), headers, header_error))
         if batch:
             self._next = batch[-1].offset + 1
             STATS.add_input(len(batch))
@@ -167,77 +185,137 @@ class DeliveryFailed(RuntimeError):
     """Kafka did not acknowledge a message: raised so nothing is lost silently."""
 
 
-class _Acks:
-    """Delivery reports of one `write` call."""
+# What a broker says about one record (or the batch it was in) that no retry will change:
+# too large for the topic, or invalid for it (a record without a key for a compacted
+# topic). Anything else that librdkafka gives up on is a dependency failure.
+RECORD_REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                             KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE})
+LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.bytes
 
-    __slots__ = ("acked", "errors")
 
-    def __init__(self) -> None:
-        self.acked = 0
-        self.errors: list[str] = []
+class Sending:
+    """The delivery reports of one `send` call: an error per message index, if any."""
 
-    def __call__(self, err: KafkaError | None, msg: Any) -> None:
-        if err is None:
-            self.acked += 1
-        else:
-            self.errors.append(f"{msg.topic()}: {err}")
+    __slots__ = ("messages", "reported", "errors")
+
+    def __init__(self, messages: Sequence[OutMessage]) -> None:
+        self.messages = messages
+        self.reported = 0
+        self.errors: dict[int, KafkaError] = {}
+
+    def report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
+        self.reported += 1
+        if err is not None:
+            self.errors[index] = err
+
+    @property
+    def done(self) -> bool:
+        return self.reported >= len(self.messages)
+
+
+def _refused(err: KafkaError) -> bool:
+    return err.code() in RECORD_REFUSALS
 
 
 class KafkaWriter:
-    """Produces messages and returns only when Kafka acknowledged every one of them;
-    raises `DeliveryFailed` otherwise. Shared by the dataflow's sinks and the Lambda."""
+    """Produces messages and waits until Kafka acknowledged each one. A message refused
+    for what it is (size, validity) is tried again alone, so that only the messages that
+    can't be written at all are reported back (`write` returns their indices); any other
+    failure raises `DeliveryFailed`. Shared by the dataflow's sink, the Lambda and `ops`.
 
-    def __init__(self, settings: Settings, client_id: str = "enrichment") -> None:
+    `max_bytes` sizes the producer for the largest message it must take (the topics'
+    `max.message.bytes`); `batch_bytes` keeps batches of several messages within the
+    smallest topic it writes to."""
+
+    def __init__(self, settings: Settings, client_id: str = "enrichment", max_bytes: int | None = None,
+                 batch_bytes: int | None = None) -> None:
+        self._settings = settings
+        self._client_id = client_id
         conf = producer_config(settings)
         conf["client.id"] = client_id
+        if max_bytes is not None:
+            conf["message.max.bytes"] = min(max(max_bytes, 1000), LARGEST_PRODUCE_BYTES)
+        if batch_bytes is not None:
+            conf["batch.size"] = max(1, min(batch_bytes, conf["batch.size"]))
         self._producer = Producer(conf)
+        self._compressed: Producer | None = None
         self._timeout_s = settings.retry_deadline_seconds
 
-    def write(self, messages: Sequence[OutMessage]) -> None:
-        if not messages:
-            return
-        acks = _Acks()  # per call: a late report of an earlier batch can't count for this one
-        produce, poll = self._producer.produce, self._producer.poll
-        for m in messages:
+    def write(self, messages: Sequence[OutMessage]) -> list[int]:
+        """Send and wait; the indices of the messages refused even alone."""
+        return self.wait(self.send(messages))
+
+    def send(self, messages: Sequence[OutMessage]) -> Sending:
+        """Hand every message to the producer (returns before Kafka acknowledges them)."""
+        sending = Sending(messages)
+        produce, poll, report = self._producer.produce, self._producer.poll, sending.report
+        for i, m in enumerate(messages):
+            on_delivery = partial(report, i)
             while True:
                 try:
-                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=acks)  # type: ignore[arg-type]
+                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)  # type: ignore[arg-type]
                     break
                 except BufferError:  # local queue full: serve callbacks, then try again
                     poll(0.05)
-        self._wait(acks, len(messages))
+                except KafkaException as exc:
+                    err = exc.args[0]
+                    if not _refused(err):
+                        raise
+                    report(i, err, None)  # over message.max.bytes: refused before leaving
+                    break
+        return sending
 
-    def _wait(self, acks: _Acks, expected: int) -> None:
+    def wait(self, sending: Sending) -> list[int]:
+        """Wait for every report of `sending`; the indices refused even when sent alone."""
+        self._await(self._producer, sending)
+        refused = sorted(sending.errors)
+        if not refused:
+            return []
+        others = [(i, sending.errors[i]) for i in refused if not _refused(sending.errors[i])]
+        if others:
+            raise gave_up(DeliveryFailed(f"{len(others)} of {len(sending.messages)} message(s) not delivered, "
+                                         f"first: {sending.messages[others[0][0]].topic}: {others[0][1]}"))
+        # a refused batch fails every message in it: find the ones that fail on their own
+        return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
+
+    def send_alone(self, message: OutMessage, compressed: bool = False) -> KafkaError | None:
+        """Produce one message in a batch of its own and wait for it: None when written,
+        else why the topic refused it. `compressed` sends it through a zstd producer whose
+        own size limit is librdkafka's ceiling, so that the broker judges the compressed size."""
+        producer = self._compressed_producer() if compressed else self._producer
+        self._producer.flush(self._timeout_s)  # nothing else rides in its batch
+        sending = Sending([message])
+        try:
+            producer.produce(message.topic, message.value, message.key, headers=message.headers,  # type: ignore[arg-type]
+                             on_delivery=partial(sending.report, 0))
+        except KafkaException as exc:
+            if not _refused(exc.args[0]):
+                raise
+            return exc.args[0]  # type: ignore[no-any-return]
+        self._await(producer, sending)
+        err = sending.errors.get(0)
+        if err is not None and not _refused(err):
+            raise gave_up(DeliveryFailed(f"message not delivered: {message.topic}: {err}"))
+        return err
+
+    def _compressed_producer(self) -> Producer:
+        if self._compressed is None:
+            conf = producer_config(self._settings)
+            conf.update({"client.id": f"{self._client_id}-zstd", "compression.type": "zstd",
+                         "message.max.bytes": LARGEST_PRODUCE_BYTES, "batch.num.messages": 1})
+            self._compressed = Producer(conf)
+        return self._compressed
+
+    def _await(self, producer: Producer, sending: Sending) -> None:
         deadline = time.monotonic() + self._timeout_s + 30
-        while acks.acked + len(acks.errors) < expected and not acks.errors:
-            self._producer.flush(1.0)
+        while not sending.done:
+            producer.flush(1.0)
             if time.monotonic() > deadline:
-                raise gave_up(DeliveryFailed(f"{expected - acks.acked} of {expected} messages not "
-                                             f"acknowledged after {self._timeout_s:.0f}s"))
-        if acks.errors:
-            raise gave_up(DeliveryFailed(f"{len(acks.errors)} message(s) not delivered, "
-                                         f"first: {acks.errors[0]}"))
+                raise gave_up(DeliveryFailed(f"{len(sending.messages) - sending.reported} of "
+                                             f"{len(sending.messages)} messages not acknowledged after "
+                                             f"{self._timeout_s:.0f}s"))
 
     def close(self) -> None:
         self._producer.flush(self._timeout_s)
-
-
-class _OutputPartition(StatelessSinkPartition[Routed]):
-    def __init__(self, writer: KafkaWriter) -> None:
-        self.writer = writer
-
-    def write_batch(self, items: list[Routed]) -> None:
-        self.writer.write([r.message for r in items])
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class KafkaOutput(DynamicSink[Routed]):
-    """Produces each item's `message`; one producer per worker, built with the worker."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OutputPartition:
-        return _OutputPartition(KafkaWriter(self.settings, f"enrichment-{step_id}-{worker_index}"))
+        if self._compressed is not None:
+            self._compressed.flush(self._timeout_s)

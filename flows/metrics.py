@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from flows.model import Code
 
 PREFIX = "enrichment"
+FALLBACK_KINDS = ("output_refused", "dead_letter_compressed", "dead_letter_without_value")
 # a PostgreSQL lookup is one query per batch of distinct ids (about a millisecond on a
 # local server); a history write is one batch of rows (tens of milliseconds); both may
 # take seconds while a dependency is retried
@@ -49,6 +50,15 @@ class PipelineMetrics:
         self.history_rows = counter("history_rows_written", "History rows acknowledged by ScyllaDB/Cassandra")
         self.history_write_seconds = histogram(
             "history_write_duration_seconds", "Duration of writing one batch of history rows, retries included")
+        self.fallbacks = counter(
+            "delivery_fallbacks", "Messages a topic refused at run time and delivered another way, by kind "
+            "(output_refused, dead_letter_compressed, dead_letter_without_value)", ("kind",))
+        for kind in FALLBACK_KINDS:
+            self.fallbacks.labels(kind)
+        self.lookup_refused = counter(
+            "pg_lookup_refused", "customer_id values PostgreSQL refused to look up (answered as not found)")
+        self.history_degraded = counter(
+            "history_rows_degraded", "History rows the store refused whole, written without their payload")
         self.in_flight = Gauge(
             f"{PREFIX}_records_in_flight",
             "Records read from the input topic whose history row is not written yet", registry=registry)

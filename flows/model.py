@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, Raw
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]  # a header value may be null
 
 
 class SourceRecord(msgspec.Struct, frozen=True, gc=False):
@@ -22,6 +22,9 @@ class SourceRecord(msgspec.Struct, frozen=True, gc=False):
     key: bytes | None
     value: bytes | None
     headers: Headers = []
+    # set when a header name is not UTF-8: the names in `headers` are then escaped
+    # (flows.kafka_headers) and the record fails as `invalid_headers` with this message
+    header_error: str | None = None
 
     @property
     def coordinates(self) -> str:
@@ -58,6 +61,7 @@ class Code(StrEnum):
 
     EMPTY_VALUE = "empty_value"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_HEADERS = "invalid_headers"
     INVALID_JSON = "invalid_json"
     SCHEMA_VIOLATION = "schema_violation"
     CUSTOMER_NOT_FOUND = "customer_not_found"
@@ -72,10 +76,13 @@ class Stage(StrEnum):
 
 
 class Decoded(msgspec.Struct, frozen=True, gc=False):
-    """A record that passed decode and validation, waiting for enrichment."""
+    """A record that passed decode and validation, waiting for enrichment. When the input
+    has members the output sets itself (`customer`, `enriched_at`), `kept` holds the byte
+    spans [start, end) of every other top-level member: the output is rebuilt from them."""
 
     record: SourceRecord
     event: Event
+    kept: tuple[tuple[int, int], ...] = ()
 
 
 class Failure(msgspec.Struct, frozen=True, gc=False):
@@ -120,9 +127,11 @@ class HistoryRow(msgspec.Struct, frozen=True, gc=False):
 
 
 class Routed(msgspec.Struct, frozen=True, gc=False):
-    """The final outcome of one input record: its output message and its history row."""
+    """The final outcome of one input record: its output message and its history row, and
+    the record itself (a message a topic refuses at run time is re-routed from it)."""
 
     ok: bool
     message: OutMessage
     history: HistoryRow
+    record: SourceRecord
     code: Code | None = None

@@ -1,8 +1,7 @@
-"""The topology, built from its parts so tests can swap the source, sinks and lookup:
+"""The topology, built from its parts so tests can swap the source, sink and lookup:
 
-    kafka_in -> decode_validate -> enrich -> history          (every record)
-                                          -> route -> kafka_out  (enriched)
-                                                   -> kafka_dlq  (failed)
+    kafka_in -> decode_validate -> enrich -> deliver   (history row, then the message to the
+                                                        output or the failure topic)
 """
 
 from __future__ import annotations
@@ -20,9 +19,11 @@ from bytewax.outputs import Sink
 
 from flows.decode import decode_record
 from flows.enrich import CustomerCache, CustomerLookup, Enricher
+from flows.failurelog import FailureLog
 from flows.model import Decoded, Failure, Routed, SourceRecord
 from flows.route import internal_error
 from flows.settings import Settings
+from flows.sizes import TopicLimits
 from flows.stats import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -71,65 +72,51 @@ def decode_batch(records: list[SourceRecord], max_bytes: int) -> list[Decoded | 
     return out
 
 
-def make_enricher(settings: Settings, lookup_factory: Callable[[], CustomerLookup]) -> PerWorker[Enricher]:
-    reporter = ProgressReporter(settings.progress_interval_seconds)
-    atexit.register(reporter.stop)
+def make_enricher(settings: Settings, lookup_factory: Callable[[], CustomerLookup],
+                  limits: Callable[[], TopicLimits | None] = lambda: None, failures: FailureLog | None = None,
+                  reporter: ProgressReporter | None = None) -> PerWorker[Enricher]:
+    if reporter is not None:
+        atexit.register(reporter.stop)
 
     def build() -> Enricher:
-        reporter.start()
+        if reporter is not None:
+            reporter.start()
         cache = CustomerCache(settings.cache_ttl_seconds, settings.cache_negative_ttl_seconds,
-                              settings.cache_max_size)
+                              settings.cache_max_size, settings.cache_negative_max_size)
         return Enricher(lookup_factory(), cache, settings.output_topic, settings.failure_topic,
-                        settings.lookup_batch_size)
+                        settings.lookup_batch_size, limits=limits(), failures=failures)
 
     return PerWorker(build, lambda e: e.lookup.close())
-
-
-def log_failures(results: list[Routed]) -> None:
-    for r in results:
-        if not r.ok:
-            h = r.history
-            log.warning("record failed", extra={"fields": {
-                "code": h.error_code, "topic": h.source_topic, "partition": h.source_partition,
-                "offset": h.source_offset,
-                "event_id": None if h.event_id == f"{h.source_topic}:{h.source_partition}:{h.source_offset}"
-                else h.event_id}})
 
 
 def process(records: list[SourceRecord], enricher: Enricher, max_bytes: int) -> list[Routed]:
     """decode_validate then enrich, for callers outside Bytewax (the Lambda handler): the
     same code the dataflow's two steps run."""
-    results = enricher.process(decode_batch(records, max_bytes))
-    log_failures(results)
-    return results
+    return enricher.process(decode_batch(records, max_bytes))
 
 
 def build_flow(
     settings: Settings,
     source: Source[SourceRecord],
-    success_sink: Sink[Routed],
-    failure_sink: Sink[Routed],
-    history_sink: Sink[Routed],
+    sink: Sink[Routed],
     lookup_factory: Callable[[], CustomerLookup],
+    limits: Callable[[], TopicLimits | None] = lambda: None,
+    failures: FailureLog | None = None,
+    reporter: ProgressReporter | None = None,
     flow_id: str = "enrichment",
 ) -> Dataflow:
-    enrichers = make_enricher(settings, lookup_factory)
+    enrichers = make_enricher(settings, lookup_factory, limits, failures, reporter)
     max_bytes = settings.max_value_bytes
 
     def decode_step(records: list[SourceRecord]) -> list[Decoded | Failure]:
         return decode_batch(records, max_bytes)
 
     def enrich_step(items: list[Decoded | Failure]) -> list[Routed]:
-        results = enrichers.get().process(items)
-        log_failures(results)
-        return results
+        return enrichers.get().process(items)
 
     flow = Dataflow(flow_id)
     records = op.input("kafka_in", flow, source)
     decoded = op.flat_map_batch("decode_validate", records, decode_step)
     results = op.flat_map_batch("enrich", decoded, enrich_step)
-    op.output("history", results, history_sink)
-    routed = op.branch("route", results, lambda r: r.ok)
-    op.output("kafka_out", routed.trues, success_sink)
-    op.output("kafka_dlq", routed.falses, failure_sink)
+    op.output("deliver", results, sink)
     return flow

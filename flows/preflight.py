@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from flows.settings import Settings, redact_dsn
+from flows.sizes import TopicLimits, TopicSize, size_problems
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,52 @@ def check_kafka(settings: Settings, topics: list[str]) -> dict[str, int]:
             raise PreflightError(f"Kafka topic '{topic}' does not exist on {settings.kafka_bootstrap_servers}")
         counts[topic] = len(meta.partitions)
     return counts
+
+
+def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, TopicSize]:
+    """Each topic's effective `max.message.bytes` ({setting name: topic name} in); raises
+    PreflightError when a topic's configuration can't be read, or a dead letter without a
+    key could not be written (a compacted failure topic refuses records without a key)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ConfigResource,
+        ConfigSource,
+        ResourceType,
+    )
+
+    admin = AdminClient({**settings.kafka_common(), "socket.connection.setup.timeout.ms": 5000})
+    resources = {name: ConfigResource(ResourceType.TOPIC, topic) for name, topic in topics.items()}
+    futures = admin.describe_configs(list(resources.values()), request_timeout=settings.startup_timeout_seconds)
+    by_topic = {r.name: f for r, f in futures.items()}
+    sizes: dict[str, TopicSize] = {}
+    for name, topic in topics.items():
+        try:
+            configs = by_topic[topic].result(timeout=settings.startup_timeout_seconds + 5)
+            entry = configs["max.message.bytes"]
+            max_bytes = int(entry.value)
+            policy = str(configs["cleanup.policy"].value) if "cleanup.policy" in configs else "delete"
+        except Exception as exc:
+            raise PreflightError(f"can't read the configuration of Kafka topic '{topic}' ({name}): {exc} (the flow "
+                                 "needs DescribeConfigs on its topics to check their sizes)") from None
+        source = getattr(entry.source, "value", entry.source)
+        override = source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        sizes[name] = TopicSize(name, topic, max_bytes, broker_default=not override)
+        if name == "FAILURE_TOPIC" and "compact" in policy:
+            raise PreflightError(f"FAILURE_TOPIC {topic} has cleanup.policy={policy}: a compacted topic refuses "
+                                 "records without a key, and dead letters keep the input key, null included")
+    return sizes
+
+
+def check_topic_sizes(settings: Settings) -> TopicLimits:
+    """The size rule (flows.sizes): every record the input topic accepts fits the failure
+    topic with the failure headers and the output topic with what enrichment adds."""
+    sizes = topic_sizes(settings, {"INPUT_TOPIC": settings.input_topic, "OUTPUT_TOPIC": settings.output_topic,
+                                   "FAILURE_TOPIC": settings.failure_topic})
+    problems = size_problems(settings.max_value_bytes, sizes["INPUT_TOPIC"], sizes["OUTPUT_TOPIC"],
+                             sizes["FAILURE_TOPIC"])
+    if problems:
+        raise PreflightError("topic sizes do not fit: " + "; ".join(problems))
+    return TopicLimits(output=sizes["OUTPUT_TOPIC"].max_bytes, failure=sizes["FAILURE_TOPIC"].max_bytes)
 
 
 def check_postgres(settings: Settings) -> None:
@@ -77,15 +124,23 @@ def check_cql(settings: Settings) -> None:
         driver_log.setLevel(level)
 
 
-def run_checks(settings: Settings) -> list[int]:
-    """All checks; returns the input topic's partition ids."""
+class Checked:
+    """What the start-up checks found: the input topic's partitions and the topics' limits."""
+
+    def __init__(self, partitions: list[int], limits: TopicLimits) -> None:
+        self.partitions = partitions
+        self.limits = limits
+
+
+def run_checks(settings: Settings) -> Checked:
     counts = check_kafka(settings, [settings.input_topic, settings.output_topic, settings.failure_topic])
+    limits = check_topic_sizes(settings)
     check_postgres(settings)
     check_cql(settings)
-    return list(range(counts[settings.input_topic]))
+    return Checked(list(range(counts[settings.input_topic])), limits)
 
 
-def checked_partitions(settings: Settings, exit: Callable[[int], None] = os._exit) -> list[int]:
+def checked(settings: Settings, exit: Callable[[int], None] = os._exit) -> Checked:
     """`run_checks`, or one error line and exit status 2."""
     try:
         return run_checks(settings)
@@ -100,17 +155,25 @@ def checked_partitions(settings: Settings, exit: Callable[[int], None] = os._exi
         raise
 
 
-def checked_partitions_once(settings: Settings) -> Callable[[], list[int]]:
-    """`checked_partitions` for the source's `list_parts`, which Bytewax calls on every
-    worker: the checks run once per process, the other workers wait for and share the
-    answer (`functools.cache` would let worker threads run them concurrently)."""
-    lock = threading.Lock()
-    answer: list[list[int]] = []
+class Preflight:
+    """The checks, run once per process by whichever part needs their answer first (the
+    source listing partitions, a worker building its sink or its enrich step: Bytewax
+    does not say in which order), the others waiting for it and sharing it."""
 
-    def partitions() -> list[int]:
-        with lock:
-            if not answer:
-                answer.append(checked_partitions(settings))
-            return list(answer[0])
+    def __init__(self, settings: Settings, run: Callable[[Settings], Checked] = checked) -> None:
+        self._settings = settings
+        self._run = run
+        self._lock = threading.Lock()
+        self._answer: Checked | None = None
 
-    return partitions
+    def result(self) -> Checked:
+        with self._lock:
+            if self._answer is None:
+                self._answer = self._run(self._settings)
+            return self._answer
+
+    def partitions(self) -> list[int]:
+        return list(self.result().partitions)
+
+    def limits(self) -> TopicLimits:
+        return self.result().limits

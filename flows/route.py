@@ -26,11 +26,11 @@ from flows.model import (
 
 RESERVED_HEADERS = frozenset({
     "source.topic", "source.partition", "source.offset", "source.timestamp",
-    "error.code", "error.stage", "error.message", "error.field", "failed_at",
+    "error.code", "error.stage", "error.message", "error.field", "error.omitted", "failed_at",
 })
+OMITTED_HEADER = "error.omitted"
 MAX_ERROR_MESSAGE = 1024
 _WS = b" \t\r\n"
-_ANY = msgspec.json.Decoder()
 _ENC = msgspec.json.Encoder()
 
 
@@ -65,16 +65,15 @@ def _source_headers(record: SourceRecord) -> Headers:
 
 
 def enriched_value(decoded: Decoded, fragment: bytes, enriched_at: str) -> bytes:
+    """The input value, its bytes kept, with `customer` and `enriched_at` added. An input
+    that has members of those names is rebuilt from its other members' text, byte for
+    byte (only the whitespace between members changes)."""
     value = decoded.record.value
     assert value is not None
-    event = decoded.event
-    if event.customer is not msgspec.UNSET or event.enriched_at is not msgspec.UNSET:
-        # the input already has members the output sets: replace them, keep the rest
-        doc = _ANY.decode(value)
-        doc["customer"] = _ANY.decode(fragment[len(b'"customer":'):])
-        doc["enriched_at"] = enriched_at
-        return _ENC.encode(doc)
-    body = value.rstrip(_WS)[:-1].rstrip(_WS)  # a validated object ends with '}'
+    if decoded.kept:
+        body = b"{" + b",".join(value[start:end] for start, end in decoded.kept)
+    else:
+        body = value.rstrip(_WS)[:-1].rstrip(_WS)  # a validated object ends with '}'
     sep = b"" if body.endswith(b"{") else b","
     return b"".join((body, sep, fragment, b',"enriched_at":"', enriched_at.encode(), b'"}'))
 
@@ -102,7 +101,7 @@ def success(decoded: Decoded, fragment: bytes, output_topic: str, now: dt.dateti
         output_topic=output_topic,
         payload=bytes(event.payload).decode(),
     )
-    return Routed(True, message, history)
+    return Routed(True, message, history, record)
 
 
 def truncate_utf8(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
@@ -119,7 +118,7 @@ def failure(fail: Failure, failure_topic: str, now: dt.datetime) -> Routed:
         ("error.message", truncate_utf8(fail.message).encode()),
     ]
     if fail.field:
-        headers.append(("error.field", fail.field.encode()))
+        headers.append(("error.field", truncate_utf8(fail.field).encode()))
     headers += _source_headers(record)
     headers += [
         ("source.timestamp", str(record.timestamp_ms).encode()),
@@ -140,16 +139,29 @@ def failure(fail: Failure, failure_topic: str, now: dt.datetime) -> Routed:
         output_topic=failure_topic,
         payload=fail.payload,
     )
-    return Routed(False, message, history, fail.code)
+    return Routed(False, message, history, record, fail.code)
 
 
 def not_found(decoded: Decoded) -> Failure:
     event = decoded.event
+    return _enrich_failure(decoded, Code.CUSTOMER_NOT_FOUND,
+                           f"no customer with customer_id {truncate_utf8(repr(event.customer_id), 200)}",
+                           "$.customer_id")
+
+
+def output_too_large(decoded: Decoded, size: int, limit: int, output_topic: str) -> Failure:
+    """The enriched message would not fit the output topic (contract: payload_too_large)."""
+    return _enrich_failure(decoded, Code.PAYLOAD_TOO_LARGE,
+                           f"the enriched message would be {size} bytes; the output topic {output_topic} "
+                           f"accepts {limit} (max.message.bytes)")
+
+
+def _enrich_failure(decoded: Decoded, code: Code, message: str, field: str | None = None) -> Failure:
+    event = decoded.event
     return Failure(
-        decoded.record, Code.CUSTOMER_NOT_FOUND, Stage.ENRICH,
-        f"no customer with customer_id {truncate_utf8(repr(event.customer_id), 200)}",
-        field="$.customer_id", event_id=event.event_id, event_type=event.event_type,
-        customer_id=event.customer_id, occurred_at=event.occurred_at, payload=bytes(event.payload).decode(),
+        decoded.record, code, Stage.ENRICH, message, field=field, event_id=event.event_id,
+        event_type=event.event_type, customer_id=event.customer_id, occurred_at=event.occurred_at,
+        payload=bytes(event.payload).decode(),
     )
 
 
@@ -163,3 +175,27 @@ def internal_error(record: SourceRecord, exc: BaseException, decoded: Decoded | 
         record, Code.INTERNAL_ERROR, Stage.INTERNAL, message, event_id=event.event_id,
         event_type=event.event_type, customer_id=event.customer_id, occurred_at=event.occurred_at,
     )
+
+
+def refused_by_output(routed: Routed, reason: str, failure_topic: str, now: dt.datetime) -> Routed:
+    """An enriched message the output topic refused at run time (its size limit lowered
+    under the running flow): the record goes to the failure topic as `payload_too_large`."""
+    h = routed.history
+    fail = Failure(routed.record, Code.PAYLOAD_TOO_LARGE, Stage.ENRICH,
+                   f"the output topic {routed.message.topic} refused the enriched message: {reason}",
+                   event_id=h.event_id, event_type=h.event_type, customer_id=h.customer_id,
+                   occurred_at=h.occurred_at, payload=h.payload)
+    return failure(fail, failure_topic, now)
+
+
+def without_record(message: OutMessage, note: str, keep_key: bool = True) -> OutMessage:
+    """A dead letter that no topic setting lets through whole (its record arrived
+    compressed, or the failure topic shrank): the pipeline's headers only, the value
+    null, the key kept if it fits; `error.omitted` says what was left out and
+    `error.message` why. The record itself stays in the input topic at `source.*`."""
+    ours = [(k, v) for k, v in message.headers if k in RESERVED_HEADERS and k != "error.message"]
+    original = next((v for k, v in message.headers if k == "error.message"), None) or b""
+    text = f"{note} Reason the record failed: {original.decode('utf-8', 'replace')}"
+    omitted = "value,headers" if keep_key else "value,headers,key"
+    headers = [*ours, ("error.message", truncate_utf8(text).encode()), (OMITTED_HEADER, omitted.encode())]
+    return OutMessage(message.topic, message.key if keep_key else None, None, headers)

@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -48,15 +47,45 @@ class Secret:
         return hash(self._value)
 
 
+class DsnError(ValueError):
+    """A PostgreSQL DSN libpq can't parse. Its message never quotes the DSN: libpq's own
+    message copies part of it, which may be the password."""
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """libpq's reading of a DSN (URL or key=value pairs), or `DsnError`."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except (ProgrammingError, ValueError, TypeError):
+        raise DsnError("not a PostgreSQL connection string libpq can parse (its message is not shown: it "
+                       "would quote the value); expected postgresql://user@host:port/dbname or key=value "
+                       "pairs, with special characters percent-encoded in a URL or quoted in key=value "
+                       "pairs") from None
+    return {k: str(v) for k, v in params.items()}
+
+
 def redact_dsn(dsn: str) -> str:
-    """A PostgreSQL DSN with any password replaced, for logs and errors."""
+    """A PostgreSQL DSN for logs and errors: rebuilt from what libpq parsed, the password
+    replaced; nothing of a DSN that does not parse."""
+    try:
+        params = parse_dsn(dsn)
+    except DsnError:
+        return "(PG_DSN hidden: it does not parse)"
     if "://" in dsn:
-        parts = urlsplit(dsn)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-            return urlunsplit(parts._replace(netloc=netloc))
-        return re.sub(r"(password=)[^&\s]*", r"\1****", dsn)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", dsn)
+        user, password = params.get("user", ""), "password" in params
+        auth = f"{user}{':****' if password else ''}@" if user or password else ""
+        port = f":{params['port']}" if "port" in params else ""
+        return f"postgresql://{auth}{params.get('host', '')}{port}/{params.get('dbname', '')}"
+    return " ".join(f"{k}=****" if k == "password" else f"{k}={_quoted(v)}" for k, v in params.items())
+
+
+def _quoted(value: str) -> str:
+    if value and not re.search(r"[\s'\\]", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -198,6 +227,8 @@ class Settings:
     cache_ttl_seconds: float = _env("CACHE_TTL_SECONDS", "300", _float_range(0))
     cache_negative_ttl_seconds: float = _env("CACHE_NEGATIVE_TTL_SECONDS", "30", _float_range(0))
     cache_max_size: int = _env("CACHE_MAX_SIZE", "100000", _int_range(0))
+    # "not found" answers have their own LRU, so unknown ids never evict known customers
+    cache_negative_max_size: int = _env("CACHE_NEGATIVE_MAX_SIZE", "10000", _int_range(0))
     lookup_batch_size: int = _env("LOOKUP_BATCH_SIZE", "1000", _int_range(1, 100000))
     source_batch_size: int = _env("SOURCE_BATCH_SIZE", "1000", _int_range(1, 100000))
     # --- operations
@@ -232,9 +263,10 @@ class Settings:
             raise SettingsError(f"INPUT_TOPIC, OUTPUT_TOPIC and FAILURE_TOPIC must differ: {topics}")
         if self.pg_pool_min > self.pg_pool_max:
             raise SettingsError(f"PG_POOL_MIN={self.pg_pool_min}: must not exceed PG_POOL_MAX={self.pg_pool_max}")
-        dsn = self.pg_dsn.get()
-        if not (dsn.startswith(("postgresql://", "postgres://")) or "=" in dsn):
-            raise SettingsError(f"PG_DSN={redact_dsn(dsn)!r}: expected postgresql://... or key=value pairs")
+        try:
+            parse_dsn(self.pg_dsn.get())
+        except DsnError as exc:
+            raise SettingsError(f"PG_DSN=(hidden): {exc}") from None
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise SettingsError(f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL="
                                 f"{self.kafka_security_protocol}")

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flows.metrics import PipelineMetrics
@@ -29,6 +29,9 @@ class Stats:
         self.cache_misses = 0
         self.lookup_queries = 0
         self.history_rows = 0
+        self.fallbacks: Counter[str] = Counter()
+        self.lookup_refused = 0
+        self.history_degraded = 0
         self.started = time.monotonic()
         self.metrics = metrics
         if metrics is not None:
@@ -62,6 +65,27 @@ class Stats:
         if self.metrics is not None:
             self.metrics.history_rows.inc(rows)
             self.metrics.history_write_seconds.observe(seconds)
+
+    def add_fallbacks(self, kinds: Iterable[str]) -> None:
+        """Messages a topic refused and that were delivered another way (`flows.delivery`)."""
+        counts = Counter(kinds)
+        with self._lock:
+            self.fallbacks.update(counts)
+        if self.metrics is not None:
+            for kind, n in counts.items():
+                self.metrics.fallbacks.labels(kind).inc(n)
+
+    def add_lookup_refused(self, n: int) -> None:
+        with self._lock:
+            self.lookup_refused += n
+        if self.metrics is not None:
+            self.metrics.lookup_refused.inc(n)
+
+    def add_history_degraded(self, n: int) -> None:
+        with self._lock:
+            self.history_degraded += n
+        if self.metrics is not None:
+            self.metrics.history_degraded.inc(n)
 
     def in_flight(self) -> float:
         """Records read whose history row is not written yet (never below 0: the Lambda
@@ -98,6 +122,9 @@ class Stats:
                 "cache_misses": self.cache_misses,
                 "cache_hit_ratio": round(self.cache_hits / lookups, 4) if lookups else None,
                 "lookup_queries": self.lookup_queries,
+                **({"delivery_fallbacks": dict(self.fallbacks)} if self.fallbacks else {}),
+                **({"lookup_refused": self.lookup_refused} if self.lookup_refused else {}),
+                **({"history_rows_degraded": self.history_degraded} if self.history_degraded else {}),
                 "elapsed_s": round(elapsed, 3),
                 "records_per_s": round(self.records_in / elapsed, 1),
             }
@@ -110,9 +137,11 @@ class ProgressReporter:
     """Logs one progress line every `interval` seconds from a daemon thread, and a last one
     when stopped."""
 
-    def __init__(self, interval: float, stats: Stats = STATS) -> None:
+    def __init__(self, interval: float, stats: Stats = STATS,
+                 flushers: Sequence[Callable[[], None]] = ()) -> None:
         self.interval = interval
         self.stats = stats
+        self.flushers = list(flushers)  # the aggregated log lines (flows.failurelog), each interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -128,6 +157,8 @@ class ProgressReporter:
             self.emit("progress")
 
     def emit(self, msg: str) -> None:
+        for flush in self.flushers:
+            flush()
         log.info(msg, extra={"fields": self.stats.snapshot()})
 
     def stop(self) -> None:

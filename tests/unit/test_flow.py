@@ -15,14 +15,13 @@ SETTINGS = Settings.from_env({"INPUT_TOPIC": "events", "OUTPUT_TOPIC": "out", "F
 
 
 def run(records: list[SourceRecord], customers: dict[str, Customer] | None = None):
-    ok: list[Routed] = []
-    bad: list[Routed] = []
-    history: list[Routed] = []
+    delivered: list[Routed] = []
     lookup = MemoryLookup(customers if customers is not None else {"C1": ALICE})
-    flow = build_flow(SETTINGS, TestingSource(records, batch_size=4), TestingSink(ok), TestingSink(bad),
-                      TestingSink(history), lambda: lookup)
+    flow = build_flow(SETTINGS, TestingSource(records, batch_size=4), TestingSink(delivered), lambda: lookup)
     run_main(flow)
-    return ok, bad, history, lookup
+    ok = [r for r in delivered if r.ok]
+    bad = [r for r in delivered if not r.ok]
+    return ok, bad, delivered, lookup
 
 
 def with_(**changes) -> bytes:

@@ -43,7 +43,7 @@ def aws_event(*records: dict[str, Any], source: str = "aws:kafka") -> dict[str, 
     return event
 
 
-@pytest.mark.parametrize("source", ["aws:kafka", "aws:SelfManagedKafka"])
+@pytest.mark.parametrize("source", ["aws:kafka", "SelfManagedKafka", "aws:SelfManagedKafka"])
 def test_both_event_sources_become_the_records_the_dataflow_sees(source: str) -> None:
     event = aws_event(
         aws_record(partition=0, offset=7, headers=[{"trace-id": list(b"t-1")}, {"lang": list(b"de")}]),
@@ -115,7 +115,7 @@ def _without(name: str) -> dict[str, Any]:
 @pytest.mark.parametrize(("event", "message"), [
     ([], "the event is a list, not an object"),
     (None, "the event is null, not an object"),
-    ({"records": {}}, "eventSource is None; this handler takes 'aws:kafka' or 'aws:SelfManagedKafka'"),
+    ({"records": {}}, "eventSource is None; this handler takes 'aws:kafka' or 'SelfManagedKafka' or 'aws:SelfManagedKafka'"),
     ({"eventSource": "aws:sqs", "records": {}}, "eventSource is 'aws:sqs'"),
     ({"eventSource": "aws:kafka"}, "the event has no 'records'"),
     ({"eventSource": "aws:kafka", "records": None}, "the event has no 'records'"),

@@ -37,4 +37,22 @@ def test_secrets_never_show() -> None:
                            "SCYLLA_PASSWORD": "hunter2"})
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.describe())
     assert s.kafka_common()["sasl.password"] == "hunter2"
-    assert redact_dsn("host=db password=hunter2 user=u") == "host=db password=**** user=u"
+    assert redact_dsn("host=db password=hunter2 user=u") == "user=u password=**** host=db"
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgres:hunter2@db/x",  # no scheme: libpq reads it as key=value pairs and quotes it
+    "postgresql://u:hunter2%zz@db/x",  # bad percent-encoding
+    "host=db password=hunter 2 user=u",  # unquoted space in a key=value pair
+    "host=db password='hunter2",  # unterminated quote
+])
+def test_a_dsn_that_does_not_parse_is_never_printed(dsn: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"PG_DSN": dsn})
+    assert "hunter" not in str(err.value) and "PG_DSN=(hidden)" in str(err.value)
+    assert "hunter" not in redact_dsn(dsn)
+
+
+def test_a_parsed_dsn_is_shown_without_its_password() -> None:
+    assert redact_dsn("postgresql://u:hunter2@db:5433/x?sslmode=require") == "postgresql://u:****@db:5433/x"
+    assert redact_dsn("host=db password='a b\\' c' user=u") == "user=u password=**** host=db"
