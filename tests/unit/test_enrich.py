@@ -2,7 +2,9 @@ import datetime as dt
 
 from flows.decode import decode_record
 from flows.enrich import CustomerCache, Enricher
-from flows.model import Customer, Decoded, Failure
+from flows.failurelog import FailureLog
+from flows.model import Code, Customer, Decoded, Failure
+from flows.sizes import TopicLimits
 
 from .fakes import ALICE, GOOD, FakeClock, MemoryLookup, record
 
@@ -82,3 +84,36 @@ def test_an_exception_while_building_one_record_becomes_internal_error() -> None
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].history.error_code == "internal_error"
     assert dict(results[1].message.headers)["error.stage"] == b"internal"
+
+
+def test_unknown_ids_do_not_push_known_customers_out_of_the_cache() -> None:
+    known = {f"K{i}": Customer(f"K{i}", "n", "s", "c", "active") for i in range(1000)}
+    lookup = MemoryLookup(known)
+    cache = CustomerCache(ttl=600, negative_ttl=60, max_size=2000, negative_max_size=1000, clock=FakeClock())
+    e = Enricher(lookup, cache, "out", "dlq")
+    e.process(items(*known))
+    asked = len(lookup.calls)
+    for start in range(0, 5000, 500):
+        e.process(items(*(f"U{i}" for i in range(start, start + 500))))
+    e.process(items(*known))  # the second pass over the known ids: all hits
+    assert len(lookup.calls) == asked + 10
+    assert len(cache) == 1000 + 1000
+
+
+def test_an_enriched_message_too_large_for_the_output_topic_is_payload_too_large() -> None:
+    lookup = MemoryLookup({"C1": ALICE})
+    small = Enricher(lookup, CustomerCache(60, 5, 100), "out", "dlq", limits=TopicLimits(output=400, failure=10_000))
+    [r] = small.process(items("C1"))
+    assert not r.ok and r.code is Code.PAYLOAD_TOO_LARGE and r.message.topic == "dlq"
+    headers = dict(r.message.headers)
+    assert headers["error.stage"] == b"enrich" and b"the output topic out accepts 400" in headers["error.message"]
+    assert r.history.event_id == "e1" and r.history.customer_id == "C1"
+    roomy = Enricher(lookup, CustomerCache(60, 5, 100), "out", "dlq", limits=TopicLimits(output=10_000, failure=10_000))
+    assert roomy.process(items("C1"))[0].ok
+
+
+def test_failures_are_logged_aggregated() -> None:
+    failures = FailureLog()
+    e = Enricher(MemoryLookup({}), CustomerCache(60, 5, 100), "out", "dlq", failures=failures)
+    e.process(items(*(f"X{i}" for i in range(50))))
+    assert failures._counts == {"customer_not_found": 50}

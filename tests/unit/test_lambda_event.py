@@ -115,7 +115,8 @@ def _without(name: str) -> dict[str, Any]:
 @pytest.mark.parametrize(("event", "message"), [
     ([], "the event is a list, not an object"),
     (None, "the event is null, not an object"),
-    ({"records": {}}, "eventSource is None; this handler takes 'aws:kafka' or 'SelfManagedKafka' or 'aws:SelfManagedKafka'"),
+    ({"records": {}},
+     "eventSource is None; this handler takes 'aws:kafka' or 'SelfManagedKafka' or 'aws:SelfManagedKafka'"),
     ({"eventSource": "aws:sqs", "records": {}}, "eventSource is 'aws:sqs'"),
     ({"eventSource": "aws:kafka"}, "the event has no 'records'"),
     ({"eventSource": "aws:kafka", "records": None}, "the event has no 'records'"),

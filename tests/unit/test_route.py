@@ -78,3 +78,35 @@ def test_error_message_is_capped_at_1_kib_on_a_character_boundary() -> None:
 def test_not_found_failure_points_at_customer_id() -> None:
     f = route.not_found(decoded())
     assert (f.code, f.stage, f.field, f.event_id) == (Code.CUSTOMER_NOT_FOUND, Stage.ENRICH, "$.customer_id", "e1")
+
+
+def test_an_input_with_customer_keeps_every_other_member_byte_for_byte() -> None:
+    value = (b'{ "event_id":"e1", "customer" : {"name":"old"},"event_type":"login","amount":'
+             b'0.1000000000000000055511151231257827, "big":1E2,"text":"\\u00e9\\n","occurred_at":'
+             b'"2024-05-01T12:00:00+02:00","customer_id":"C1" ,"payload":{"a" : [1 , 2]},"enriched_at":0}')
+    r = route.success(decoded(value), route.customer_fragment(ALICE), "out", NOW, "T")
+    out = r.message.value
+    for member in (b'"event_id":"e1"', b'"amount":0.1000000000000000055511151231257827', b'"big":1E2',
+                   b'"text":"\\u00e9\\n"', b'"payload":{"a" : [1 , 2]}', b'"customer_id":"C1"'):
+        assert member in out
+    doc = msgspec.json.decode(out)
+    assert doc["customer"]["name"] == "Alice" and doc["enriched_at"] == "T"
+    assert out.count(b'"customer"') == 1 and out.count(b'"enriched_at"') == 1 and b'"old"' not in out
+
+
+def test_error_field_is_cut_to_1_kib() -> None:
+    rec = record(b"{}", offset=1)
+    r = route.failure(Failure(rec, Code.SCHEMA_VIOLATION, Stage.VALIDATE, "m", field="$." + "x" * 5000), "dlq", NOW)
+    assert len(dict(r.message.headers)["error.field"]) <= 1024
+
+
+def test_a_dead_letter_without_its_record_keeps_the_reason_and_says_what_was_left_out() -> None:
+    rec = record(b"x" * 100, key=b"k", offset=7, headers=[("h", b"v")])
+    dead = route.failure(Failure(rec, Code.INVALID_JSON, Stage.DECODE, "not JSON"), "dlq", NOW).message
+    stub = route.without_record(dead, "too big.", keep_key=True)
+    headers = dict(stub.headers)
+    assert stub.value is None and stub.key == b"k" and "h" not in headers
+    assert headers["error.code"] == b"invalid_json" and headers["error.omitted"] == b"value,headers"
+    assert headers["error.message"].startswith(b"too big.") and b"not JSON" in headers["error.message"]
+    assert headers["source.offset"] == b"7"
+    assert route.without_record(dead, "x", keep_key=False).key is None

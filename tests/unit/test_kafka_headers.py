@@ -1,0 +1,45 @@
+"""flows.kafka_headers: names that are not UTF-8 escaped so the original bytes can be told
+(reading real messages is tested on the broker: tests/integration/test_hostile.py)."""
+
+import codecs
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flows.kafka_headers import escape_name, from_pairs
+
+
+def unescape(text: str) -> bytes:
+    out = bytearray()
+    for m in re.finditer(r"\\\\|\\x([0-9a-f]{2})|[^\\]+", text, re.S):
+        if m.group(0) == "\\\\":
+            out += b"\\"
+        elif m.group(1):
+            out.append(int(m.group(1), 16))
+        else:
+            out += m.group(0).encode()
+    return bytes(out)
+
+
+@given(st.binary(max_size=40))
+def test_an_escaped_name_tells_the_original_bytes(raw: bytes) -> None:
+    text = escape_name(raw)
+    text.encode("utf-8")  # always writable as a header name
+    try:
+        assert text == raw.decode("utf-8")
+    except UnicodeDecodeError:
+        assert unescape(text) == raw
+
+
+def test_escaping() -> None:
+    assert escape_name(b"plain") == "plain"
+    assert escape_name(b"a\xff\\b") == "a\\xff\\\\b"
+    assert escape_name(codecs.encode("é", "utf-8") + b"\xc3") == "é\\xc3"
+
+
+def test_from_pairs_marks_a_record_with_an_invalid_name() -> None:
+    headers, error = from_pairs([(b"ok", b"1"), (b"x\xfe", None), (b"\xff", b"")])
+    assert headers == [("ok", b"1"), ("x\\xfe", None), ("\\xff", b"")]
+    assert error is not None and error.startswith("2 header names are not UTF-8")
+    assert from_pairs([(b"a", b"1")]) == ([("a", b"1")], None)
