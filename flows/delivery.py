@@ -10,9 +10,10 @@ only for a record that arrived compressed, or a topic changed under the running 
 neither stops the flow nor vanishes (README, "Records a topic refuses"):
 - an enriched message the output topic refuses becomes a `payload_too_large` dead letter,
   and its history row is rewritten to say so (an upsert of the same row, after the first);
-- a dead letter the failure topic refuses is sent again compressed (zstd), then, if still
-  refused, without its value and input headers (`error.omitted` says so; the record stays
-  in the input topic at its `source.*` coordinates).
+- a dead letter the failure topic refuses is sent again compressed (zstd); if still
+  refused, without the input's headers (key and value intact), plain then compressed;
+  then without the value too, then without the key (`error.omitted` lists what was left
+  out; the record stays in the input topic at its `source.*` coordinates).
 Each such event is counted and logged, aggregated (`flows.failurelog`).
 """
 
@@ -90,24 +91,28 @@ class Delivery:
                 if self.kafka.send_alone(dead.message) is None:
                     continue
                 r = dead
-            self._dead_letter_compressed(r, events)
+            self._dead_letter_fallbacks(r, events)
         for r in oversize:
-            self._dead_letter_compressed(r, events)
+            self._dead_letter_fallbacks(r, events)
         if corrections:
             self.history.write(corrections)
         STATS.add_fallbacks(kind for kind, _ in events)
         if self.notes is not None:
             self.notes.note(events)
 
-    def _dead_letter_compressed(self, r: Routed, events: list[tuple[str, Routed]]) -> None:
-        if self.kafka.send_alone(r.message, compressed=True) is None:
+    def _dead_letter_fallbacks(self, r: Routed, events: list[tuple[str, Routed]]) -> None:
+        send = self.kafka.send_alone
+        if send(r.message, compressed=True) is None:
             events.append(("dead_letter_compressed", r))
             return
         size = record_size(r.message.key, r.message.value, r.message.headers)
-        note = (f"The dead letter ({size} bytes) does not fit the failure topic even compressed, so its value and "
-                "input headers are left out; the record is still in the input topic at source.*.")
-        for keep_key in (True, False):
-            if self.kafka.send_alone(route.without_record(r.message, note, keep_key)) is None:
+        note = f"The dead letter ({size} bytes) does not fit the failure topic whole, even compressed."
+        without_headers = route.trimmed(r.message, note, ("headers",))
+        if send(without_headers) is None or send(without_headers, compressed=True) is None:
+            events.append(("dead_letter_without_headers", r))
+            return
+        for omit in (("value", "headers"), ("value", "headers", "key")):
+            if send(route.trimmed(r.message, note, omit)) is None:
                 events.append(("dead_letter_without_value", r))
                 return
         raise gave_up(DeliveryFailed(f"{self.failure_topic} refuses even a dead letter without value, headers and "

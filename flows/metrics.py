@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from flows.model import Code
 
 PREFIX = "enrichment"
-FALLBACK_KINDS = ("output_refused", "dead_letter_compressed", "dead_letter_without_value")
+FALLBACK_KINDS = ("output_refused", "dead_letter_compressed", "dead_letter_without_headers",
+                  "dead_letter_without_value")
 # a PostgreSQL lookup is one query per batch of distinct ids (about a millisecond on a
 # local server); a history write is one batch of rows (tens of milliseconds); both may
 # take seconds while a dependency is retried
@@ -52,7 +53,8 @@ class PipelineMetrics:
             "history_write_duration_seconds", "Duration of writing one batch of history rows, retries included")
         self.fallbacks = counter(
             "delivery_fallbacks", "Messages a topic refused at run time and delivered another way, by kind "
-            "(output_refused, dead_letter_compressed, dead_letter_without_value)", ("kind",))
+            "(output_refused, dead_letter_compressed, dead_letter_without_headers, dead_letter_without_value)",
+            ("kind",))
         for kind in FALLBACK_KINDS:
             self.fallbacks.labels(kind)
         self.lookup_refused = counter(

@@ -188,14 +188,16 @@ def refused_by_output(routed: Routed, reason: str, failure_topic: str, now: dt.d
     return failure(fail, failure_topic, now)
 
 
-def without_record(message: OutMessage, note: str, keep_key: bool = True) -> OutMessage:
-    """A dead letter that no topic setting lets through whole (its record arrived
-    compressed, or the failure topic shrank): the pipeline's headers only, the value
-    null, the key kept if it fits; `error.omitted` says what was left out and
-    `error.message` why. The record itself stays in the input topic at `source.*`."""
+def trimmed(message: OutMessage, note: str, omit: tuple[str, ...]) -> OutMessage:
+    """A dead letter that no topic setting lets through whole: first without the input's
+    headers (`omit=("headers",)`; names escaped from bytes that are not UTF-8 can make them
+    several times larger than they arrived), then also without the value (a record that
+    arrived compressed), then without the key. `error.omitted` lists what was left out and
+    `error.message` says why; the record itself stays in the input topic at `source.*`."""
     ours = [(k, v) for k, v in message.headers if k in RESERVED_HEADERS and k != "error.message"]
+    headers = ours if "headers" in omit else [(k, v) for k, v in message.headers if k != "error.message"]
     original = next((v for k, v in message.headers if k == "error.message"), None) or b""
     text = f"{note} Reason the record failed: {original.decode('utf-8', 'replace')}"
-    omitted = "value,headers" if keep_key else "value,headers,key"
-    headers = [*ours, ("error.message", truncate_utf8(text).encode()), (OMITTED_HEADER, omitted.encode())]
-    return OutMessage(message.topic, message.key if keep_key else None, None, headers)
+    headers += [("error.message", truncate_utf8(text).encode()), (OMITTED_HEADER, ",".join(omit).encode())]
+    return OutMessage(message.topic, None if "key" in omit else message.key,
+                      None if "value" in omit else message.value, headers)

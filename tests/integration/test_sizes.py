@@ -147,7 +147,7 @@ def test_topics_shrunk_under_the_running_flow_neither_stop_it_nor_lose_a_record(
         row = out.history[(0, i)]
         assert (row.status, row.error_code, row.output_topic) == ("failed", "payload_too_large", topics.failure)
     stub = out.failed[(0, 80)]  # random bytes: too large for the failure topic even compressed
-    assert stub.value is None and stub.header("error.omitted") == "value,headers"
+    assert stub.value is None and stub.header("error.omitted") == "value,headers"  # the value alone is too big
     assert stub.header("error.code") == "invalid_json" and stub.key == b"x"
     assert out.failed[(0, 81)].value == b"{" + b" " * 6000 + b"}"  # compresses: kept whole
     assert "output_refused" in log and "dead_letter_without_value" in log

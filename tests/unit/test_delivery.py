@@ -90,12 +90,18 @@ def test_an_enriched_message_the_output_topic_refuses_becomes_a_dead_letter_and_
     assert history.rows[2].event_id == "e1" and history.rows[2].output_topic == "dlq"
 
 
-def test_a_dead_letter_too_large_goes_compressed_then_without_its_value() -> None:
+def test_a_dead_letter_too_large_goes_compressed_then_without_headers_then_without_its_value() -> None:
     limits = TopicLimits(output=10_000, failure=1_000)
     writer, history = FakeWriter({"out": 10_000, "dlq": 1_000}, compressible=True), FakeHistory()
     delivery(writer, history, limits).write([dead(5000), dead(10, offset=6)])
     assert [len(m.value or b"") for m in writer.compressed] == [5000]
     assert [len(m.value or b"") for m in writer.written] == [10]
+    writer = FakeWriter({"out": 10_000, "dlq": 2_000})
+    big_headers = route.failure(Failure(record(b"v" * 100, headers=[("h", b"x" * 3000)]), Code.INVALID_JSON,
+                                        Stage.DECODE, "m"), "dlq", NOW)
+    delivery(writer, history, TopicLimits(output=10_000, failure=2_000)).write([big_headers])
+    [kept] = writer.written
+    assert kept.value == b"v" * 100 and dict(kept.headers)["error.omitted"] == b"headers"
     writer = FakeWriter({"out": 10_000, "dlq": 1_000})
     delivery(writer, history, limits).write([dead(5000)])
     [stub] = writer.written

@@ -100,13 +100,14 @@ def test_error_field_is_cut_to_1_kib() -> None:
     assert len(dict(r.message.headers)["error.field"]) <= 1024
 
 
-def test_a_dead_letter_without_its_record_keeps_the_reason_and_says_what_was_left_out() -> None:
+def test_a_trimmed_dead_letter_keeps_the_reason_and_says_what_was_left_out() -> None:
     rec = record(b"x" * 100, key=b"k", offset=7, headers=[("h", b"v")])
     dead = route.failure(Failure(rec, Code.INVALID_JSON, Stage.DECODE, "not JSON"), "dlq", NOW).message
-    stub = route.without_record(dead, "too big.", keep_key=True)
-    headers = dict(stub.headers)
-    assert stub.value is None and stub.key == b"k" and "h" not in headers
-    assert headers["error.code"] == b"invalid_json" and headers["error.omitted"] == b"value,headers"
+    no_headers = route.trimmed(dead, "too big.", ("headers",))
+    headers = dict(no_headers.headers)
+    assert no_headers.value == b"x" * 100 and no_headers.key == b"k" and "h" not in headers
+    assert headers["error.code"] == b"invalid_json" and headers["error.omitted"] == b"headers"
     assert headers["error.message"].startswith(b"too big.") and b"not JSON" in headers["error.message"]
     assert headers["source.offset"] == b"7"
-    assert route.without_record(dead, "x", keep_key=False).key is None
+    stub = route.trimmed(dead, "x", ("value", "headers", "key"))
+    assert stub.key is None and stub.value is None and dict(stub.headers)["error.omitted"] == b"value,headers,key"
