@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status wipe demo test test-unit test-integration lint typecheck bench run manifests clean
+.PHONY: help venv up down status wipe demo test test-hostile test-resilience test-unit test-integration lint typecheck bench run manifests clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: up lint ## lint, then unit and integration tests against the real local st
 
 test-resilience: up ## the fault-injection tests, larger: make test-resilience RECORDS=200000
 	RESILIENCE_RECORDS=$(or $(RECORDS),200000) $(PY) -m pytest -s tests/integration/test_resilience.py
+
+test-hostile: up ## the hostile-input campaign, large: make test-hostile EXAMPLES=4200 (about 50,000 records)
+	HOSTILE_EXAMPLES=$(or $(EXAMPLES),4200) $(PY) -m pytest -s -W ignore tests/integration/test_hostile.py
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit

@@ -55,13 +55,20 @@ def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
         return Failure(record, Code.INVALID_JSON, Stage.DECODE, f"the value is not UTF-8: {exc.reason} "
                        f"at byte {exc.start}")
     try:
+        return _decode_json(record, value)
+    except RecursionError:
+        # how deep the decoder goes depends on the interpreter's stack where it runs: every
+        # step that reads the document is under this one net
+        return Failure(record, Code.INVALID_JSON, Stage.DECODE, _too_deep())
+
+
+def _decode_json(record: SourceRecord, value: bytes) -> Decoded | Failure:
+    try:
         event = _EVENT_DECODER.decode(value)
     except msgspec.ValidationError as exc:
         return _schema_failure(record, value, str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Failure(record, Code.INVALID_JSON, Stage.DECODE, f"the value is not JSON: {exc}")
-    except RecursionError:
-        return Failure(record, Code.INVALID_JSON, Stage.DECODE, _too_deep())
     if bytes(event.payload).lstrip(_WS)[:1] != b"{":
         return _schema_failure(record, value, "Expected `object` - at `$.payload`")
     if not _in_utc_range(event.occurred_at):
@@ -105,8 +112,6 @@ def _schema_failure(record: SourceRecord, value: bytes, message: str) -> Failure
         doc = _ANY_DECODER.decode(value)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Failure(record, Code.INVALID_JSON, Stage.DECODE, f"the value is not JSON: {exc}")
-    except RecursionError:
-        return Failure(record, Code.INVALID_JSON, Stage.DECODE, _too_deep())
     path = None
     match = _PATH.search(message)
     if match:
@@ -133,7 +138,7 @@ def _readable_fields(value: bytes, doc: Any) -> dict[str, Any]:
         members = raw_members(value)
         if duplicate_name(value, members) is not None:
             return {}
-    except (msgspec.DecodeError, ValueError, RecursionError):
+    except (msgspec.DecodeError, ValueError):
         return {}
     out: dict[str, Any] = {}
     for name, limit in _LIMITS:
