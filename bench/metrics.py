@@ -16,6 +16,7 @@ TARGET_VS_PASSTHROUGH = 0.25
 TARGET_P99_MS = 250.0
 TARGET_RSS_GROWTH_PCT = 10.0
 TARGET_SOAK_MINUTES = 10.0
+TARGET_LARGE_MB_S = 25.0  # issue 11: ~1 MiB records
 
 VARIANTS = ("passthrough", "dataflow", "naive")
 
@@ -140,6 +141,9 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     out.append(_target("p99 latency at fixed rate (ms)", f"<= {TARGET_P99_MS:g}",
                        (lat.get("latency_ms") or {}).get("p99"), lambda v: v <= TARGET_P99_MS,
                        f"at {lat['rate']:,.0f}/s" if lat.get("rate") else ""))
+    large = report.get("large_records") or {}
+    out.append(_target("~1 MiB records (MB/s)", f">= {TARGET_LARGE_MB_S:g}", large.get("mb_per_s"),
+                       lambda v: v >= TARGET_LARGE_MB_S, ""))
     soak = report.get("soak") or {}
     growth = (soak.get("rss") or {}).get("growth_pct")
     minutes = soak.get("minutes")
@@ -180,6 +184,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     lat = report.get("latency_run")
     if lat:
         rows.append((f"dataflow @ {lat.get('rate', 0):,.0f}/s", lat))
+    large = report.get("large_records")
+    if large:
+        rows.append(("dataflow, ~1 MiB records", large))
     for label, v in rows:
         latency = v.get("latency_ms") or {}
         gate = v.get("gate") or {}
@@ -198,6 +205,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     ratios = report.get("ratios", {})
     lines += ["", f"dataflow / passthrough  {_fmt(ratios.get('dataflow_vs_passthrough'), '.1%')}",
               f"dataflow / naive        {_fmt(ratios.get('dataflow_vs_naive'), ',.1f')}x"]
+    if large:
+        lines.append(f"~1 MiB records           {_fmt(large.get('mb_per_s'), ',.1f')} MB/s")
     soak = report.get("soak")
     if soak:
         rss = soak.get("rss") or {}

@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="records/s during the soak (default: 25%% of the dataflow's measured rate, which "
                         "the machine sustains beside the feeder for the whole soak, so the soak measures "
                         "memory at steady state rather than a growing backlog)")
+    p.add_argument("--large-records", type=int, default=200,
+                   help="the large-record run: the dataflow over this many ~1 MiB records; 0 skips it (default 200)")
     p.add_argument("--pg-database", default="enrichment_bench",
                    help="PostgreSQL database of the benchmark's customers, on PG_DSN's server")
     p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
@@ -183,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             display.done(f"[latency] {_line(report['latency_run'])}")
         elif args.latency_seconds > 0:
             display.done("[latency] skipped: no dataflow rate measured and no --rate given")
+        if args.large_records > 0:
+            report["large_records"] = variants.large_records(bench, args.large_records)
+            large = report["large_records"]
+            display.done(f"[large] {large.get('mb_per_s')} MB/s, {_line(large)}")
         if args.soak_minutes > 0:
             soak_rate = args.soak_rate or (0.25 * rates["dataflow"] if rates.get("dataflow") else 0)
             if soak_rate:
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["load_avg_end"] = os.getloadavg()
     report["targets"] = metrics.targets(report)
     gates = [v.get("gate", {}).get("ok") for v in report["variants"].values()]
-    gates += [report[k]["gate"]["ok"] for k in ("latency_run", "soak") if k in report]
+    gates += [report[k]["gate"]["ok"] for k in ("latency_run", "large_records", "soak") if k in report]
     report["all_gates_ok"] = bool(gates) and all(gates)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{run_id}-{workload}-n{args.records}.json"

@@ -19,11 +19,12 @@ from bench.proc import Monitored
 from bench.progress import Display, Follow, Watermarks
 from bench.workload import Loaded, create_topics, load, records
 from flows.settings import Settings
+from tools import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DATAFLOW = [PY, "-m", "bytewax.run", "dataflow"]
-# the dataflow logs one warning per failed record; the log keeps everything else
+# the first failure of each code per interval; the log keeps the aggregated lines
 FAILED_LINE = b'"msg":"record failed"'
 WARMUP_RECORDS = 500
 WARMUP_S = 2.0
@@ -177,6 +178,31 @@ def naive(bench: Bench, loaded: Loaded, max_records: int, max_seconds: float) ->
     note = (f"bounded run: the first {handled:,} records (stops at {max_records:,} records or "
             f"{max_seconds:g} s); rate from those" if bounded else "")
     return summarize(bench, mon, out, note)
+
+
+LARGE_PAD = 1_040_000  # payload padding: events of ~1,040,200 bytes, just under the 1 MiB value limit
+
+
+def large_records(bench: Bench, n: int) -> dict[str, Any]:
+    """The dataflow over a backlog of ~1 MiB valid records: MB/s through decode, lookup,
+    history (the payload is part of the row) and produce."""
+    label = "large"
+    inp = f"{bench.prefix}.{label}.events"
+    ok, failed, ks = bench.names(label)
+    create_topics(bench.settings, [inp], bench.partitions, log_append_time=False)
+    create_topics(bench.settings, [ok, failed], bench.partitions, log_append_time=True)
+    recs = sample.events(n, bench.seeded, bad_ratio=0, seed=21, pad=LARGE_PAD, large=False)
+    loaded = load(bench.settings, inp, recs, bench.seeded)
+    bench.display.done(f"[{label}] loaded {loaded.records:,} records of ~{loaded.bytes_mean / 1e6:.2f} MB")
+    mon = bench.start(label, DATAFLOW, bench.dataflow_env(inp, ok, failed, ks, True), drop=FAILED_LINE)
+    bench.follow(mon, label, [ok, failed], loaded.records, 600 + n)
+    out = check_by_headers(bench.settings, loaded, ok, failed)
+    check_history(bench.settings, ks, loaded, out)
+    result = summarize(bench, mon, out, f"{n:,} valid records of ~{loaded.bytes_mean / 1e6:.2f} MB each")
+    rate = result.get("rate_rps")
+    result["record_bytes_mean"] = round(loaded.bytes_mean)
+    result["mb_per_s"] = round(rate * loaded.bytes_mean / 1e6, 1) if rate else None
+    return result
 
 
 def _wait_for(bench: Bench, mon: Monitored, label: str, topics: list[str], want: int, timeout_s: float,
