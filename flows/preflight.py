@@ -88,21 +88,46 @@ def check_topic_sizes(settings: Settings) -> TopicLimits:
 
 
 def check_postgres(settings: Settings) -> None:
+    """PostgreSQL answers, the customers table exists, and the lookup query itself runs
+    (its columns and the SELECT privilege: a fault there shows now, not at a record)."""
     import psycopg
 
-    from flows.pg import CUSTOMERS_TABLE
+    from flows.pg import CUSTOMERS_TABLE, LOOKUP_SQL
 
+    where = redact_dsn(settings.pg_dsn.get())
     try:
         with psycopg.connect(settings.pg_dsn.get(), connect_timeout=max(1, int(settings.startup_timeout_seconds)),
                              **settings.pg_connect_kwargs()) as conn:
             conn.execute("SELECT 1")
             found = conn.execute("SELECT to_regclass(%s)", (CUSTOMERS_TABLE,)).fetchone()
+            if found and found[0] is not None:
+                try:
+                    conn.execute(LOOKUP_SQL, ([],)).fetchall()
+                except psycopg.DatabaseError as exc:
+                    raise PreflightError(f"PostgreSQL at {where}: the customer lookup fails: {_first_line(exc)}") \
+                        from None
+    except PreflightError:
+        raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PreflightError(f"PostgreSQL at {redact_dsn(settings.pg_dsn.get())} unreachable: {first}") from None
+        raise PreflightError(f"PostgreSQL at {where} unreachable: {_first_line(exc)}") from None
     if not found or found[0] is None:
-        raise PreflightError(f"PostgreSQL table '{CUSTOMERS_TABLE}' does not exist in "
-                             f"{redact_dsn(settings.pg_dsn.get())}")
+        raise PreflightError(f"PostgreSQL table '{CUSTOMERS_TABLE}' does not exist in {where}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_kafka_clients(settings: Settings) -> None:
+    """The producer settings a rare record needs are usable here: the zstd producer that
+    sends a dead letter too large to go plain (flows.delivery) is built only when one comes."""
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        Producer({**settings.kafka_common(), "compression.type": "zstd"}).flush(0)
+    except KafkaException as exc:
+        raise PreflightError(f"the Kafka client can't compress with zstd: {exc}") from None
 
 
 def check_cql(settings: Settings) -> None:
@@ -135,6 +160,7 @@ class Checked:
 def run_checks(settings: Settings) -> Checked:
     counts = check_kafka(settings, [settings.input_topic, settings.output_topic, settings.failure_topic])
     limits = check_topic_sizes(settings)
+    check_kafka_clients(settings)
     check_postgres(settings)
     check_cql(settings)
     return Checked(list(range(counts[settings.input_topic])), limits)

@@ -100,3 +100,15 @@ def test_a_history_row_the_store_refuses_is_written_without_its_payload(cql: Ses
     select = cql.prepare(f"SELECT payload FROM enrichment_it.{TABLE} WHERE event_id = ?")  # noqa: S608
     got = {r.event_id: cql.execute(select, (r.event_id,)).one().payload for r in rows}
     assert got == {rows[0].event_id: "{}", rows[1].event_id: None, rows[2].event_id: '{"a":1}'}
+
+
+def test_a_configuration_fault_stops_the_flow_at_start_not_at_a_record(seeded: Settings) -> None:
+    """A role that may not read the customers table: exit 2 before any record, one line."""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'enrichment_noselect'").fetchone():
+            conn.execute("CREATE ROLE enrichment_noselect LOGIN")
+    topics = Topics(partitions=1, prefix="noselect").create()
+    dsn = PG_DSN.replace("postgres@", "enrichment_noselect@")
+    run = run_dataflow({**topics.env, "STOP_AT_END": "true", "PG_DSN": dsn}, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "the customer lookup fails: permission denied for table customers" in run.stderr
