@@ -38,12 +38,11 @@ def duplicate_name(value: bytes, members: RawMembers) -> str | None:
     own colon, and any in its value, are then left over). Only then, or when a name holds a
     colon (it may be escaped as \\u003a in the bytes), is the object walked member by member.
     """
-    colons = value.count(b":")
-    for name, raw in members.items():
-        if ":" in name:
-            return _walk_for_duplicate(value, members)
-        colons -= bytes(raw).count(b":")
-    if colons == len(members):
+    if ":" in "".join(members):
+        return _walk_for_duplicate(value, members)
+    # Raw supports the buffer protocol: one join, one count (C speed), for all the values
+    inside_values = b"".join(members.values()).count(b":")
+    if value.count(b":") - inside_values == len(members):
         return None
     return _walk_for_duplicate(value, members)
 
