@@ -36,8 +36,8 @@ test: up lint ## lint, then unit and integration tests against the real local st
 test-resilience: up ## the fault-injection tests, larger: make test-resilience RECORDS=200000
 	RESILIENCE_RECORDS=$(or $(RECORDS),200000) $(PY) -m pytest -s tests/integration/test_resilience.py
 
-test-hostile: up ## the hostile-input campaign, large: make test-hostile EXAMPLES=4200 (about 50,000 records)
-	HOSTILE_EXAMPLES=$(or $(EXAMPLES),4200) $(PY) -m pytest -s -W ignore tests/integration/test_hostile.py
+test-hostile: up ## the hostile-input campaign, large: make test-hostile EXAMPLES=5000 (about 50,000 records)
+	HOSTILE_EXAMPLES=$(or $(EXAMPLES),5000) $(PY) -m pytest -s -W ignore tests/integration/test_hostile.py
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit

@@ -55,11 +55,12 @@ _HEADER = struct.Struct("<QQQQ").unpack_from
 
 def escape_name(raw: bytes) -> str:
     """A header name as text: UTF-8 as is; otherwise each byte outside a valid UTF-8
-    sequence as `\\xNN` and each backslash doubled."""
+    sequence, and NUL, as `\\xNN`, and each backslash doubled."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+        text = raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+        return text.replace("\x00", "\\x00")
 
 
 def invalid_names_message(count: int) -> str:
@@ -69,7 +70,11 @@ def invalid_names_message(count: int) -> str:
 
 
 def from_pairs(pairs: list[tuple[bytes, bytes | None]]) -> tuple[Headers, str | None]:
-    """Headers with text names, and the `invalid_headers` message when a name is not UTF-8."""
+    """Headers with text names, and the `invalid_headers` message when a name is not UTF-8.
+
+    A name with a NUL character is UTF-8, but Kafka clients take names as C strings and
+    would write it cut at the NUL (`source.topic\\0x` as a second `source.topic`): it is
+    kept escaped the same way (`\\x00`, backslashes doubled), and its record is valid."""
     headers: Headers = []
     bad = 0
     for name, value in pairs:
@@ -78,6 +83,9 @@ def from_pairs(pairs: list[tuple[bytes, bytes | None]]) -> tuple[Headers, str | 
         except UnicodeDecodeError:
             bad += 1
             text = escape_name(name)
+        else:
+            if "\x00" in text:
+                text = text.replace("\\", "\\\\").replace("\x00", "\\x00")
         headers.append((text, value))
     return headers, invalid_names_message(bad) if bad else None
 

@@ -22,7 +22,7 @@ from typing import NoReturn, TextIO, TypeVar
 from confluent_kafka import KafkaException
 
 from flows.settings import Settings, SettingsError
-from ops import reconcile, replay, replay_rules, trace
+from ops import reconcile, replay, replay_rules, replay_setup, show, trace
 from ops.errors import FAILED, INTERRUPTED, USAGE, OpsError
 from ops.ranges import OffsetSpan, check_spans, parse_span, parse_time
 
@@ -31,10 +31,12 @@ T = TypeVar("T")
 EXIT_STATUSES = """exit status:
   0    done: nothing missing (reconcile), everything found (trace)
   1    reconcile: input records without output; trace: no history row, or an output record not found
-  2    bad arguments or settings; Kafka, Cassandra/ScyllaDB or a topic missing at start;
-       a refused replay target; a replay state file in use or unusable
-  3    failed part-way (a replayed chunk not acknowledged, a read stalled); a replay keeps
-       its position: run the same command again
+  2    bad arguments or settings; Kafka, Cassandra/ScyllaDB, the history keyspace or a
+       topic missing at start; a refused replay target; another replay holding the lease
+       on the same replay state (the line names it), or replay state that can't be read
+  3    failed part-way (a replayed chunk not acknowledged, a read stalled, the replay's
+       lease lost, records the target refused); a replay keeps its position: run the
+       same command again
   130  interrupted (Ctrl-C, SIGTERM); a replay first finishes its chunk in flight
 
 Connection settings come from the same environment variables as the dataflow
@@ -107,10 +109,12 @@ def build_parser(now: dt.datetime) -> Parser:
         description=_wrap("Read FAILURE_TOPIC and re-produce the selected dead letters to INPUT_TOPIC (or --to): "
                     "original key, value and headers, minus the error.*/source.*/failed_at headers the "
                     "pipeline added, plus replay.of=<failure topic>:<partition>:<offset>. Each dead letter is "
-                    "replayed at most once per target: a state file under --state-dir records what was "
-                    "replayed, so an interrupted run resumes where it stopped."))
+                    "replayed at most once per target: the replay_state table in SCYLLA_KEYSPACE, shared by "
+                    "every operator, records what was replayed, so an interrupted run resumes where it "
+                    "stopped; one run at a time holds its lease."))
     rp.add_argument("--to", metavar="TOPIC", type=_typed(_topic, "topic"),
-                    help="target topic (default: INPUT_TOPIC); FAILURE_TOPIC and OUTPUT_TOPIC are refused")
+                    help="target topic (default: INPUT_TOPIC); refused: FAILURE_TOPIC, OUTPUT_TOPIC, and any "
+                         "topic whose last records carry the pipeline's output headers (source.*, error.code)")
     rp.add_argument("--code", action="append", default=[], metavar="CODE[,CODE]",
                     help=f"only these error.code values (repeatable): {', '.join(replay_rules.CODES)}")
     rp.add_argument("--since", type=moment, metavar="TIME",
@@ -124,11 +128,12 @@ def build_parser(now: dt.datetime) -> Parser:
     rp.add_argument("--limit", type=_typed(_positive_int, "count"), metavar="N",
                     help="stop after replaying N records (a later run continues)")
     rp.add_argument("--chunk-size", type=_typed(_positive_int, "count"), default=500, metavar="N",
-                    help="records produced and acknowledged before the state file is updated (default 500)")
-    rp.add_argument("--state-dir", type=Path, default=Path(".ops-state"), metavar="DIR",
-                    help="where replay state files live (default .ops-state, git-ignored)")
+                    help="records produced and acknowledged before the replay state is updated (default 500)")
+    rp.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                    help="deprecated: the state is shared in the history keyspace now; DIR is only where a "
+                         "state file of an earlier version is looked for, to import it once (default .ops-state)")
     rp.add_argument("--restart", action="store_true",
-                    help="ignore what the state file says was replayed (records may be produced again)")
+                    help="forget what the replay state says was replayed (records may be produced again)")
     rp.set_defaults(handler=_replay, parser=rp)
 
     tp = sub.add_parser(
@@ -175,8 +180,9 @@ def _replay(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     opts = replay.Options(
         selection=replay_rules.Selection(args.codes, args.since, args.until, args.spans),
         target=args.to, dry_run=args.dry_run, limit=args.limit, chunk_size=args.chunk_size,
-        state_dir=args.state_dir, restart=args.restart, progress=not args.quiet,
+        legacy_dir=args.state_dir, restart=args.restart, progress=not args.quiet,
     )
+    replay_setup.warn_state_dir(args.state_dir)
     return replay.run(settings, opts, out)
 
 
@@ -229,19 +235,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         status: int = args.handler(settings, args, out)
         return status
     except OpsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {show.controls(str(exc))}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except KafkaException as exc:
-        print(f"{prog}: error: Kafka: {exc}", file=sys.stderr)
+        print(f"{prog}: error: Kafka: {show.controls(str(exc))}", file=sys.stderr)
         return FAILED
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
         hint = "" if args.debug else " (--debug shows the traceback)"
-        print(f"{prog}: error: {type(exc).__name__}: {str(exc)[:300]}{hint}", file=sys.stderr)
+        # one line whatever the message holds (it may quote what a record held)
+        print(f"{prog}: error: {type(exc).__name__}: {show.controls(str(exc)[:300])}{hint}", file=sys.stderr)
         return FAILED
     finally:
         out.flush()

@@ -13,19 +13,23 @@ once).
 Selection is by `error.code`, by the dead letter's own Kafka timestamp (the time it was
 dead-lettered, within milliseconds of its `failed_at` header; chosen because Kafka's time
 index finds where to start without reading the topic from the beginning) and by offsets of
-the failure topic (`ops/replay_rules.py`). What was replayed is kept in a state file
-(`ops/replay_state.py`).
+the failure topic (`ops/replay_rules.py`). What was replayed is kept in a table of the
+history keyspace that every operator's run shares (`ops/replay_state.py` for the document,
+`ops/replay_store.py` for the table and the lease that lets one run at a time write it,
+`ops/replay_setup.py` for where a run starts from). A target is refused by name and by
+what it holds (`ops/replay_target.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -35,12 +39,15 @@ from confluent_kafka import Consumer
 from flows.kafka_io import DeliveryFailed, KafkaWriter
 from flows.model import OutMessage
 from flows.settings import Settings
-from ops import scan
+from ops import replay_setup, scan, show
 from ops.errors import FAILED, INTERRUPTED, OK, OpsError
 from ops.progress import Progress
-from ops.ranges import span_for, window
+from ops.ranges import format_offsets, span_for, window
 from ops.replay_rules import NO_CODE, REPLAY_HEADER, Selection, parse_replay_of, refuse_target, replay_headers
-from ops.replay_state import ReplayState, locked, state_path
+from ops.replay_setup import Target
+from ops.replay_state import ReplayState
+from ops.replay_store import DELIVERY_TIMEOUT_S, IN_FLIGHT_S, Lease, Row, Store
+from ops.replay_target import refuse_output_topic
 
 
 def n_records(n: int) -> str:
@@ -54,14 +61,14 @@ class Options:
     dry_run: bool = False
     limit: int | None = None
     chunk_size: int = 500
-    state_dir: Path = Path(".ops-state")
+    legacy_dir: Path | None = None  # where a state file of an earlier version may be (default .ops-state)
     restart: bool = False
     progress: bool = True
 
 
 class StopFlag:
     """First SIGINT/SIGTERM: finish the chunk in flight, record it, stop. A second one stops
-    at once; the chunk stays pending in the state file and the next run settles it."""
+    at once; the chunk stays pending in the replay state and the next run settles it."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -89,6 +96,7 @@ class Counts:
     already: Counter[str]
     not_selected: int = 0
     scanned: int = 0
+    refused: list[tuple[int, int]] = field(default_factory=list)  # the target refused them: not replayed
 
 
 def run(settings: Settings, opts: Options, out: TextIO) -> int:
@@ -99,17 +107,20 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
     timeout = settings.startup_timeout_seconds
     consumer = scan.open_consumer(settings)
     try:
-        cluster = scan.cluster_id(consumer, timeout)
-        path = state_path(opts.state_dir, cluster, failure, target)
-        ident = (cluster, failure, scan.topic_id(settings, failure, timeout), target)
-        if opts.dry_run:
-            state = ReplayState.load(path, *ident, restart=opts.restart)
-            return _dry_run(settings, opts, consumer, state, target, out)
-        with locked(path):
-            state = ReplayState.load(path, *ident, restart=opts.restart)
-            if state.pending is not None:
-                _settle(settings, opts, consumer, state, target, out)
-            return _replay(settings, opts, consumer, state, target, out)
+        refuse_output_topic(consumer, target, timeout)
+        ident = Target(scan.cluster_id(consumer, timeout), failure, scan.topic_id(settings, failure, timeout), target)
+        store = Store(settings)
+        try:
+            if opts.dry_run:
+                state = replay_setup.peek(store, ident, opts.restart, opts.legacy_dir, out)
+                return _dry_run(settings, opts, consumer, state, target, out)
+            with store.take(ident.key) as lease:
+                state = replay_setup.start(store, lease, ident, opts.restart, opts.legacy_dir, out)
+                if state.pending is not None:
+                    _settle(settings, opts, consumer, store, lease.row, state, target, out)
+                return _replay(settings, opts, consumer, lease, state, target, out)
+        finally:
+            store.close()
     finally:
         consumer.close()
 
@@ -175,24 +186,32 @@ def _dry_run(settings: Settings, opts: Options, consumer: Consumer, state: Repla
     return OK
 
 
-def _replay(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str,
-            out: TextIO) -> int:
+def _replay(settings: Settings, opts: Options, consumer: Consumer, lease: Lease, state: ReplayState,
+            target: str, out: TextIO) -> int:
     counts = Counts(Counter(), Counter())
     produced: Counter[str] = Counter()
-    writer = KafkaWriter(settings, client_id="enrichment-ops-replay")
+    # the replay's records must be delivered (or given up on) well within its lease:
+    # ops.replay_store, on why a chunk can't still be arriving when another run takes over
+    writer = KafkaWriter(dataclasses.replace(settings, retry_deadline_seconds=min(
+        settings.retry_deadline_seconds, DELIVERY_TIMEOUT_S)), client_id="enrichment-ops-replay")
     chunk: list[tuple[int, int, str, OutMessage]] = []
 
     def flush() -> None:
         if not chunk:
             return
+        lease.ensure()
         state.begin(((p, o) for p, o, _, _ in chunk), int(time.time() * 1000))
         try:
-            writer.write([m for _, _, _, m in chunk])
+            refused = set(writer.write([m for _, _, _, m in chunk]))
         except DeliveryFailed as exc:
             raise OpsError(f"{exc}; {sum(produced.values())} records replayed before this chunk; run the same "
                            "command again to check the chunk in flight and continue", FAILED) from None
-        state.commit()
-        produced.update(code for _, _, code, _ in chunk)
+        if refused:  # too large for the target, or invalid there: not replayed, and said so below
+            counts.refused.extend((p, o) for i, (p, o, _, _) in enumerate(chunk) if i in refused)
+            state.commit([(p, o) for i, (p, o, _, _) in enumerate(chunk) if i not in refused])
+        else:
+            state.commit()
+        produced.update(code for i, (_, _, code, _) in enumerate(chunk) if i not in refused)
         chunk.clear()
 
     stopped = ""
@@ -200,7 +219,7 @@ def _replay(settings: Settings, opts: Options, consumer: Consumer, state: Replay
         with StopFlag() as stop:
             for item in _candidates(settings, opts, consumer, state, counts, "replay: scanned", stop):
                 chunk.append(item)
-                done = sum(produced.values()) + len(chunk)
+                done = sum(produced.values()) + len(counts.refused) + len(chunk)
                 limit_hit = opts.limit is not None and done >= opts.limit
                 if len(chunk) >= opts.chunk_size or limit_hit or stop.requested:
                     flush()
@@ -216,31 +235,50 @@ def _replay(settings: Settings, opts: Options, consumer: Consumer, state: Replay
     print(f"replayed {n_records(sum(produced.values()))} from {settings.failure_topic} to {target}", file=out)
     _report(counts, state, out, partial=bool(stopped))
     if stopped == "interrupted":
-        print(f"ops replay: interrupted; {state.path} records what was replayed: run the same command again "
+        print("ops replay: interrupted; the replay state records what was replayed: run the same command again "
               "to continue", file=sys.stderr)
         return INTERRUPTED
     if stopped:
         print(stopped, file=out)
+    if counts.refused:
+        print(f"ops replay: {target} refused {n_records(len(counts.refused))} (too large for it, or invalid "
+              "there); they are not recorded as replayed: see the report", file=sys.stderr)
+        return FAILED
     return OK
 
 
 def _report(counts: Counts, state: ReplayState, out: TextIO, partial: bool = False) -> None:
+    # error.code is whatever the dead letter's header holds: printed escaped (ops.show)
     for code, n in sorted(counts.selected.items()):
-        print(f"  {code:<24}{n:>9}", file=out)
+        print(f"  {show.text(code):<24}{n:>9}", file=out)
     already = sum(counts.already.values())
     if already:
-        detail = ", ".join(f"{c} {n}" for c, n in sorted(counts.already.items()))
+        detail = ", ".join(f"{show.text(c)} {n}" for c, n in sorted(counts.already.items()))
         print(f"skipped, replayed by an earlier run: {already} ({detail})", file=out)
     scanned = "scanned so far" if partial else "scanned"
     print(f"not selected: {counts.not_selected} of {counts.scanned} dead letters {scanned}", file=out)
-    print(f"state file: {state.path} ({state.count()} dead letters replayed in all)", file=out)
+    if counts.refused:
+        by_partition: dict[int, list[int]] = {}
+        for p, o in counts.refused:
+            by_partition.setdefault(p, []).append(o)
+        where = "; ".join(f"partition {p}: {format_offsets(offs)}" for p, offs in sorted(by_partition.items()))
+        print(f"refused by {state.target_topic}, not replayed: {len(counts.refused)} ({where})", file=out)
+    print(f"replay state: {state.cluster}, {state.failure_topic} -> {state.target_topic} "
+          f"({state.count()} dead letters replayed in all)", file=out)
 
 
-def _settle(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str,
-            out: TextIO) -> None:
-    """An earlier run was killed with a chunk in flight: look for it in the target topic."""
+def _settle(settings: Settings, opts: Options, consumer: Consumer, store: Store, row: Row, state: ReplayState,
+            target: str, out: TextIO) -> None:
+    """An earlier run stopped with a chunk in flight: look for it in the target topic, once
+    none of it can still be on its way (`ops.replay_store`)."""
     pending = state.pending
     assert pending is not None
+    if replay_setup.had_pending(row) and row.state_written_ms is not None:
+        wait_s = IN_FLIGHT_S - (store.server_now_ms() - row.state_written_ms) / 1000
+        if wait_s > 0:
+            print(f"ops replay: an earlier run left {n_records(len(pending))} in flight {IN_FLIGHT_S - wait_s:.0f}s "
+                  f"ago; waiting {wait_s:.0f}s until none of it can still be arriving", file=sys.stderr)
+            time.sleep(wait_s)
     timeout = settings.startup_timeout_seconds
     parts = scan.partitions(consumer, target, timeout)
     marks = scan.watermarks(consumer, target, parts, timeout)
@@ -266,4 +304,3 @@ def _settle(settings: Settings, opts: Options, consumer: Consumer, state: Replay
     state.commit(in_flight)
     print(f"an earlier run stopped with {n_records(total)} in flight: {len(in_flight)} had reached {target}, "
           f"{total - len(in_flight)} had not (they are replayed now if selected)", file=out)
-

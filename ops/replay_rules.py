@@ -18,6 +18,9 @@ from ops.ranges import OffsetSpan, span_for
 REPLAY_HEADER = "replay.of"
 NO_CODE = "(none)"
 CODES = tuple(c.value for c in Code)
+# what the pipeline puts on every message it writes: enriched events and dead letters carry
+# their input's coordinates, dead letters also their reason
+OUTPUT_MARKS = (("source.topic", "source.partition", "source.offset"), ("error.code",))
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,20 @@ def parse_replay_of(text: str | None) -> tuple[str, int, int] | None:
         return None
 
 
+def output_marks(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
+    """The pipeline's output headers this record carries (`source.topic + source.partition
+    + source.offset`, `error.code`), or None. A replay (`replay.of`) is input again: its
+    marks don't count (a replay drops them anyway)."""
+    names = {k for k, _ in headers}
+    if REPLAY_HEADER in names:
+        return None
+    found = [" + ".join(mark) for mark in OUTPUT_MARKS if names.issuperset(mark)]
+    return " and ".join(found) or None
+
+
 def refuse_target(target: str, settings: Settings) -> None:
+    """By name: the failure topic, and the topics the settings name as outputs (what the
+    target holds is checked too: `ops.replay_target`)."""
     if target == settings.failure_topic:
         raise OpsError(f"refusing to replay into the failure topic {target}: dead letters would only be "
                        "copied, never processed; replay into the input topic (the default) or --to another topic")

@@ -17,14 +17,15 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows.kafka_headers import READER
 from flows.settings import Settings
 from ops.errors import FAILED, USAGE, OpsError
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One Kafka record as the tools use it: plain types, headers as bytes (the client's
-    `Message` types nearly every field as optional)."""
+    """One Kafka record as the tools use it: plain types (the client's `Message` types
+    nearly every field as optional), headers read the way the dataflow reads them."""
 
     topic: str
     partition: int
@@ -33,6 +34,9 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]]  # a header value may be null
+    # set when some header name was not UTF-8: such names are escaped in `headers`
+    # (flows.kafka_headers), and the dataflow fails the record as `invalid_headers`
+    header_error: str | None = None
 
     @property
     def coordinates(self) -> str:
@@ -45,9 +49,14 @@ class Record:
 
 
 def record(msg: Message) -> Record:
+    """The record of a consumed message. Headers go through the dataflow's reader, before
+    anything calls `msg.headers()`: the client's own call fails on a header name that is
+    not UTF-8 (a SystemError, sometimes raised only at a later call) and frees the raw
+    headers, so it is never called here."""
     raw: Any = msg
+    headers, header_error = READER.read(msg)
     return Record(raw.topic(), raw.partition(), raw.offset(), int(raw.timestamp()[1]), raw.key(), raw.value(),
-                  list(raw.headers() or []))
+                  headers, header_error)
 
 
 # librdkafka's own log lines (connection refused, retries...) go here, not to stderr: the

@@ -9,6 +9,11 @@ when the input record is gone (retention) does `--full-scan` fall back to ALLOW 
 
 The output message is found by its `source.*` headers in the topic the row names, reading
 only the slice of it written around the row's `processed_at` (Kafka's time index finds it).
+
+Everything printed that came from a record (key, value, headers, the history columns
+copied from it) goes through `ops.show`: control characters, bidi overrides and bytes
+that are not UTF-8 are printed as escapes, so a record can't rewrite the operator's
+screen or forge lines of the report.
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from cassandra.cluster import Cluster, Session
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from flows.decode import decode_record
-from flows.history import COLUMNS, TABLE, connect
+from flows.history import COLUMNS, TABLE
 from flows.model import Decoded, SourceRecord
 from flows.settings import Settings
-from ops import scan
+from ops import scan, show
+from ops.cql import open_session
 from ops.errors import FOUND_GAPS, OK, USAGE, OpsError
 from ops.progress import Progress
 from ops.ranges import format_ms
@@ -34,7 +39,7 @@ from ops.ranges import format_ms
 # output timestamps come from the dataflow's clock, like processed_at; a little slack
 # covers LogAppendTime topics (the broker's clock)
 BEFORE_MS = 10_000
-VALUE_PREVIEW = 1000
+VALUE_PREVIEW = show.PREVIEW_CHARS
 
 
 @dataclass(frozen=True)
@@ -72,16 +77,8 @@ class Options:
 
 
 def show_bytes(data: bytes | None, limit: int | None = VALUE_PREVIEW) -> str:
-    """Text when it is UTF-8, else a bytes literal; cut at `limit` characters."""
-    if data is None:
-        return "null"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = repr(data)
-    if limit is not None and len(text) > limit:
-        return f"{text[:limit]}… ({len(data)} bytes; --full shows all)"
-    return text
+    """Record bytes as printable text (`ops.show`), cut at `limit` characters."""
+    return show.preview(data, limit)
 
 
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:
@@ -91,12 +88,15 @@ def _utc(moment: dt.datetime | None) -> dt.datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, limit: int | None = None) -> str:
+    """A history column as printable text: its text fields hold what the record held."""
     if isinstance(value, dt.datetime):
         moment = _utc(value)
         assert moment is not None
         return format_ms(int(moment.timestamp() * 1000))
-    return "null" if value is None else str(value)
+    if value is None:
+        return "null"
+    return show.text_preview(value if isinstance(value, str) else str(value), limit)
 
 
 class History:
@@ -104,14 +104,7 @@ class History:
 
     def __init__(self, settings: Settings) -> None:
         self.table = f"{settings.scylla_keyspace}.{TABLE}"  # keyspace validated by Settings
-        self.cluster: Cluster = connect(settings, connect_timeout=settings.startup_timeout_seconds)
-        try:
-            self.session: Session = self.cluster.connect()
-        except Exception as exc:
-            self.cluster.shutdown()
-            hosts = ",".join(settings.scylla_hosts)
-            raise OpsError(f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: "
-                           f"{type(exc).__name__}: {str(exc)[:200]}", USAGE) from None
+        self.cluster, self.session = open_session(settings)
         cols = ", ".join(COLUMNS)
         try:
             # identifiers only (the keyspace is validated by Settings); values are bound
@@ -180,7 +173,7 @@ def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeou
     try:
         parts = scan.partitions(consumer, topic, timeout)
     except OpsError:
-        return None, f"topic {topic} does not exist"
+        return None, f"topic {show.text(topic)} does not exist"
     at_ms = int(processed.timestamp() * 1000)
     first_ms, last_ms = at_ms - BEFORE_MS, at_ms + int(window_s * 1000)
     marks = scan.watermarks(consumer, topic, parts, timeout)
@@ -206,20 +199,26 @@ def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeou
     return None, where
 
 
-def print_row(row: dict[str, Any], n: int, total: int, out: TextIO) -> None:
-    status = row["status"] + (f" ({row['error_code']})" if row["error_code"] else "")
-    coords = f"{row['source_topic']}:{row['source_partition']}:{row['source_offset']}"
+def print_row(row: dict[str, Any], n: int, total: int, out: TextIO, full: bool = False) -> None:
+    status = _text(row["status"]) + (f" ({_text(row['error_code'])})" if row["error_code"] else "")
+    coords = f"{_text(row['source_topic'])}:{row['source_partition']}:{row['source_offset']}"
     print(f"history row {n} of {total}: {coords} -> {status}", file=out)
+    limit = None if full else VALUE_PREVIEW
     for name in ("event_id", "event_type", "customer_id", "occurred_at", "processed_at", "output_topic", "payload"):
-        print(f"  {name:<14}{_text(row[name])}", file=out)
+        print(f"  {name:<14}{_text(row[name], limit)}", file=out)
 
 
 def print_message(rec: scan.Record, full: bool, out: TextIO) -> None:
+    """Key, headers and value, every one escaped (`ops.show`) and cut unless `full`."""
+    limit = None if full else VALUE_PREVIEW
     print(f"  output record {rec.coordinates} at {format_ms(rec.timestamp_ms)}", file=out)
-    print(f"    key     {show_bytes(rec.key, None)}", file=out)
+    print(f"    key     {show_bytes(rec.key, limit)}", file=out)
+    escaped = rec.header_error is not None
     for name, value in rec.headers:
-        print(f"    header  {name}: {show_bytes(value, None)}", file=out)
-    print(f"    value   {show_bytes(rec.value, None if full else VALUE_PREVIEW)}", file=out)
+        print(f"    header  {show.header_name(name, escaped)}: {show_bytes(value, limit)}", file=out)
+    if escaped:
+        print("    (a header name is not UTF-8: such names are shown with \\xNN for each byte that is not)", file=out)
+    print(f"    value   {show_bytes(rec.value, limit)}", file=out)
 
 
 def run(settings: Settings, opts: Options, out: TextIO) -> int:
@@ -234,12 +233,12 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
             assert opts.event_id is not None
             rows = history.rows(opts.event_id)
             if not rows:
-                print(f"no history row for event_id {opts.event_id!r} in {history.table}", file=out)
+                print(f"no history row for event_id '{show.text(opts.event_id)}' in {history.table}", file=out)
         if not rows:
             return FOUND_GAPS
         missing = 0
         for n, row in enumerate(rows, 1):
-            print_row(row, n, len(rows), out)
+            print_row(row, n, len(rows), out, opts.full)
             found, where = find_output(consumer, row, opts.window_s, timeout, opts.progress)
             if found is None:
                 missing += 1
@@ -258,10 +257,14 @@ def _rows_for_source(settings: Settings, opts: Options, history: History, consum
     assert source is not None
     rec = read_one(consumer, source, settings.startup_timeout_seconds)
     if rec is not None:
-        record = SourceRecord(source.topic, source.partition, source.offset, rec.timestamp_ms, rec.key, rec.value)
+        # the record as the dataflow's source builds it, header_error included: a record
+        # with a header name that is not UTF-8 fails before its event_id is read
+        record = SourceRecord(source.topic, source.partition, source.offset, rec.timestamp_ms, rec.key, rec.value,
+                              rec.headers, rec.header_error)
         event_id, readable = event_id_of(record, settings.max_value_bytes)
         how = "read from its value" if readable else "its event_id can't be read: filed under its coordinates"
-        print(f"input record {source} at {format_ms(rec.timestamp_ms)}: event_id {event_id} ({how})", file=out)
+        print(f"input record {source} at {format_ms(rec.timestamp_ms)}: event_id {show.text(event_id)} ({how})",
+              file=out)
         candidates = [event_id]
     else:
         print(f"input record {source} is not in Kafka (deleted by retention, or not written yet)", file=out)
@@ -271,8 +274,8 @@ def _rows_for_source(settings: Settings, opts: Options, history: History, consum
               != (source.topic, source.partition, source.offset)]
     rows = [r for r in rows if r not in others]
     if others:
-        print(f"({len(others)} other history rows share this event_id: `ops trace {candidates[0]}` shows them)",
-              file=out)
+        print(f"({len(others)} other history rows share this event_id: `ops trace {show.text(candidates[0])}` "
+              "shows them)", file=out)
     if not rows and rec is None:
         if opts.full_scan:
             print(f"searching {history.table} for the coordinates (ALLOW FILTERING: reads the whole table)",

@@ -120,8 +120,9 @@ def valid_record(draw: st.DrawFn, index: int = 0) -> Hostile:
         ("customer_id", dumps(cid, ascii_only)),
     ]
     if draw(st.booleans()):
-        members.append(("payload", dumps(draw(st.dictionaries(st.text(max_size=8).filter(_encodable), json_values.filter(
-            _encodable_value), max_size=3)), ascii_only)))
+        payload = st.dictionaries(st.text(max_size=8).filter(_encodable), json_values.filter(_encodable_value),
+                                  max_size=3)
+        members.append(("payload", dumps(draw(payload), ascii_only)))
     for name in draw(st.lists(st.text(max_size=10).filter(_encodable), max_size=3, unique=True)):
         if name in {"event_id", "event_type", "occurred_at", "customer_id", "payload", "customer", "enriched_at"}:
             continue
@@ -274,7 +275,8 @@ class Report:
     kinds: Counter[str] | None = None
 
     def line(self) -> str:
-        return (f"{self.records} records: {self.enriched} enriched, failed by code {dict(sorted((self.codes or {}).items()))}"
+        codes = dict(sorted((self.codes or {}).items()))
+        return (f"{self.records} records: {self.enriched} enriched, failed by code {codes}"
                 f"; generated kinds {dict(sorted((self.kinds or {}).items()))}")
 
 

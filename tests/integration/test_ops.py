@@ -4,6 +4,7 @@ One module-wide scenario: fresh topics, a mix of good records, bad records and r
 customer that PostgreSQL does not have yet, one run of the dataflow (with a recovery
 directory, so a second run only processes what was added). The tools run as users run them,
 as subprocesses, and the tests check exit statuses, stderr and what lands on the topics.
+(Concurrent and killed replays: test_ops_lease.py; hostile records: test_ops_hostile.py.)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cassandra.cluster import Session
 from confluent_kafka import Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -35,7 +37,8 @@ from flows.settings import Settings
 from ops import replay, scan
 from ops.ranges import format_offsets
 from ops.replay_rules import Selection
-from ops.replay_state import ReplayState, state_path
+from ops.replay_setup import MIGRATED
+from ops.replay_state import ReplayState, legacy_path
 from tools import sample
 from tools.kafkautil import header, produce_all, read_topic
 
@@ -59,10 +62,14 @@ class World:
     n_input: int
 
 
-def ops(world: World, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ops", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **world.env, **(env or {})})
+def ops(world: World, *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = ROOT,
+        unset: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`python -m ops ARGS` as an operator runs it, from `cwd`, with `unset` not exported."""
+    full = {**os.environ, **world.env, **(env or {}), "PYTHONPATH": str(ROOT)}
+    for name in unset:
+        full.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "ops", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full)
 
 
 def run_flow(world: World) -> None:
@@ -142,6 +149,18 @@ def count_lines(stdout: str) -> dict[str, int]:
     return out
 
 
+def state_row(world: World, cql: Session, target: str) -> tuple[str | None, str | None] | None:
+    """The shared replay state of (this cluster, the failure topic, `target`): (state, owner)."""
+    consumer = scan.open_consumer(world.settings)
+    try:
+        cluster = scan.cluster_id(consumer, 10)
+    finally:
+        consumer.close()
+    row = cql.execute(f"SELECT state, owner FROM {world.settings.scylla_keyspace}.replay_state WHERE cluster_id = %s "
+                      "AND failure_topic = %s AND target_topic = %s", (cluster, world.topics.failure, target)).one()
+    return None if row is None else (row.state, row.owner)
+
+
 def total_records(settings: Settings, topic: str) -> int:
     consumer = scan.open_consumer(settings)
     try:
@@ -196,54 +215,75 @@ def test_reconcile_detects_deleted_outputs(world: World, admin: AdminClient) -> 
 # --- replay
 
 
-def test_replay_dry_run_counts_by_code_and_produces_nothing(world: World, tmp_path: Path) -> None:
+def test_replay_dry_run_counts_by_code_and_produces_nothing(world: World, cql: Session) -> None:
     failed = failure_records(world)
     codes = Counter(header(m, "error.code") for m in failed)
     before = total_records(world.settings, world.topics.input)
-    done = ops(world, "replay", "--dry-run", "--state-dir", str(tmp_path))
+    done = ops(world, "replay", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert f"would replay {len(failed)} records" in done.stdout
     assert count_lines(done.stdout) == dict(codes)
-    only = ops(world, "replay", "--dry-run", "--code", "customer_not_found", "--state-dir", str(tmp_path))
+    only = ops(world, "replay", "--dry-run", "--code", "customer_not_found")
     assert count_lines(only.stdout) == {"customer_not_found": codes["customer_not_found"]}
     assert f"not selected: {len(failed) - codes['customer_not_found']} of {len(failed)}" in only.stdout
     # time: every dead letter was written in the last hour, none before the epoch's first second
-    assert f"would replay {len(failed)} records" in ops(world, "replay", "--dry-run", "--since", "1h",
-                                                        "--state-dir", str(tmp_path)).stdout
-    assert "would replay 0 records" in ops(world, "replay", "--dry-run", "--until", "1000",
-                                           "--state-dir", str(tmp_path)).stdout
+    assert f"would replay {len(failed)} records" in ops(world, "replay", "--dry-run", "--since", "1h").stdout
+    assert "would replay 0 records" in ops(world, "replay", "--dry-run", "--until", "1000").stdout
     # offsets: one dead letter
     p, o = coords(failed[0])
-    assert "would replay 1 record " in ops(world, "replay", "--dry-run", "--offsets", f"{p}:{o}",
-                                           "--state-dir", str(tmp_path)).stdout
+    assert "would replay 1 record " in ops(world, "replay", "--dry-run", "--offsets", f"{p}:{o}").stdout
     assert total_records(world.settings, world.topics.input) == before
-    assert not list(tmp_path.iterdir())  # a dry run writes no state
+    assert state_row(world, cql, world.topics.input) is None  # a dry run writes no state
 
 
-def test_replay_refuses_the_failure_and_output_topics(world: World, tmp_path: Path) -> None:
+def test_replay_refuses_the_failure_and_output_topics(world: World) -> None:
     for target, what in ((world.topics.failure, "failure topic"), (world.topics.output, "output topic")):
-        done = ops(world, "replay", "--to", target, "--state-dir", str(tmp_path))
+        done = ops(world, "replay", "--to", target)
         assert done.returncode == 2
         assert done.stderr.startswith(f"ops replay: error: refusing to replay into the {what} {target}")
         assert done.stderr.count("\n") == 1 and done.stdout == ""
-    missing = ops(world, "replay", "--to", f"{world.topics.input}.nope", "--state-dir", str(tmp_path))
+    missing = ops(world, "replay", "--to", f"{world.topics.input}.nope")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+def test_replay_refuses_a_topic_of_enriched_messages_without_output_topic_set(world: World) -> None:
+    """The operator's shell does not export OUTPUT_TOPIC: the output topic is refused for
+    what it holds (its records carry source.* headers), and nothing is produced."""
+    before = total_records(world.settings, world.topics.output)
+    for cmd in (("replay", "--to", world.topics.output), ("replay", "--to", world.topics.output, "--dry-run")):
+        done = ops(world, *cmd, unset=("OUTPUT_TOPIC",))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.startswith(f"ops replay: error: refusing to replay into {world.topics.output}: its record "
+                                      f"{world.topics.output}:")
+        assert "carries source.topic + source.partition + source.offset headers" in done.stderr
+        assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert total_records(world.settings, world.topics.output) == before
+    # a topic holding only replays (replay.of) is an input topic: allowed
+    replays = new_topic(world, "replays-only")
+    produce_all(world.settings, replays, [(b"k", b"{}", [("replay.of", f"{world.topics.failure}:0:0".encode())])])
+    done = ops(world, "replay", "--to", replays, "--dry-run", unset=("OUTPUT_TOPIC",))
+    assert done.returncode == 0, done.stderr
+
+
 def test_replay_resumes_after_an_interruption_without_duplicates(world: World, tmp_path: Path) -> None:
+    """Three runs from three directories: the state they share says what was replayed."""
     target = new_topic(world, "retry-resume")
     failed = {coords(m): m for m in failure_records(world)}
-    first = ops(world, "replay", "--to", target, "--limit", "4", "--chunk-size", "3", "--state-dir", str(tmp_path))
+    dirs = [tmp_path / name for name in ("a", "b", "c")]
+    for d in dirs:
+        d.mkdir()
+    first = ops(world, "replay", "--to", target, "--limit", "4", "--chunk-size", "3", cwd=dirs[0])
     assert first.returncode == 0, first.stderr
     assert "stopped after 4 records (--limit)" in first.stdout
     assert total_records(world.settings, target) == 4
 
-    rest = ops(world, "replay", "--to", target, "--chunk-size", "3", "--state-dir", str(tmp_path))
+    rest = ops(world, "replay", "--to", target, "--chunk-size", "3", cwd=dirs[1])
     assert rest.returncode == 0, rest.stderr
     assert f"replayed {len(failed) - 4} records" in rest.stdout
     assert "skipped, replayed by an earlier run: 4" in rest.stdout
-    again = ops(world, "replay", "--to", target, "--state-dir", str(tmp_path))
+    again = ops(world, "replay", "--to", target, cwd=dirs[2])
     assert "replayed 0 records" in again.stdout
+    assert not any((d / ".ops-state").exists() for d in dirs)  # nothing local any more
 
     replayed = list(read_topic(world.settings, target))
     refs = Counter(header(m, "replay.of") for m in replayed)
@@ -257,8 +297,7 @@ def test_replay_resumes_after_an_interruption_without_duplicates(world: World, t
         assert m.headers() == [*kept, ("replay.of", header(m, "replay.of").encode())]
 
 
-def test_replay_stops_cleanly_on_sigint_and_resumes(world: World, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_stops_cleanly_on_sigint_and_resumes(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during a replay: the chunk in flight is finished and recorded, the run exits
     with 130, and the next run produces only the rest. (In-process, so the signal can be
     sent at a known point: right after the first chunk is acknowledged.)"""
@@ -266,12 +305,13 @@ def test_replay_stops_cleanly_on_sigint_and_resumes(world: World, tmp_path: Path
     failed = failure_records(world)
 
     class InterruptedAfterFirstChunk(KafkaWriter):
-        def write(self, messages: Sequence[OutMessage]) -> None:
-            super().write(messages)
+        def write(self, messages: Sequence[OutMessage]) -> list[int]:
+            refused = super().write(messages)
             os.kill(os.getpid(), signal.SIGINT)
+            return refused
 
     monkeypatch.setattr(replay, "KafkaWriter", InterruptedAfterFirstChunk)
-    opts = replay.Options(Selection(), target=target, chunk_size=3, state_dir=tmp_path, progress=False)
+    opts = replay.Options(Selection(), target=target, chunk_size=3, progress=False)
     out = io.StringIO()
     assert replay.run(world.settings, opts, out) == 130
     assert "replayed 3 records" in out.getvalue()
@@ -285,31 +325,67 @@ def test_replay_stops_cleanly_on_sigint_and_resumes(world: World, tmp_path: Path
     assert refs == Counter({f"{world.topics.failure}:{m.partition()}:{m.offset()}": 1 for m in failed})
 
 
-def test_replay_settles_a_chunk_left_in_flight_by_a_killed_run(world: World, tmp_path: Path) -> None:
-    """A run killed between producing a chunk and recording it: the next run finds which of
-    the chunk's records reached the target and produces only the others."""
-    target = new_topic(world, "retry-killed")
-    failed = sorted(failure_records(world), key=coords)
-    chunk = failed[:4]
+def _ident(world: World) -> tuple[str, str]:
     consumer = scan.open_consumer(world.settings)
     try:
         cluster = scan.cluster_id(consumer, 10)
     finally:
         consumer.close()
-    topic_id = scan.topic_id(world.settings, world.topics.failure, 10)
-    path = state_path(tmp_path, cluster, world.topics.failure, target)
-    state = ReplayState.load(path, cluster, world.topics.failure, topic_id, target)
+    return cluster, scan.topic_id(world.settings, world.topics.failure, 10)
+
+
+def test_replay_settles_a_chunk_left_in_flight_by_a_killed_run(world: World, cql: Session) -> None:
+    """The shared state says a chunk of 4 was in flight when its run died (recorded two
+    minutes ago, so nothing of it can still be arriving), and 2 of them reached the
+    target: the next run finds which, and produces only the others."""
+    target = new_topic(world, "retry-killed")
+    failed = sorted(failure_records(world), key=coords)
+    chunk = failed[:4]
+    cluster, topic_id = _ident(world)
+    state = ReplayState(cluster, world.topics.failure, topic_id, target)
     state.begin([coords(m) for m in chunk], int(time.time() * 1000))
+    written_us = int((time.time() - 120) * 1_000_000)
+    cql.execute(f"UPDATE {world.settings.scylla_keyspace}.replay_state USING TIMESTAMP %s SET state = %s "
+                "WHERE cluster_id = %s AND failure_topic = %s AND target_topic = %s",
+                (written_us, state.dumps(), cluster, world.topics.failure, target))
     delivered = [(m.key(), m.value(), [("replay.of", f"{world.topics.failure}:{m.partition()}:{m.offset()}".encode())])
                  for m in chunk[:2]]
     produce_all(world.settings, target, delivered)
 
-    done = ops(world, "replay", "--to", target, "--state-dir", str(tmp_path))
+    done = ops(world, "replay", "--to", target)
     assert done.returncode == 0, done.stderr
+    assert "waiting" not in done.stderr
     assert "an earlier run stopped with 4 records in flight: 2 had reached" in done.stdout
     assert f"replayed {len(failed) - 2} records" in done.stdout
     refs = Counter(header(m, "replay.of") for m in read_topic(world.settings, target))
     assert refs == Counter({f"{world.topics.failure}:{m.partition()}:{m.offset()}": 1 for m in failed})
+
+
+def test_replay_imports_a_legacy_state_file_once(world: World, tmp_path: Path, cql: Session) -> None:
+    """A state file of the earlier version in ./.ops-state (3 dead letters replayed): the
+    first run imports it into the shared state and renames it; those 3 are not replayed."""
+    target = new_topic(world, "retry-legacy")
+    failed = sorted(failure_records(world), key=coords)
+    cluster, topic_id = _ident(world)
+    old = ReplayState(cluster, world.topics.failure, topic_id, target)
+    old.begin([coords(m) for m in failed[:3]], int(time.time() * 1000))
+    old.commit()
+    path = legacy_path(tmp_path / ".ops-state", cluster, world.topics.failure, target)
+    path.parent.mkdir()
+    path.write_text(old.dumps())
+
+    done = ops(world, "replay", "--to", target, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"imported legacy state file .ops-state/{path.name} into {world.settings.scylla_keyspace}.replay_state " \
+           f"(3 dead letters replayed); renamed it to {path.name}{MIGRATED}" in done.stdout
+    assert f"replayed {len(failed) - 3} records" in done.stdout
+    assert not path.exists() and path.with_name(path.name + MIGRATED).exists()
+    refs = Counter(header(m, "replay.of") for m in read_topic(world.settings, target))
+    assert refs == Counter({f"{world.topics.failure}:{m.partition()}:{m.offset()}": 1 for m in failed[3:]})
+    row = state_row(world, cql, target)
+    assert row is not None and row[1] is None  # the lease was given back
+    again = ops(world, "replay", "--to", target, cwd=tmp_path)
+    assert "imported" not in again.stdout and "replayed 0 records" in again.stdout
 
 
 def test_replay_after_fixing_the_cause(world: World, tmp_path: Path) -> None:
@@ -320,10 +396,10 @@ def test_replay_after_fixing_the_cause(world: World, tmp_path: Path) -> None:
     assert len(not_found) > N_MISSING  # ours, plus sample ones whose customer stays unknown
     flows_admin.seed_customers(world.settings, [Customer(world.missing_customer, "Late Ltd", "smb", "PL", "active")])
 
-    done = ops(world, "replay", "--code", "customer_not_found", "--state-dir", str(tmp_path))
+    done = ops(world, "replay", "--code", "customer_not_found")
     assert done.returncode == 0, done.stderr
     assert count_lines(done.stdout) == {"customer_not_found": len(not_found)}
-    repeat = ops(world, "replay", "--code", "customer_not_found", "--state-dir", str(tmp_path))
+    repeat = ops(world, "replay", "--code", "customer_not_found", cwd=tmp_path)
     assert "replayed 0 records" in repeat.stdout
     assert f"skipped, replayed by an earlier run: {len(not_found)}" in repeat.stdout
 

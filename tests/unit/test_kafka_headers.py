@@ -24,17 +24,18 @@ def unescape(text: str) -> bytes:
 
 @given(st.binary(max_size=40))
 def test_an_escaped_name_tells_the_original_bytes(raw: bytes) -> None:
-    text = escape_name(raw)
+    [(text, _)], _ = from_pairs([(raw, None)])
     text.encode("utf-8")  # always writable as a header name
-    try:
-        assert text == raw.decode("utf-8")
-    except UnicodeDecodeError:
-        assert unescape(text) == raw
+    assert "\x00" not in text
+    if text == raw.decode("utf-8", "replace") and b"\x00" not in raw:
+        return  # UTF-8 without NUL: as it came
+    assert unescape(text) == raw
 
 
 def test_escaping() -> None:
     assert escape_name(b"plain") == "plain"
     assert escape_name(b"a\xff\\b") == "a\\xff\\\\b"
+    assert escape_name(b"\xff\x00") == "\\xff\\x00"  # no NUL is ever written: clients cut names there
     assert escape_name(codecs.encode("é", "utf-8") + b"\xc3") == "é\\xc3"
 
 
@@ -43,3 +44,9 @@ def test_from_pairs_marks_a_record_with_an_invalid_name() -> None:
     assert headers == [("ok", b"1"), ("x\\xfe", None), ("\\xff", b"")]
     assert error is not None and error.startswith("2 header names are not UTF-8")
     assert from_pairs([(b"a", b"1")]) == ([("a", b"1")], None)
+
+
+def test_a_valid_name_with_nul_is_kept_escaped_so_it_cant_become_another_name() -> None:
+    headers, error = from_pairs([(b"source.topic\x00forged", b"1"), (b"a\\b\x00", None)])
+    assert error is None, "NUL is UTF-8: the record is valid"
+    assert headers == [("source.topic\\x00forged", b"1"), ("a\\\\b\\x00", None)]

@@ -31,8 +31,8 @@ from ops.ranges import (
 )
 from ops.reconcile import Report, Tally, print_report
 from ops.replay import StopFlag
-from ops.replay_rules import Selection, parse_codes, parse_replay_of, refuse_target, replay_headers
-from ops.replay_state import ReplayState, locked, state_path
+from ops.replay_rules import Selection, output_marks, parse_codes, parse_replay_of, refuse_target, replay_headers
+from ops.replay_state import ReplayState, legacy_path, load_legacy
 from ops.trace import event_id_of, parse_source, show_bytes
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -175,6 +175,17 @@ def test_parse_replay_of() -> None:
     assert parse_replay_of("t:x:1") is None
 
 
+def test_output_marks_are_the_pipelines_headers() -> None:
+    coords = [("source.topic", b"events"), ("source.partition", b"0"), ("source.offset", b"7")]
+    assert output_marks(coords) == "source.topic + source.partition + source.offset"
+    assert output_marks([("error.code", b"invalid_json")]) == "error.code"
+    assert output_marks([*coords, ("error.code", b"x")]) == "source.topic + source.partition + source.offset " \
+        "and error.code"
+    assert output_marks(coords[:2]) is None  # all three, or it is not the pipeline's
+    assert output_marks([("trace-id", b"1")]) is None and output_marks([]) is None
+    assert output_marks([*coords, ("replay.of", b"events.failed:0:1")]) is None  # a replay is input
+
+
 def test_refuses_failure_and_output_topics() -> None:
     from flows.settings import Settings
 
@@ -201,59 +212,83 @@ def test_stop_flag_first_signal_asks_second_one_stops(capsys: pytest.CaptureFixt
 
 # --- replay state
 
-def _state(tmp_path: Path, topic_id: str = "id-1") -> ReplayState:
-    path = state_path(tmp_path, "cluster-a", "events.failed", "events")
-    return ReplayState.load(path, "cluster-a", "events.failed", topic_id, "events")
+def _empty(topic_id: str = "id-1") -> ReplayState:
+    return ReplayState("cluster-a", "events.failed", topic_id, "events")
 
 
-def test_state_round_trip_with_write_ahead_chunks(tmp_path: Path) -> None:
-    state = _state(tmp_path)
-    assert not state.path.exists() and state.count() == 0
+def _load(text: str, topic_id: str = "id-1") -> ReplayState:
+    return ReplayState.from_json(text, "the state", "cluster-a", "events.failed", topic_id, "events", "HINT")
+
+
+def test_state_round_trip_with_write_ahead_chunks() -> None:
+    saved: list[str] = []
+    state = _empty()
+    state.save = lambda s: saved.append(s.dumps())
     state.begin([(0, 1), (0, 2), (1, 5)], NOW_MS)
-    on_disk = json.loads(state.path.read_text())
-    assert on_disk["pending"]["offsets"] == {"0": [[1, 2]], "1": [[5, 5]]}
+    assert json.loads(saved[-1])["pending"]["offsets"] == {"0": [[1, 2]], "1": [[5, 5]]}
     assert not state.is_replayed(0, 1)
     state.commit()
+    assert len(saved) == 2  # written ahead, then after
     assert state.is_replayed(0, 1) and state.is_replayed(1, 5) and not state.is_replayed(1, 4)
-    again = _state(tmp_path)
+    again = _load(saved[-1])
     assert again.replayed[0].ranges() == [(1, 2)] and again.pending is None and again.count() == 3
 
 
-def test_state_settles_a_pending_chunk_with_what_was_found(tmp_path: Path) -> None:
-    state = _state(tmp_path)
+def test_state_settles_a_pending_chunk_with_what_was_found() -> None:
+    saved: list[str] = []
+    state = _empty()
+    state.save = lambda s: saved.append(s.dumps())
     state.begin([(0, 1), (0, 2), (0, 3)], NOW_MS)
-    reloaded = _state(tmp_path)  # as a new run finds it after a kill
+    reloaded = _load(saved[-1])  # as a new run finds it after a kill
     assert reloaded.pending is not None and len(reloaded.pending) == 3
     assert reloaded.pending.since_ms < NOW_MS
     reloaded.commit(found=[(0, 2), (0, 99)])  # 99 was not in flight: ignored
     assert reloaded.is_replayed(0, 2) and not reloaded.is_replayed(0, 1) and not reloaded.is_replayed(0, 99)
-    assert _state(tmp_path).pending is None
+    assert reloaded.pending is None
 
 
-def test_state_refuses_a_recreated_topic_and_an_unreadable_file(tmp_path: Path) -> None:
-    state = _state(tmp_path)
+def test_state_refuses_a_recreated_topic_and_an_unreadable_document() -> None:
+    state = _empty()
     state.begin([(0, 1)], NOW_MS)
     state.commit()
-    with pytest.raises(OpsError, match="earlier topic"):
-        _state(tmp_path, topic_id="id-2")
-    assert ReplayState.load(state.path, "cluster-a", "events.failed", "id-2", "events", restart=True).count() == 0
-    state.path.write_text("{not json")
-    with pytest.raises(OpsError, match="unreadable"):
-        _state(tmp_path)
+    with pytest.raises(OpsError, match="the state belongs to an earlier topic.*HINT") as exc:
+        _load(state.dumps(), topic_id="id-2")
+    assert exc.value.status == USAGE
+    for bad in ("{not json", "[]", '{"version": 99}', '{"version": 1}'):
+        with pytest.raises(OpsError, match="the state is unreadable.*HINT"):
+            _load(bad)
 
 
-def test_state_path_tells_clusters_apart(tmp_path: Path) -> None:
-    a = state_path(tmp_path, "cluster-a", "f", "t")
-    assert a != state_path(tmp_path, "cluster-b", "f", "t")
-    assert a.name.startswith("replay.f.to.t.")
+def test_state_merge_is_a_union_of_replayed_and_in_flight() -> None:
+    a, b = _empty(), _empty()
+    a.begin([(0, 1), (0, 2)], NOW_MS)
+    a.commit()
+    a.begin([(1, 7)], NOW_MS)
+    b.begin([(0, 2), (0, 3), (2, 0)], NOW_MS)
+    b.commit()
+    b.begin([(1, 8)], NOW_MS - 5000)
+    a.merge(b)
+    assert a.replayed[0].ranges() == [(1, 3)] and a.replayed[2].ranges() == [(0, 0)] and a.count() == 4
+    assert a.pending is not None and a.pending.offsets[1].ranges() == [(7, 8)]
+    assert a.pending.since_ms == b.pending.since_ms  # the earlier of the two
+    fresh = _empty()
+    fresh.merge(_empty())
+    assert fresh.count() == 0 and fresh.pending is None
 
 
-def test_state_lock_keeps_a_second_replay_out(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    with locked(path), pytest.raises(OpsError, match="another replay"), locked(path):
-        pass
-    with locked(path):
-        pass
+def test_legacy_state_files_are_found_by_cluster_and_topics(tmp_path: Path) -> None:
+    a = legacy_path(tmp_path, "cluster-a", "events.failed", "events")
+    assert a != legacy_path(tmp_path, "cluster-b", "events.failed", "events")
+    assert a.name.startswith("replay.events.failed.to.events.")
+    assert load_legacy(a, "cluster-a", "events.failed", "id-1", "events") is None
+    state = _empty()
+    state.begin([(0, 4)], NOW_MS)
+    state.commit()
+    a.write_text(state.dumps())
+    loaded = load_legacy(a, "cluster-a", "events.failed", "id-1", "events")
+    assert loaded is not None and loaded.is_replayed(0, 4)
+    with pytest.raises(OpsError, match=f"legacy state file {a} belongs to an earlier topic"):
+        load_legacy(a, "cluster-a", "events.failed", "id-2", "events")
 
 
 # --- reconcile
@@ -331,12 +366,15 @@ def test_event_id_of_follows_the_dataflow() -> None:
     assert event_id_of(rec(b"{nope"), 1 << 20) == ("events:1:42", False)
     assert event_id_of(rec(None), 1 << 20) == ("events:1:42", False)
     assert event_id_of(rec(good), 10) == ("events:1:42", False)  # over the size limit: not decoded
+    # a header name that is not UTF-8: the dataflow fails it before reading the event_id
+    bad_name = SourceRecord("events", 1, 42, 0, None, good, [("\\xff", b"1")], "1 header name is not UTF-8")
+    assert event_id_of(bad_name, 1 << 20) == ("events:1:42", False)
 
 
 def test_show_bytes() -> None:
     assert show_bytes(None) == "null"
     assert show_bytes(b"caf\xc3\xa9") == "café"
-    assert show_bytes(b"\xff\x00") == "b'\\xff\\x00'"
+    assert show_bytes(b"\xff\x00") == "\\xff\\x00"
     assert show_bytes(b"x" * 20, 5).startswith("xxxxx… (20 bytes")
 
 
@@ -407,7 +445,7 @@ def test_cli_parses_a_replay() -> None:
     assert args.since == NOW_MS - 2 * 3600_000 and args.until == NOW_MS - 30 * 60_000
     assert args.spans == (OffsetSpan(0, 5, 9), OffsetSpan(None, 100, None))
     assert args.dry_run and args.limit == 3 and args.to == "events.retry" and args.quiet
-    assert args.chunk_size == 500 and args.state_dir == Path(".ops-state")
+    assert args.chunk_size == 500 and args.state_dir is None
 
 
 @pytest.mark.parametrize(("argv", "message"), [

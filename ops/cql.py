@@ -1,0 +1,22 @@
+"""The tools' connection to ScyllaDB/Cassandra: the dataflow's own settings and cluster
+options (`flows.history.connect`), with an unreachable database reported as one line and
+exit status 2 before any work is done."""
+
+from __future__ import annotations
+
+from cassandra.cluster import Cluster, Session
+
+from flows.history import connect
+from flows.settings import Settings
+from ops.errors import USAGE, OpsError
+
+
+def open_session(settings: Settings) -> tuple[Cluster, Session]:
+    cluster: Cluster = connect(settings, connect_timeout=settings.startup_timeout_seconds)
+    try:
+        return cluster, cluster.connect()
+    except Exception as exc:
+        cluster.shutdown()
+        hosts = ",".join(settings.scylla_hosts)
+        raise OpsError(f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: "
+                       f"{type(exc).__name__}: {str(exc)[:200]}", USAGE) from None
