@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cassandra.cluster import NoHostAvailable, Session
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from flows import admin
 from flows.history import TABLE
@@ -96,8 +96,16 @@ class Scenario:
 
     def wait_for_outputs(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self.output_count() < n:
-            assert time.monotonic() < deadline, f"only {self.output_count()} of {n} outputs after {timeout}s"
+        while True:
+            try:
+                count = self.output_count()
+            except KafkaException as exc:  # the broker just restarted: leaders are being elected
+                if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                    raise
+                count = -1
+            if count >= n:
+                return
+            assert time.monotonic() < deadline, f"only {count} of {n} outputs after {timeout}s"
             time.sleep(0.5)
 
     def _history(self, cql: Session) -> list[Any]:
