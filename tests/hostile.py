@@ -13,10 +13,12 @@ The campaign keeps values small by running with `MAX_VALUE_BYTES` = `LIMIT`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +27,6 @@ from hypothesis import strategies as st
 from flows.jsonmembers import member_spans, raw_members
 from flows.sizes import record_size, topic_sizes_to_create
 from tools import sample
-
-# the checks parse documents as deep as the pipeline accepted, from a deeper stack
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
 
 LIMIT = 4096  # MAX_VALUE_BYTES of the campaign
 INPUT_MAX = topic_sizes_to_create(LIMIT)[0]  # what the campaign's input topic accepts
@@ -313,7 +312,23 @@ def check(produced: list[tuple[Hostile, tuple[int, int]]], outcome: Any, custome
     return report
 
 
+@contextlib.contextmanager
+def _deep_stack() -> Iterator[None]:
+    """The checks parse documents as deep as the pipeline accepted, from a deeper stack."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _check_enriched(record: Hostile, out: Any, customers: dict[str, Any], where: str) -> None:
+    with _deep_stack():
+        _check_enriched_deep(record, out, customers, where)
+
+
+def _check_enriched_deep(record: Hostile, out: Any, customers: dict[str, Any], where: str) -> None:
     assert record.value is not None
     doc = json.loads(out.value)
     customer = customers[doc["customer_id"]]
