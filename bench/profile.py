@@ -18,18 +18,22 @@ from pathlib import Path
 from typing import Any
 
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("start-up and shutdown", ("checked_partitions", "HistoryWriter.__init__", "PgCustomerLookup.__init__",
+    ("start-up and shutdown", ("Preflight.result", "HistoryWriter.__init__", "PgCustomerLookup.__init__",
                                "_InputPartition.__init__", "KafkaWriter.__init__", "<module> (dataflow.py",
                                ".close (", "close_all")),
     ("decode + validate", ("decode_step", "decode_batch")),
     ("enrich: cache + PostgreSQL lookups", ("Enricher._resolve",)),
     ("enrich: build outputs (flows.route)", ("Enricher.process",)),
-    ("enrich: stats + failure logs", ("log_failures", "add_results")),
+    ("enrich: stats + failure logs", ("FailureLog.", "add_results")),
+    ("Kafka source: headers", ("HeaderReader.read",)),
     ("Kafka source (consume)", ("_InputPartition.next_batch",)),
-    ("Kafka produce + wait for acks", ("_OutputPartition.write_batch",)),
+    ("Kafka produce", ("KafkaWriter.send",)),
+    ("Kafka wait for acks", ("KafkaWriter.wait",)),
+    ("deliver: size checks", ("Delivery._split",)),
     ("history: rows -> CQL statements", ("HistoryWriter._statements", "HistoryWriter.write.<locals>.<listcomp>")),
     ("history: execute + wait for acks", ("HistoryWriter._write_once",)),
-    ("history: other", ("_HistoryPartition.write_batch",)),
+    ("history: other", ("HistoryWriter.write",)),
+    ("deliver: other", ("Delivery.write",)),
     ("CQL driver I/O (event loop)", ("LibevLoop._run_loop", "AsyncoreLoop", "EventletConnection")),
 )
 OTHER = "Bytewax runtime (Rust) and other"

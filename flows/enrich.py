@@ -41,16 +41,6 @@ class _Lru:
         self.max_size = max_size
         self.entries: OrderedDict[str, tuple[float, bytes | None]] = OrderedDict()
 
-    def get(self, key: str, now: float) -> tuple[float, bytes | None] | None:
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= now:
-            del self.entries[key]
-            return None
-        self.entries.move_to_end(key)
-        return entry
-
     def put(self, key: str, expires: float, fragment: bytes | None) -> None:
         self.entries[key] = (expires, fragment)
         self.entries.move_to_end(key)
@@ -76,10 +66,17 @@ class CustomerCache:
 
     def lookup(self, customer_id: str) -> tuple[bool, bytes | None]:
         """(found in cache, fragment or None for a remembered miss)."""
-        now = self._clock()
-        entry = self._found.get(customer_id, now) or self._missing.get(customer_id, now)
+        entries = self._found.entries  # the hot path: plain dict operations, no calls
+        entry = entries.get(customer_id)
         if entry is None:
+            entries = self._missing.entries
+            entry = entries.get(customer_id)
+            if entry is None:
+                return False, None
+        if entry[0] <= self._clock():
+            del entries[customer_id]
             return False, None
+        entries.move_to_end(customer_id)
         return True, entry[1]
 
     def put(self, customer_id: str, fragment: bytes | None) -> None:

@@ -47,6 +47,7 @@ _TOPIC, _VALUE, _HEADERS_OBJ, _C_HEADERS, _PARTITION, _OFFSET = 16, 24, 40, 48, 
 _NAME_AT = 32
 _MAX_HEADERS = 1 << 20
 _PTR = struct.Struct("<Q").unpack_from
+_CONVERTED_AND_RAW = struct.Struct("<QQ").unpack_from  # the headers object, then c_headers
 _INT32 = struct.Struct("<i").unpack_from
 _INT64 = struct.Struct("<q").unpack_from
 _LIST = struct.Struct("<iiQ").unpack_from  # rd_list_t: int size, int cnt, void **elems
@@ -69,6 +70,10 @@ def invalid_names_message(count: int) -> str:
             "\\\\ for a backslash)")
 
 
+def _escape_nul(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("\x00", "\\x00")
+
+
 def from_pairs(pairs: list[tuple[bytes, bytes | None]]) -> tuple[Headers, str | None]:
     """Headers with text names, and the `invalid_headers` message when a name is not UTF-8.
 
@@ -85,7 +90,7 @@ def from_pairs(pairs: list[tuple[bytes, bytes | None]]) -> tuple[Headers, str | 
             text = escape_name(name)
         else:
             if "\x00" in text:
-                text = text.replace("\\", "\\\\").replace("\x00", "\\x00")
+                text = _escape_nul(text)
         headers.append((text, value))
     return headers, invalid_names_message(bad) if bad else None
 
@@ -103,18 +108,20 @@ class HeaderReader:
         self._lock = threading.Lock()
 
     def read(self, msg: Any) -> tuple[Headers, str | None]:
-        if not self._usable(msg):
-            return self._fallback(msg)
         mem = self._mem
-        assert mem is not None
-        (pointer,) = _PTR(mem, id(msg) + _C_HEADERS)
+        if mem is None:
+            if self._layout_ok is False or not self._usable(msg):
+                return self._fallback(msg)
+            mem = self._mem
+            assert mem is not None
+        converted, pointer = _CONVERTED_AND_RAW(mem, id(msg) + _HEADERS_OBJ)
         if not pointer:
-            return self._fallback(msg)  # no headers, or already converted
+            return self._fallback(msg) if converted else ([], None)
         try:
-            return from_pairs(_raw_pairs(mem, pointer))
+            return _read(mem, pointer)
         except LayoutError as exc:
             log.error("reading Kafka headers: %s; reading them through the client from now on", exc)
-            self._layout_ok = False
+            self._mem, self._layout_ok = None, False
             return self._fallback(msg)
 
     def _fallback(self, msg: Any) -> tuple[Headers, str | None]:
@@ -151,11 +158,13 @@ class HeaderReader:
         return ok
 
 
-def _raw_pairs(mem: memoryview, pointer: int) -> list[tuple[bytes, bytes | None]]:
+def _read(mem: memoryview, pointer: int) -> tuple[Headers, str | None]:
+    """The headers of one rd_kafka_headers_t, names decoded (escaped when they must be)."""
     size, count, elems = _LIST(mem, pointer)
     if not 0 <= count <= size or count > _MAX_HEADERS or (count and not elems):
         raise LayoutError(f"a header list of {count} of {size}")
-    pairs: list[tuple[bytes, bytes | None]] = []
+    headers: Headers = []
+    bad = 0
     for i in range(count):
         (header,) = _PTR(mem, elems + 8 * i)
         ser_size, value_size, name_size, value_at = _HEADER(mem, header)
@@ -168,8 +177,17 @@ def _raw_pairs(mem: memoryview, pointer: int) -> list[tuple[bytes, bytes | None]
             if name_size + 2 > ser_size:  # a name and two varints at least
                 raise LayoutError("a header's name is longer than the header")
             value = None
-        pairs.append((mem[name_at : name_at + name_size].tobytes(), value))
-    return pairs
+        raw = mem[name_at : name_at + name_size].tobytes()
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            bad += 1
+            name = escape_name(raw)
+        else:
+            if "\x00" in name:
+                name = _escape_nul(name)
+        headers.append((name, value))
+    return headers, invalid_names_message(bad) if bad else None
 
 
 READER = HeaderReader()

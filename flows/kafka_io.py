@@ -55,9 +55,6 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # default, 1 s, starves a stream of large records that fill the queue in a few)
         "fetch.queue.backoff.ms": 5,
         "fetch.wait.max.ms": 50,
-        # a fetch returns records of a partition up to this (one larger record still comes
-        # alone): room for a few of the largest records per round trip
-        "max.partition.fetch.bytes": max(1024 * 1024, min(4 * settings.max_value_bytes, 32 * 1024 * 1024)),
         "socket.keepalive.enable": True,
         # only when the resume position is gone (retention deleted it while the flow was
         # down): start from the oldest record kept, never skip to the end

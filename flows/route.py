@@ -59,8 +59,8 @@ def _input_headers(record: SourceRecord) -> Headers:
 def _source_headers(record: SourceRecord) -> Headers:
     return [
         ("source.topic", record.topic.encode()),
-        ("source.partition", str(record.partition).encode()),
-        ("source.offset", str(record.offset).encode()),
+        ("source.partition", b"%d" % record.partition),
+        ("source.offset", b"%d" % record.offset),
     ]
 
 

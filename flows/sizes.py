@@ -34,13 +34,11 @@ INPUT_HEADER_ROOM_BYTES = 64 * 1024
 def record_size(key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]) -> int:
     """What a record alone in a batch counts against `max.message.bytes`, at most. Header
     names count in UTF-8 bytes (names here are valid strings: invalid ones are escaped)."""
-    size = BATCH_HEADER_BYTES + RECORD_OVERHEAD_BYTES
-    if key is not None:
-        size += len(key)
-    if value is not None:
-        size += len(value)
+    size = BATCH_HEADER_BYTES + RECORD_OVERHEAD_BYTES + (len(key) if key else 0) + (len(value) if value else 0)
     for name, hvalue in headers:
-        size += HEADER_OVERHEAD_BYTES + len(name.encode()) + (len(hvalue) if hvalue is not None else 0)
+        size += HEADER_OVERHEAD_BYTES + (len(name) if name.isascii() else len(name.encode()))
+        if hvalue:
+            size += len(hvalue)
     return size
 
 
