@@ -14,6 +14,10 @@ RUN pip install --no-cache-dir --only-binary=:all: -r requirements.txt
 
 COPY dataflow.py ./
 COPY flows ./flows
+# tools/provision.py creates the topics and tables in Compose's init service; ops/ is the
+# operator tools (python -m ops), for on-call work inside the cluster
+COPY tools ./tools
+COPY ops ./ops
 # waxctl / Bytewax's Helm chart run `sh ./entrypoint.sh` (and `sh ./entrypoint-recovery.sh`)
 COPY k8s/waxctl/entrypoint.sh k8s/waxctl/entrypoint-recovery.sh ./
 ENV PYTHONPATH=/app

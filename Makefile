@@ -42,9 +42,10 @@ test-hostile: up ## the hostile-input campaign, large: make test-hostile EXAMPLE
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit
 
-lint: $(STAMP) ## ruff, and mypy --strict on flows/, dataflow.py, ops/, aws_lambda/
+lint: $(STAMP) ## ruff, mypy --strict, and the layering of flows/ (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean: ## remove .venv and caches (not the stack data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ from cassandra.query import SimpleStatement
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
 
 from bench.workload import Expected, Loaded
-from flows.history import TABLE, connect
+from flows.adapters.scylla.session import TABLE, connect
 from flows.settings import Settings
 from tools.kafkautil import read_topic
 

@@ -26,8 +26,8 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from flows.history import connect, ensure_schema, insert_cql
-from flows.kafka_io import producer_config
+from flows.adapters.kafka.config import producer_config
+from flows.adapters.scylla.session import connect, ensure_schema, insert_cql
 from flows.settings import Settings
 
 LAMBDA_BATCH = 100

@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from flows.kafka_io import producer_config
+from flows.adapters.kafka.config import producer_config
 from flows.settings import Settings
 
 

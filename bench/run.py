@@ -24,8 +24,9 @@ from bench import metrics, variants
 from bench.progress import Display, Watermarks
 from bench.variants import ROOT, Bench
 from bench.workload import bench_dsn, create_topics, delete_topics, ensure_database, load, records, seed_customers
-from flows.history import connect
-from flows.settings import Settings, SettingsError
+from flows.adapters.scylla.session import connect
+from flows.errors import SettingsError
+from flows.settings import Settings
 
 RESULTS = ROOT / "bench" / "results"
 SEEDED = 100_000

@@ -21,10 +21,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from flows.admin import CUSTOMERS_DDL
+from flows.core.sizes import topic_sizes_to_create
 from flows.settings import Settings
-from flows.sizes import topic_sizes_to_create
 from tools import sample
+from tools.provision import CUSTOMERS_DDL
 
 ZIPF_S = 1.1
 PAD = 190  # payload padding: events of ~400 bytes (300..500 asked)

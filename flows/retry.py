@@ -1,11 +1,12 @@
-"""The one place that tells retriable failures (a dependency is down or slow, it may pass)
-from the rest, and retries them with capped exponential backoff and jitter.
+"""Retrying a dependency that may come back: capped exponential backoff with full jitter,
+until a deadline.
 
-Poison records never get here: bad input and unknown customers are values (`Failure`),
-routed to the failure topic at once. What reaches `retry` is an exception from a client
-library; if it may pass, the caller's worker blocks and retries (backpressure: the source
-is not polled meanwhile), and after the deadline `DependencyUnavailable` is raised so the
-process exits non-zero and an orchestrator restarts it from its last snapshot.
+Each adapter says which of its client's errors are which (`Kind`): retriable (the
+dependency is down or slow: wait and try again), record-level (this record can never be
+written or looked up: the caller isolates it) or fatal (a bug or a misconfiguration:
+raise). While a worker retries it takes no more input (backpressure). Past the deadline
+the `give_up` hook hears of it (the dataflow exits for a restart; the Lambda lets the
+error fail the invocation) and `DependencyUnavailable` is raised.
 """
 
 from __future__ import annotations
@@ -14,67 +15,30 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TypeVar
+
+from flows.errors import DependencyUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class DependencyUnavailable(RuntimeError):
-    """A dependency stayed unavailable past the retry deadline."""
+class Kind(StrEnum):
+    """What an error from a dependency means for the flow."""
+
+    RETRIABLE = "retriable"
+    RECORD = "record"
+    FATAL = "fatal"
 
 
-_give_up: Callable[[BaseException], None] | None = None
+Classify = Callable[[BaseException], Kind]
+GiveUp = Callable[[BaseException], None]
 
 
-def set_give_up(hook: Callable[[BaseException], None] | None) -> None:
-    """What to do when a dependency stays down past the deadline, before the exception is
-    raised: the dataflow exits the process (see flows.lifecycle); the Lambda lets it raise."""
-    global _give_up
-    _give_up = hook
-
-
-def gave_up(exc: BaseException) -> BaseException:
-    if _give_up is not None:
-        _give_up(exc)
-    return exc
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """True when the failure may pass by itself: connection refused or lost, timeout,
-    unavailable, overloaded. Everything else is a bug or a misconfiguration."""
-    # imported here so the pure modules that import this one stay free of drivers
-    import psycopg
-    import psycopg_pool
-    from cassandra import (
-        CoordinationFailure,
-        OperationTimedOut,
-        ReadTimeout,
-        Unavailable,
-        WriteTimeout,
-    )
-    from cassandra.cluster import NoHostAvailable
-    from confluent_kafka import KafkaError, KafkaException
-
-    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
-        return True
-    if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
-        return True
-    if isinstance(exc, NoHostAvailable | OperationTimedOut | Unavailable | ReadTimeout | WriteTimeout):
-        return True
-    if isinstance(exc, CoordinationFailure):  # includes overloaded write/read failures
-        return True
-    if type(exc).__name__ in {"OverloadedErrorMessage", "IsBootstrappingErrorMessage", "ConnectionException",
-                              "ConnectionShutdown", "ConnectionBusy"}:
-        return True
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        err: KafkaError = exc.args[0]
-        return bool(err.retriable()) or err.code() in (
-            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-            KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
-            KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
-        )
-    return isinstance(exc, ConnectionError | TimeoutError)
+def network_kind(exc: BaseException) -> Kind:
+    """The classification every adapter starts from: the OS's network errors may pass."""
+    return Kind.RETRIABLE if isinstance(exc, ConnectionError | TimeoutError) else Kind.FATAL
 
 
 class Backoff:
@@ -91,33 +55,47 @@ class Backoff:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
     def delay(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(self.cap_s, self.base_s * (2 ** attempt)))
+        """How long to wait before attempt `attempt + 1`."""
+        return self.rng.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))
 
 
-def retry(what: str, fn: Callable[[], T], backoff: Backoff,
-          retriable: Callable[[BaseException], bool] = is_retriable) -> T:
-    """Call `fn` until it succeeds; retriable failures are retried until the deadline."""
-    start = backoff.clock()
-    attempt = 0
-    while True:
-        try:
-            result = fn()
-        except Exception as exc:
-            if not retriable(exc):
-                raise
-            waited = backoff.clock() - start
-            if waited >= backoff.deadline_s:
-                raise gave_up(DependencyUnavailable(
-                    f"{what}: still failing after {waited:.0f}s (deadline {backoff.deadline_s:.0f}s): "
-                    f"{type(exc).__name__}: {exc}"
-                )) from exc
-            delay = min(backoff.delay(attempt), max(0.0, backoff.deadline_s - waited))
-            log.warning("%s failed, retrying", what, extra={"fields": {
-                "dependency": what, "attempt": attempt + 1, "retry_in_s": round(delay, 3),
-                "error": f"{type(exc).__name__}: {exc}"[:300]}})
-            backoff.sleep(delay)
-            attempt += 1
-        else:
-            if attempt:
-                log.info("%s recovered", what, extra={"fields": {"dependency": what, "attempts": attempt + 1}})
-            return result
+class Retries:
+    """The process's retry policy: one deadline and one give-up hook for every dependency."""
+
+    def __init__(self, deadline_s: float, give_up: GiveUp | None = None) -> None:
+        self.deadline_s = deadline_s
+        self.give_up = give_up
+
+    def gave_up(self, exc: BaseException) -> BaseException:
+        """Tell the hook a dependency is gone for good; returns `exc` for the caller to raise."""
+        if self.give_up is not None:
+            self.give_up(exc)
+        return exc
+
+    def call(self, what: str, fn: Callable[[], T], classify: Classify, backoff: Backoff | None = None) -> T:
+        """Call `fn` until it succeeds; retriable failures are retried until the deadline,
+        any other is raised at once."""
+        backoff = backoff or Backoff(self.deadline_s)
+        start = backoff.clock()
+        attempt = 0
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                if classify(exc) is not Kind.RETRIABLE:
+                    raise
+                waited = backoff.clock() - start
+                if waited >= backoff.deadline_s:
+                    raise self.gave_up(DependencyUnavailable(
+                        f"{what}: still failing after {waited:.0f}s (deadline {backoff.deadline_s:.0f}s): "
+                        f"{type(exc).__name__}: {exc}")) from exc
+                delay = min(backoff.delay(attempt), max(0.0, backoff.deadline_s - waited))
+                log.warning("%s failed, retrying", what, extra={"fields": {
+                    "dependency": what, "attempt": attempt + 1, "retry_in_s": round(delay, 3),
+                    "error": f"{type(exc).__name__}: {exc}"[:300]}})
+                backoff.sleep(delay)
+                attempt += 1
+            else:
+                if attempt:
+                    log.info("%s recovered", what, extra={"fields": {"dependency": what, "attempts": attempt + 1}})
+                return result

@@ -14,11 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from flows.errors import SettingsError
+
 T = TypeVar("T")
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
 
 
 class Secret:
@@ -47,7 +45,7 @@ class Secret:
         return hash(self._value)
 
 
-class DsnError(ValueError):
+class DsnError(SettingsError):
     """A PostgreSQL DSN libpq can't parse. Its message never quotes the DSN: libpq's own
     message copies part of it, which may be the password."""
 

@@ -21,7 +21,8 @@ from typing import NoReturn, TextIO, TypeVar
 
 from confluent_kafka import KafkaException
 
-from flows.settings import Settings, SettingsError
+from flows.errors import SettingsError
+from flows.settings import Settings
 from ops import reconcile, replay, replay_rules, replay_setup, show, trace
 from ops.errors import FAILED, INTERRUPTED, USAGE, OpsError
 from ops.ranges import OffsetSpan, check_spans, parse_span, parse_time

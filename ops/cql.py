@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cassandra.cluster import Cluster, Session
 
-from flows.history import connect
+from flows.adapters.scylla.session import connect
 from flows.settings import Settings
 from ops.errors import USAGE, OpsError
 

@@ -6,6 +6,8 @@ in one place and the README lists the same table.
 
 from __future__ import annotations
 
+from flows.errors import EnrichmentError
+
 OK = 0
 FOUND_GAPS = 1  # reconcile: input records without output; trace: nothing (or not all) found
 USAGE = 2  # bad arguments or settings, unreachable dependency or missing topic at start, refusal
@@ -13,7 +15,7 @@ FAILED = 3  # failed part-way (delivery not acknowledged, Kafka error); a replay
 INTERRUPTED = 130  # SIGINT/SIGTERM; a replay stops after its current chunk and keeps its position
 
 
-class OpsError(Exception):
+class OpsError(EnrichmentError):
     """A failure to report as one line on stderr, with the exit status it maps to."""
 
     def __init__(self, message: str, status: int = USAGE) -> None:

@@ -140,7 +140,7 @@ def _read_outputs(consumer: Consumer, topic: str, report: Report, earliest: int 
         with contextlib.closing(scan.scan(consumer, topic, wins)) as records:
             for rec in records:
                 bar.advance()
-                h = rec.header_map()
+                h = scan.header_map(rec)
                 if h.get("source.topic") != report.input_topic:
                     report.foreign += 1
                     continue

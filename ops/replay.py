@@ -36,8 +36,9 @@ from typing import TextIO
 
 from confluent_kafka import Consumer
 
-from flows.kafka_io import DeliveryFailed, KafkaWriter
-from flows.model import OutMessage
+from flows.adapters.kafka.writer import KafkaWriter
+from flows.core.model import OutMessage
+from flows.errors import DeliveryFailed
 from flows.settings import Settings
 from ops import replay_setup, scan, show
 from ops.errors import FAILED, INTERRUPTED, OK, OpsError
@@ -158,7 +159,7 @@ def _candidates(settings: Settings, opts: Options, consumer: Consumer, state: Re
                 counts.scanned += 1
                 progress.advance()
                 p, o = rec.partition, rec.offset
-                code = rec.header_map().get("error.code") or NO_CODE
+                code = scan.header_map(rec).get("error.code") or NO_CODE
                 if not opts.selection.matches(p, o, rec.timestamp_ms, code):
                     counts.not_selected += 1
                     continue
@@ -294,7 +295,7 @@ def _settle(settings: Settings, opts: Options, consumer: Consumer, store: Store,
         with contextlib.closing(scan.scan(consumer, target, wins)) as records:
             for rec in records:
                 progress.advance()
-                ref = parse_replay_of(rec.header_map().get(REPLAY_HEADER))
+                ref = parse_replay_of(scan.header_map(rec).get(REPLAY_HEADER))
                 if ref is not None and ref[0] == settings.failure_topic:
                     found.append((ref[1], ref[2]))
     finally:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from flows.model import Code, Headers
-from flows.route import RESERVED_HEADERS
+from flows.core.model import Code, Headers
+from flows.core.outcome import RESERVED_HEADERS
 from flows.settings import Settings
 from ops.errors import OpsError
 from ops.ranges import OffsetSpan, span_for

@@ -11,52 +11,34 @@ import logging
 import time
 import uuid
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows.kafka_headers import READER
+from flows.adapters.kafka.headers import READER
+from flows.adapters.kafka.topics import check_kafka
+from flows.core.model import SourceRecord
+from flows.errors import PreflightError
 from flows.settings import Settings
 from ops.errors import FAILED, USAGE, OpsError
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka record as the tools use it: plain types (the client's `Message` types
-    nearly every field as optional), headers read the way the dataflow reads them."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int  # -1 when the record has none
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]  # a header value may be null
-    # set when some header name was not UTF-8: such names are escaped in `headers`
-    # (flows.kafka_headers), and the dataflow fails the record as `invalid_headers`
-    header_error: str | None = None
-
-    @property
-    def coordinates(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.offset}"
-
-    def header_map(self) -> dict[str, str]:
-        """Header values as text, last one winning; undecodable bytes replaced rather than
-        failing, since these topics may hold anything producers sent."""
-        return {k: v.decode("utf-8", "replace") if v is not None else "" for k, v in self.headers}
+def header_map(record: SourceRecord) -> dict[str, str]:
+    """Header values as text, last one winning; undecodable bytes replaced rather than
+    failing, since these topics may hold anything producers sent."""
+    return {k: v.decode("utf-8", "replace") if v is not None else "" for k, v in record.headers}
 
 
-def record(msg: Message) -> Record:
+def record(msg: Message) -> SourceRecord:
     """The record of a consumed message. Headers go through the dataflow's reader, before
     anything calls `msg.headers()`: the client's own call fails on a header name that is
     not UTF-8 (a SystemError, sometimes raised only at a later call) and frees the raw
     headers, so it is never called here."""
     raw: Any = msg
     headers, header_error = READER.read(msg)
-    return Record(raw.topic(), raw.partition(), raw.offset(), int(raw.timestamp()[1]), raw.key(), raw.value(),
-                  headers, header_error)
+    return SourceRecord(raw.topic(), raw.partition(), raw.offset(), int(raw.timestamp()[1]), raw.key(), raw.value(),
+                        headers, header_error)
 
 
 # librdkafka's own log lines (connection refused, retries...) go here, not to stderr: the
@@ -70,20 +52,12 @@ _RAISE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZA
 
 
 def check_topics(settings: Settings, topics: Iterable[str]) -> None:
-    """Kafka answers and every topic exists, before anything is read or written (status 2).
-    The dataflow's preflight check, with the client's log lines kept off stderr."""
-    conf: dict[str, Any] = {**settings.kafka_common(), "socket.connection.setup.timeout.ms": 5000,
-                            "logger": CLIENT_LOG}
-    admin = AdminClient(conf)
+    """Kafka answers and every topic exists, before anything is read or written (status 2):
+    the dataflow's own check, with the client's log lines kept off stderr."""
     try:
-        meta = admin.list_topics(timeout=settings.startup_timeout_seconds)
-    except KafkaException as exc:
-        raise OpsError(f"Kafka at {settings.kafka_bootstrap_servers} unreachable within "
-                       f"{settings.startup_timeout_seconds:g}s: {exc}", USAGE) from None
-    for topic in dict.fromkeys(topics):
-        found = meta.topics.get(topic)
-        if found is None or found.error is not None or not found.partitions:
-            raise OpsError(f"Kafka topic '{topic}' does not exist on {settings.kafka_bootstrap_servers}", USAGE)
+        check_kafka(settings, dict.fromkeys(topics), client={"logger": CLIENT_LOG})
+    except PreflightError as exc:
+        raise OpsError(str(exc), USAGE) from None
 
 
 def open_consumer(settings: Settings) -> Consumer:
@@ -140,7 +114,7 @@ def offsets_at(consumer: Consumer, topic: str, parts: Iterable[int], ms: int, ti
 
 
 def scan(consumer: Consumer, topic: str, windows: dict[int, Window],
-         stall_s: float = STALL_S) -> Generator[Record, None, None]:
+         stall_s: float = STALL_S) -> Generator[SourceRecord, None, None]:
     """Every record in each partition's window, partitions interleaved. A window's end may
     fall on an offset without a record (a transaction marker, a compacted record): the
     partition ends at the first offset at or past it, or at its current end."""

@@ -26,9 +26,9 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.decode import decode_record
-from flows.history import COLUMNS, TABLE
-from flows.model import Decoded, SourceRecord
+from flows.adapters.scylla.session import COLUMNS, TABLE
+from flows.core.decode import decode_record
+from flows.core.model import Decoded, SourceRecord
 from flows.settings import Settings
 from ops import scan, show
 from ops.cql import open_session
@@ -128,7 +128,7 @@ class History:
         self.cluster.shutdown()
 
 
-def read_one(consumer: Consumer, source: Source, timeout: float) -> scan.Record | None:
+def read_one(consumer: Consumer, source: Source, timeout: float) -> SourceRecord | None:
     """The record at exactly these coordinates, or None when the partition no longer (or
     not yet) holds it."""
     lo, hi = consumer.get_watermark_offsets(TopicPartition(source.topic, source.partition), timeout=timeout)
@@ -163,7 +163,7 @@ def event_id_of(record: SourceRecord, max_value_bytes: int) -> tuple[str, bool]:
 
 
 def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeout: float,
-                progress: bool) -> tuple[scan.Record | None, str]:
+                progress: bool) -> tuple[SourceRecord | None, str]:
     """The message with this row's `source.*` headers in its output topic, looked for from a
     little before `processed_at` to `window_s` after it; (None, why) if absent."""
     topic = row["output_topic"]
@@ -191,7 +191,7 @@ def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeou
         with contextlib.closing(scan.scan(consumer, topic, wins)) as records:
             for rec in records:
                 bar.advance()
-                h = rec.header_map()
+                h = scan.header_map(rec)
                 if (h.get("source.topic"), h.get("source.partition"), h.get("source.offset")) == want:
                     return rec, where
     finally:
@@ -208,7 +208,7 @@ def print_row(row: dict[str, Any], n: int, total: int, out: TextIO, full: bool =
         print(f"  {name:<14}{_text(row[name], limit)}", file=out)
 
 
-def print_message(rec: scan.Record, full: bool, out: TextIO) -> None:
+def print_message(rec: SourceRecord, full: bool, out: TextIO) -> None:
     """Key, headers and value, every one escaped (`ops.show`) and cut unless `full`."""
     limit = None if full else VALUE_PREVIEW
     print(f"  output record {rec.coordinates} at {format_ms(rec.timestamp_ms)}", file=out)

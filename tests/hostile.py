@@ -24,8 +24,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from flows.jsonmembers import member_spans, raw_members
-from flows.sizes import record_size, topic_sizes_to_create
+from flows.core.jsonmembers import member_spans, raw_members
+from flows.core.sizes import record_size, topic_sizes_to_create
 from tools import sample
 
 LIMIT = 4096  # MAX_VALUE_BYTES of the campaign

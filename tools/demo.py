@@ -18,10 +18,10 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from flows import admin
-from flows.history import TABLE, connect, ensure_schema
-from flows.settings import Settings, SettingsError
-from tools import sample
+from flows.adapters.scylla.session import TABLE, connect, ensure_schema
+from flows.errors import SettingsError
+from flows.settings import Settings
+from tools import provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ PARTITIONS = 3
 
 
 def recreate_topics(settings: Settings, names: list[str]) -> None:
-    admin.delete_topics(settings, names)
+    provision.delete_topics(settings, names)
     client = AdminClient(settings.kafka_common())
     deadline = time.monotonic() + 60
     while any(n in client.list_topics(timeout=10).topics for n in names):  # deletion is asynchronous
@@ -40,7 +40,7 @@ def recreate_topics(settings: Settings, names: list[str]) -> None:
         time.sleep(0.2)
     while True:
         try:
-            admin.ensure_topics(settings, names, PARTITIONS)
+            provision.ensure_topics(settings, names, PARTITIONS)
             return
         except RuntimeError:
             if time.monotonic() > deadline:
@@ -57,7 +57,7 @@ def main() -> int:
     topics = [settings.input_topic, settings.output_topic, settings.failure_topic]
     print(f"demo: topics {', '.join(topics)} ({PARTITIONS} partitions, recreated)")
     recreate_topics(settings, topics)
-    print(f"demo: {admin.seed_customers(settings, sample.customers(N_CUSTOMERS))} customers in PostgreSQL")
+    print(f"demo: {provision.seed_customers(settings, sample.customers(N_CUSTOMERS))} customers in PostgreSQL")
     cluster = connect(settings)
     session = cluster.connect()
     ensure_schema(session, settings)

@@ -2,7 +2,7 @@
 
 Starts `python -m bytewax.run dataflow -w W -i I -a "127.0.0.1:P0;...;127.0.0.1:PN-1"` once
 per process, with recovery on (`-r recovery/local`, a git-ignored folder all the processes
-share: each creates its share of the partitions, see flows.lifecycle). SIGINT and SIGTERM
+share: each creates its share of the partitions, see flows.runtime.bytewax.recovery). SIGINT and SIGTERM
 are forwarded to every process, so they stop together (a second signal makes them exit at
 once). When one process fails the others are stopped too: a Bytewax cluster can't go on
 without one of its processes. Exits 0 when every process did, else with the first failure.

@@ -10,7 +10,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flows.model import Customer
+from flows.core.model import Customer
 
 SEGMENTS = ("retail", "smb", "enterprise", "public")
 COUNTRIES = ("DE", "FR", "NL", "PL", "US", "BR", "JP", "IN")

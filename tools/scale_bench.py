@@ -22,9 +22,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from flows import admin
 from flows.settings import Settings
-from tools import sample
+from tools import provision, sample
 from tools.kafkautil import produce_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,15 +72,15 @@ def main() -> int:
     env = {**os.environ, "INPUT_TOPIC": f"{base}.events", "SCYLLA_KEYSPACE": "enrichment_scale",
            "STOP_AT_END": "true", "LOG_LEVEL": "WARNING"}
     settings = Settings.from_env({**env, "OUTPUT_TOPIC": "x.out", "FAILURE_TOPIC": "x.failed"})
-    admin.ensure_topics(settings, [settings.input_topic], args.partitions)
-    admin.seed_customers(settings, sample.customers(args.customers))
+    provision.ensure_topics(settings, [settings.input_topic], args.partitions)
+    provision.seed_customers(settings, sample.customers(args.customers))
     produce_all(settings, settings.input_topic, sample.events(args.records, args.customers, bad_ratio=0.02,
                                                               large=False))
     results = []
     for shape in args.shapes.split(","):
         processes, workers = (int(x) for x in shape.split("x"))
         out, failed = f"{base}.{shape}.enriched", f"{base}.{shape}.failed"
-        admin.ensure_topics(settings, [out, failed], args.partitions)
+        provision.ensure_topics(settings, [out, failed], args.partitions)
         shape_env = {**env, "OUTPUT_TOPIC": out, "FAILURE_TOPIC": failed}
         with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
             wall = run_shape(shape_env, processes, workers, Path(tmp) / "recovery", args.base_port)
@@ -91,7 +90,7 @@ def main() -> int:
                "steady_records_per_s": round(count / span)}
         print(json.dumps(row), flush=True)
         results.append(row)
-    admin.delete_topics(settings, [settings.input_topic] + [f"{base}.{r['shape']}.{k}" for r in results
+    provision.delete_topics(settings, [settings.input_topic] + [f"{base}.{r['shape']}.{k}" for r in results
                                                               for k in ("enriched", "failed")])
     return 0
 

@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows import admin
 from flows.settings import Settings
+from tools import provision
 
 from .conftest import unique
 
@@ -43,7 +43,7 @@ class Topics:
         return Settings.from_env({**os.environ, **self.env})
 
     def create(self) -> Topics:
-        admin.ensure_topics(self.settings, [self.input, self.output, self.failure], self.partitions)
+        provision.ensure_topics(self.settings, [self.input, self.output, self.failure], self.partitions)
         return self
 
 

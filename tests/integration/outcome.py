@@ -10,7 +10,7 @@ from typing import Any
 
 from cassandra.cluster import Session
 
-from flows.history import TABLE
+from flows.adapters.scylla.session import TABLE
 from flows.settings import Settings
 from tools.kafkautil import read_topic
 

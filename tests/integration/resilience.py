@@ -17,9 +17,8 @@ from typing import Any
 from cassandra.cluster import NoHostAvailable, Session
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from flows import admin
-from flows.history import TABLE
-from tools import sample
+from flows.adapters.scylla.session import TABLE
+from tools import provision, sample
 from tools.kafkautil import header, read_topic
 
 from .flowrun import ROOT, Topics, dataflow_cmd
@@ -59,7 +58,7 @@ class Scenario:
         self.snapshot_s = snapshot_s
         self.log = tmp / "dataflow.log"
         self.expected: Counter[str] = Counter()
-        admin.seed_customers(self.settings, sample.customers(N_CUSTOMERS))
+        provision.seed_customers(self.settings, sample.customers(N_CUSTOMERS))
 
     def args(self) -> tuple[str, ...]:
         return ("-r", str(self.recovery), "-s", str(self.snapshot_s), "-b", "0")

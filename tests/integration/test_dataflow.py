@@ -9,9 +9,8 @@ import psycopg
 import pytest
 from cassandra.cluster import Session
 
-from flows import admin
-from flows.history import TABLE
-from tools import sample
+from flows.adapters.scylla.session import TABLE
+from tools import provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
 from .flowrun import Topics, run_dataflow
@@ -22,7 +21,7 @@ N_CUSTOMERS = 300
 @pytest.fixture(scope="module")
 def seeded(pg_conninfo: str) -> dict[str, tuple[str, str, str, str]]:
     topics = Topics()
-    admin.seed_customers(topics.settings, sample.customers(N_CUSTOMERS))
+    provision.seed_customers(topics.settings, sample.customers(N_CUSTOMERS))
     with psycopg.connect(pg_conninfo) as conn:
         rows = conn.execute("SELECT customer_id, name, segment, country, status FROM customers "
                             "WHERE customer_id = ANY(%s)", ([sample.customer_id(i) for i in range(N_CUSTOMERS)],))

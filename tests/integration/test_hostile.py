@@ -19,11 +19,10 @@ import pytest
 from cassandra.cluster import Session
 from hypothesis import HealthCheck, Phase, given, settings
 
-from aws_lambda import handler as lambda_handler
-from flows import admin
+from flows.runtime.awslambda import handler as lambda_handler
 from tests.hostile import CUSTOMERS, LIMIT, Hostile, batches, check
 from tests.rawkafka import RawProducer
-from tools import sample
+from tools import provision, sample
 
 from .conftest import BOOTSTRAP
 from .flowrun import Topics, run_dataflow
@@ -38,7 +37,7 @@ LAMBDA_BATCH = 200  # records per invocation (the event source mapping's batch s
 def customers() -> dict[str, Any]:
     settings = Topics().settings
     seeded = {c.customer_id: c for c in sample.customers(len(CUSTOMERS))}
-    admin.seed_customers(settings, seeded.values())
+    provision.seed_customers(settings, seeded.values())
     return seeded
 
 

@@ -10,14 +10,13 @@ import uuid
 import psycopg
 import pytest
 from cassandra.cluster import Session
-
-from flows import admin
-from flows.history import TABLE, HistoryWriter
-from flows.model import HistoryRow
-from flows.pg import PgCustomerLookup
-from flows.settings import Settings
 from flows.stats import STATS
-from tools import sample
+
+from flows.adapters.postgres.customers import PgCustomerLookup
+from flows.adapters.scylla.session import TABLE, HistoryWriter
+from flows.core.model import HistoryRow
+from flows.settings import Settings
+from tools import provision, sample
 from tools.kafkautil import produce_all
 
 from .conftest import PG_DSN
@@ -30,7 +29,7 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 @pytest.fixture(scope="module")
 def seeded() -> Settings:
     settings = Topics().settings
-    admin.seed_customers(settings, sample.customers(20))
+    provision.seed_customers(settings, sample.customers(20))
     return settings
 
 
@@ -61,7 +60,7 @@ def latin1_dsn() -> str:
             conn.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
     dsn = PG_DSN.rsplit("/", 1)[0] + f"/{name}"
     settings = Settings.from_env({**os.environ, "PG_DSN": dsn})
-    admin.seed_customers(settings, sample.customers(5))
+    provision.seed_customers(settings, sample.customers(5))
     return dsn
 
 

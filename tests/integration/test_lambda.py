@@ -23,12 +23,11 @@ from cassandra.cluster import Session
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, Message
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from aws_lambda import handler as lambda_handler
-from flows import admin
-from flows.history import TABLE
-from flows.preflight import PreflightError
+from flows.adapters.scylla.session import TABLE
+from flows.errors import PreflightError
 from flows.retry import DependencyUnavailable
-from tools import sample
+from flows.runtime.awslambda import handler as lambda_handler
+from tools import provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
 from .flowrun import Topics, run_dataflow
@@ -47,7 +46,7 @@ ROW_COLUMNS = ("event_id, source_topic, source_partition, source_offset, status,
 @pytest.fixture(scope="module")
 def customers(pg_conninfo: str) -> dict[str, dict[str, str]]:
     """Seeded customers as PostgreSQL holds them (what an enriched event must carry)."""
-    admin.seed_customers(Topics().settings, sample.customers(N_CUSTOMERS))
+    provision.seed_customers(Topics().settings, sample.customers(N_CUSTOMERS))
     with psycopg.connect(pg_conninfo) as conn:
         rows = conn.execute("SELECT customer_id, name, segment, country, status FROM customers "
                             "WHERE customer_id = ANY(%s)", ([sample.customer_id(i) for i in range(N_CUSTOMERS)],))
@@ -61,7 +60,7 @@ def topics_made() -> Iterator[list[Topics]]:
     yield made
     for t in made:
         with contextlib.suppress(Exception):  # cleanup only
-            admin.delete_topics(t.settings, [t.input, t.output, t.failure])
+            provision.delete_topics(t.settings, [t.input, t.output, t.failure])
 
 
 @pytest.fixture

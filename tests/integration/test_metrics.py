@@ -12,8 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows import admin
-from tools import sample
+from tools import provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
 from .flowrun import Topics, start_dataflow
@@ -58,7 +57,7 @@ def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
         "STOP_AT_END": "false", "BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port),
         "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path)}).create()
     settings = topics.settings
-    admin.seed_customers(settings, sample.customers(N_CUSTOMERS))
+    provision.seed_customers(settings, sample.customers(N_CUSTOMERS))
     records = list(sample.events(N, N_CUSTOMERS, bad_ratio=0.05, seed=19, large=False))
     expected = Counter(r.expect for r in records)
     produce_all(settings, topics.input, records)

@@ -29,16 +29,16 @@ from cassandra.cluster import Session
 from confluent_kafka import Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows import admin as flows_admin
-from flows.kafka_io import KafkaWriter
-from flows.model import Customer, OutMessage
-from flows.route import RESERVED_HEADERS
+from flows.adapters.kafka.writer import KafkaWriter
+from flows.core.model import Customer, OutMessage
+from flows.core.outcome import RESERVED_HEADERS
 from flows.settings import Settings
 from ops import replay, scan
 from ops.ranges import format_offsets
 from ops.replay_rules import Selection
 from ops.replay_setup import MIGRATED
 from ops.replay_state import ReplayState, legacy_path
+from tools import provision as flows_admin
 from tools import sample
 from tools.kafkautil import header, produce_all, read_topic
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from flows import admin as flows_admin
 from tests.rawkafka import RawProducer
+from tools import provision as flows_admin
 from tools import sample
 
 from .flowrun import ROOT, Topics, run_dataflow

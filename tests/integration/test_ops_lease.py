@@ -25,12 +25,12 @@ from cassandra.cluster import Session
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows import admin as flows_admin
 from flows.settings import Settings
 from ops import scan
 from ops.errors import OpsError
 from ops.replay_state import ReplayState
 from ops.replay_store import LEASE_S, StateKey, Store
+from tools import provision as flows_admin
 from tools.kafkautil import header, produce_all, read_topic
 
 from .flowrun import ROOT, Topics

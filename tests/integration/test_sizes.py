@@ -19,11 +19,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from flows import admin
-from flows.model import Customer
-from flows.preflight import PreflightError, check_topic_sizes
-from flows.sizes import value_fits
-from tools import sample
+from flows.adapters.kafka.topics import check_topic_sizes
+from flows.core.model import Customer
+from flows.core.sizes import value_fits
+from flows.errors import PreflightError
+from tools import provision, sample
 from tools.kafkautil import produce_all
 
 from .conftest import BOOTSTRAP, unique
@@ -46,7 +46,7 @@ def padded_to(size: int, i: int, cid: str = "C0000001") -> bytes:
 
 @pytest.fixture(scope="module", autouse=True)
 def customers() -> None:
-    admin.seed_customers(Topics().settings, [*sample.customers(10), BIG])
+    provision.seed_customers(Topics().settings, [*sample.customers(10), BIG])
 
 
 def test_records_at_and_over_the_limits_are_routed_whole(cql: Session) -> None:

@@ -1,33 +1,20 @@
+"""flows.core.enrich: resolvers with their caches, one fetch per batch of misses."""
+
 import datetime as dt
 
-from flows.decode import decode_record
-from flows.enrich import CustomerCache, Enricher
-from flows.failurelog import FailureLog
-from flows.model import Code, Customer, Decoded, Failure
-from flows.sizes import TopicLimits
+from flows.core.cache import TtlCache
+from flows.core.decode import decode_record
+from flows.core.enrich import Enricher, Resolver
+from flows.core.model import Code, Customer, Decoded, Failure
+from flows.core.sizes import TopicLimits
 
 from .fakes import ALICE, GOOD, FakeClock, MemoryLookup, record
 
 
-def test_cache_expires_entries_and_remembers_misses_shorter() -> None:
-    clock = FakeClock()
-    cache = CustomerCache(ttl=60, negative_ttl=5, max_size=10, clock=clock)
-    cache.put("a", b"frag")
-    cache.put("b", None)
-    assert cache.lookup("a") == (True, b"frag") and cache.lookup("b") == (True, None)
-    clock.now += 6
-    assert cache.lookup("a") == (True, b"frag") and cache.lookup("b") == (False, None)
-    clock.now += 60
-    assert cache.lookup("a") == (False, None)
-
-
-def test_cache_evicts_least_recently_used_beyond_max_size() -> None:
-    cache = CustomerCache(ttl=60, negative_ttl=5, max_size=2, clock=FakeClock())
-    cache.put("a", b"1")
-    cache.put("b", b"2")
-    cache.lookup("a")
-    cache.put("c", b"3")
-    assert len(cache) == 2 and cache.lookup("b") == (False, None) and cache.lookup("a")[0]
+def resolver(lookup: MemoryLookup, cache: TtlCache | None = None, batch: int = 1000) -> Resolver:
+    """The customers resolver, as flows.app.compose builds it, over a fake lookup."""
+    return Resolver("customers", "customer", lambda e: e.customer_id, "$.customer_id", Code.CUSTOMER_NOT_FOUND, lookup,
+                    cache if cache is not None else TtlCache(60, 5, 100, clock=FakeClock()), batch)
 
 
 def items(*customer_ids: str) -> list[Decoded | Failure]:
@@ -41,8 +28,9 @@ def items(*customer_ids: str) -> list[Decoded | Failure]:
 
 
 def enricher(lookup: MemoryLookup, clock: FakeClock | None = None, batch: int = 1000) -> Enricher:
-    cache = CustomerCache(60, 5, 100, clock=clock or FakeClock())
-    return Enricher(lookup, cache, "out", "dlq", batch, wallclock=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    cache = TtlCache(60, 5, 100, clock=clock or FakeClock())
+    return Enricher([resolver(lookup, cache, batch)], "out", "dlq",
+                    wallclock=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
 def test_one_query_per_batch_of_distinct_missing_ids() -> None:
@@ -89,8 +77,8 @@ def test_an_exception_while_building_one_record_becomes_internal_error() -> None
 def test_unknown_ids_do_not_push_known_customers_out_of_the_cache() -> None:
     known = {f"K{i}": Customer(f"K{i}", "n", "s", "c", "active") for i in range(1000)}
     lookup = MemoryLookup(known)
-    cache = CustomerCache(ttl=600, negative_ttl=60, max_size=2000, negative_max_size=1000, clock=FakeClock())
-    e = Enricher(lookup, cache, "out", "dlq")
+    cache = TtlCache(ttl=600, negative_ttl=60, max_size=2000, negative_max_size=1000, clock=FakeClock())
+    e = Enricher([resolver(lookup, cache)], "out", "dlq")
     e.process(items(*known))
     asked = len(lookup.calls)
     for start in range(0, 5000, 500):
@@ -102,18 +90,43 @@ def test_unknown_ids_do_not_push_known_customers_out_of_the_cache() -> None:
 
 def test_an_enriched_message_too_large_for_the_output_topic_is_payload_too_large() -> None:
     lookup = MemoryLookup({"C1": ALICE})
-    small = Enricher(lookup, CustomerCache(60, 5, 100), "out", "dlq", limits=TopicLimits(output=400, failure=10_000))
+    small = Enricher([resolver(lookup)], "out", "dlq", limits=TopicLimits(output=400, failure=10_000))
     [r] = small.process(items("C1"))
     assert not r.ok and r.code is Code.PAYLOAD_TOO_LARGE and r.message.topic == "dlq"
     headers = dict(r.message.headers)
     assert headers["error.stage"] == b"enrich" and b"the output topic out accepts 400" in headers["error.message"]
     assert r.history.event_id == "e1" and r.history.customer_id == "C1"
-    roomy = Enricher(lookup, CustomerCache(60, 5, 100), "out", "dlq", limits=TopicLimits(output=10_000, failure=10_000))
+    roomy = Enricher([resolver(lookup)], "out", "dlq", limits=TopicLimits(output=10_000, failure=10_000))
     assert roomy.process(items("C1"))[0].ok
 
 
-def test_failures_are_logged_aggregated() -> None:
-    failures = FailureLog()
-    e = Enricher(MemoryLookup({}), CustomerCache(60, 5, 100), "out", "dlq", failures=failures)
-    e.process(items(*(f"X{i}" for i in range(50))))
-    assert failures._counts == {"customer_not_found": 50}
+def test_a_second_lookup_adds_its_member_and_its_own_not_found_code() -> None:
+    """A lookup is an entry: its member, the event's key, its code; the output gets each."""
+
+    class Segments:
+        def fetch(self, keys):  # type: ignore[no-untyped-def]
+            return {k: {"tier": "gold"} for k in keys if k == "login"}
+
+        def close(self) -> None:
+            pass
+
+    segments = Resolver("event_types", "event_type_info", lambda e: e.event_type, "$.event_type",
+                        Code.CUSTOMER_NOT_FOUND, Segments(), TtlCache(60, 5, 100))  # type: ignore[arg-type]
+    e = Enricher([resolver(MemoryLookup({"C1": ALICE})), segments], "out", "dlq")
+    [good] = e.process(items("C1"))
+    assert good.ok and b'"customer":{"name":"Alice"' in (good.message.value or b"")
+    assert b'"event_type_info":{"tier":"gold"}' in (good.message.value or b"")
+    assert e.added_members == {"customer", "event_type_info", "enriched_at"}
+
+
+def test_a_lookup_observer_hears_hits_misses_and_queries() -> None:
+    seen: list[tuple[str, int, int, int]] = []
+
+    class Observer:
+        def add_lookups(self, lookup: str, hits: int, misses: int, queries: int) -> None:
+            seen.append((lookup, hits, misses, queries))
+
+    e = Enricher([resolver(MemoryLookup({"C1": ALICE}))], "out", "dlq", observer=Observer())
+    e.process(items("C1", "C1", "C2"))
+    e.process(items("C1"))
+    assert seen == [("customers", 0, 3, 1), ("customers", 1, 0, 0)]  # a repeated miss counts as a miss

@@ -5,9 +5,9 @@ import logging
 
 import pytest
 
-from flows import route
-from flows.failurelog import FailureLog
-from flows.model import Code, Failure, Stage
+from flows.core import outcome as route
+from flows.core.model import Code, Failure, Stage
+from flows.telemetry.failurelog import FailureLog
 
 from .fakes import record
 

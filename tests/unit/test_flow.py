@@ -1,11 +1,14 @@
-"""The whole topology in memory: TestingSource -> steps -> TestingSinks, with a fake lookup."""
+"""flows.runtime.bytewax.flow: the whole topology in memory (TestingSource -> steps ->
+TestingSink), built from the composition root with a fake lookup."""
 
 import json
 
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.model import Customer, Routed, SourceRecord
-from flows.pipeline import build_flow
+from flows.app import compose
+from flows.core.enrich import Enricher
+from flows.core.model import Customer, Outcome, SourceRecord
+from flows.runtime.bytewax.flow import build_flow
 from flows.settings import Settings
 
 from .fakes import ALICE, GOOD, MemoryLookup, record
@@ -15,10 +18,16 @@ SETTINGS = Settings.from_env({"INPUT_TOPIC": "events", "OUTPUT_TOPIC": "out", "F
 
 
 def run(records: list[SourceRecord], customers: dict[str, Customer] | None = None):
-    delivered: list[Routed] = []
+    delivered: list[Outcome] = []
     lookup = MemoryLookup(customers if customers is not None else {"C1": ALICE})
-    flow = build_flow(SETTINGS, TestingSource(records, batch_size=4), TestingSink(delivered), lambda: lookup)
+    app = compose.build(SETTINGS, registry=None)
+
+    def enricher() -> Enricher:
+        return Enricher([compose.customers(SETTINGS, lookup)], SETTINGS.output_topic, SETTINGS.failure_topic)
+
+    flow = build_flow(app, TestingSource(records, batch_size=4), TestingSink(delivered), enricher)
     run_main(flow)
+    assert app.metrics.records_in == 0 and app.metrics.enriched == sum(1 for r in delivered if r.ok)
     ok = [r for r in delivered if r.ok]
     bad = [r for r in delivered if not r.ok]
     return ok, bad, delivered, lookup

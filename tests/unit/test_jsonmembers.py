@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.jsonmembers import duplicate_name, member_path, member_spans, raw_members
+from flows.core.jsonmembers import duplicate_name, member_path, member_spans, raw_members
 
 names = st.text(min_size=0, max_size=6)
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \

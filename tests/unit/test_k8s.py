@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from flows.lifecycle import ClusterPlace, cluster_place
+from flows.runtime.bytewax.recovery import ClusterPlace, cluster_place
 from flows.settings import ENV_NAMES, Settings, redact_dsn
 from tools import kustomize
 
@@ -272,10 +272,10 @@ def test_compose_wiring_matches_the_settings(compose: dict[str, Any]) -> None:
     assert {k: str(v) for k, v in init["environment"].items()} == \
         {k: v for k, v in env.items() if k in init["environment"]}
     compile(init["command"][-1].replace("; ", "\n"), "init", "exec")
-    for name in re.findall(r"admin\.(\w+)", init["command"][-1]):
-        from flows import admin
+    for name in re.findall(r"provision\.(\w+)", init["command"][-1]):
+        from tools import provision
 
-        assert callable(getattr(admin, name))
+        assert callable(getattr(provision, name))
 
 
 def test_compose_depends_on_healthy_servers(compose: dict[str, Any]) -> None:

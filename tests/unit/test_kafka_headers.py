@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.kafka_headers import escape_name, from_pairs
+from flows.core.headers import escape_name, from_pairs
 
 
 def unescape(text: str) -> bytes:

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
-from aws_lambda import handler as lambda_handler
-from aws_lambda.event import KafkaBatch, MalformedEvent, parse_event, reject_own_outputs, summarise
-from flows import route
-from flows.decode import decode_record
-from flows.model import Code, Customer, Decoded, Failure, SourceRecord, Stage
-from flows.settings import SettingsError
+from flows.core import outcome as route
+from flows.core.decode import decode_record
+from flows.core.model import Code, Decoded, Failure, SourceRecord, Stage
+from flows.errors import SettingsError
+from flows.runtime.awslambda import handler as lambda_handler
+from flows.runtime.awslambda.event import KafkaBatch, MalformedEvent, parse_event, reject_own_outputs, summarise
+
+from .fakes import ALICE_MEMBER
 
 GOOD = (b'{"event_id":"e1","event_type":"login","occurred_at":"2024-05-01T12:00:00Z",'
         b'"customer_id":"C1","payload":{"a":1}}')
@@ -171,8 +173,7 @@ def test_a_mapping_on_the_pipelines_own_output_is_refused(topic: str, setting: s
 
 def test_summary_counts_by_outcome_and_failure_code() -> None:
     batch = parse_event(aws_event(*(aws_record(offset=i) for i in range(5))))
-    customer = Customer("C1", "Alice", "retail", "DE", "active")
-    fragment = route.customer_fragment(customer)
+    fragment = [ALICE_MEMBER]
     results = []
     for rec, value in zip(batch.records, [GOOD, GOOD, b"", b"{", b"[]"], strict=True):
         item = decode_record(SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key,

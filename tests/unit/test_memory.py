@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from flows.memory import pin_mmap_threshold
+from flows.runtime.memory import pin_mmap_threshold
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CHURN = """
 import json, random, sys
-from flows.enrich import CustomerCache
-from flows.memory import pin_mmap_threshold
+from flows.core.cache import TtlCache
+from flows.runtime.memory import pin_mmap_threshold
 applied = pin_mmap_threshold() if sys.argv[1] == "pin" else False
 def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
-cache = CustomerCache(300, 30, 100_000, 100_000)
+cache = TtlCache(300, 30, 100_000, 100_000)
 rnd = random.Random(1)
 rss = []
 for step in range(40):

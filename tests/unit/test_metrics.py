@@ -1,57 +1,72 @@
-"""flows.stats feeds the Prometheus collectors of flows.metrics (a private registry here)."""
+"""flows.telemetry.metrics: one set of counters, read by the progress line and by Prometheus
+(a private registry here)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from prometheus_client import CollectorRegistry
 
-from flows.metrics import PipelineMetrics
-from flows.model import Code
-from flows.stats import Stats
+from flows.core import outcome
+from flows.core.model import Code, Failure, Stage
+from flows.telemetry.metrics import FALLBACK_KINDS, Metrics
+
+from .fakes import ALICE_MEMBER, record
+from .test_outcome import decoded
+
+NOW = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     got = registry.get_sample_value(name, labels)
-    assert got is not None, name
+    assert got is not None, (name, labels)
     return got
 
 
-class Result:
-    """What Stats.add_results reads of a routed result."""
-
-    def __init__(self, code: str | None) -> None:
-        self.ok = code is None
-        self.history = type("H", (), {"error_code": code})()
+def failed(code: Code):  # type: ignore[no-untyped-def]
+    return outcome.failure(Failure(record(b"x"), code, Stage.DECODE, "m"), "dlq", NOW)
 
 
-def test_stats_update_the_metrics() -> None:
+def test_prometheus_and_the_progress_line_read_the_same_counters() -> None:
     registry = CollectorRegistry()
-    stats = Stats(PipelineMetrics(registry))
+    m = Metrics(registry)
     for code in Code:
         assert value(registry, "enrichment_records_failed_total", code=code.value) == 0
-    stats.add_input(5)
-    stats.add_lookups(hits=2, misses=3, queries=1)
-    stats.observe_lookup(0.002)
-    stats.add_results([Result(None), Result(None), Result("invalid_json"), Result("customer_not_found"),
-                       Result("customer_not_found")])  # type: ignore[list-item]
+    for kind in FALLBACK_KINDS:
+        assert value(registry, "enrichment_delivery_fallbacks_total", kind=kind) == 0
+    m.add_input(5)
+    m.add_lookups("customers", hits=2, misses=3, queries=1)
+    m.observe_lookup("customers", 0.002)
+    ok = outcome.success(decoded(), [ALICE_MEMBER], "out", NOW, "t")
+    m.add_results([ok, ok, failed(Code.INVALID_JSON), failed(Code.CUSTOMER_NOT_FOUND),
+                   failed(Code.CUSTOMER_NOT_FOUND)])
     assert value(registry, "enrichment_records_in_total") == 5
     assert value(registry, "enrichment_records_enriched_total") == 2
     assert value(registry, "enrichment_records_failed_total", code="customer_not_found") == 2
     assert value(registry, "enrichment_records_failed_total", code="invalid_json") == 1
-    assert value(registry, "enrichment_cache_hits_total") == 2
-    assert value(registry, "enrichment_cache_misses_total") == 3
-    assert value(registry, "enrichment_pg_lookup_duration_seconds_count") == 1
+    assert value(registry, "enrichment_cache_hits_total", lookup="customers") == 2
+    assert value(registry, "enrichment_cache_misses_total", lookup="customers") == 3
+    assert value(registry, "enrichment_lookup_queries_total", lookup="customers") == 1
+    assert value(registry, "enrichment_lookup_duration_seconds_count", lookup="customers") == 1
     assert value(registry, "enrichment_records_in_flight") == 5
-    stats.add_history(4, 0.03)
+    m.add_written("history", 4, 0.03)
+    m.add_delivered(4)
     assert value(registry, "enrichment_records_in_flight") == 1
-    assert value(registry, "enrichment_history_rows_written_total") == 4
-    assert value(registry, "enrichment_history_write_duration_seconds_bucket", le="0.05") == 1
-    stats.add_history(3, 0.01)  # more rows than records read (the Lambda): never negative
+    assert value(registry, "enrichment_output_written_total", output="history") == 4
+    assert value(registry, "enrichment_output_write_duration_seconds_bucket", output="history", le="0.05") == 1
+    m.add_delivered(3)  # more than were read (the Lambda reads no source): never negative
     assert value(registry, "enrichment_records_in_flight") == 0
+    m.add_fallbacks(["dead_letter_compressed"])
+    snap = m.snapshot()
+    assert (snap["records_in"], snap["enriched"], snap["failed"], snap["cache_hit_ratio"]) == (
+        5, 2, {"customer_not_found": 2, "invalid_json": 1}, 0.4)
+    assert snap["delivery_fallbacks"] == {"dead_letter_compressed": 1}
 
 
-def test_stats_without_metrics_still_count() -> None:
-    stats = Stats()
-    stats.add_input(3)
-    stats.add_history(2, 0.1)
-    stats.observe_lookup(0.1)
-    assert stats.in_flight() == 1 and stats.snapshot()["records_in"] == 3
+def test_counters_without_prometheus() -> None:
+    m = Metrics(registry=None)
+    m.add_input(3)
+    m.add_delivered(2)
+    m.observe_lookup("customers", 0.1)
+    m.add_written("history", 2, 0.1)
+    assert m.in_flight() == 1 and m.snapshot()["records_in"] == 3

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.model import SourceRecord
+from flows.core.model import SourceRecord
 from ops import cli
 from ops.errors import USAGE, OpsError
 from ops.progress import Progress

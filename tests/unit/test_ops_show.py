@@ -11,8 +11,8 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flows.core.model import SourceRecord as Record
 from ops import show
-from ops.scan import Record
 from ops.trace import print_message, print_row
 
 # every character the display must never print raw

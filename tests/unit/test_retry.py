@@ -1,14 +1,11 @@
+"""flows.retry: backoff, the deadline and the give-up hook, given a classification."""
+
 import random
 
-import psycopg
-import psycopg_pool
 import pytest
-from cassandra import OperationTimedOut, Unavailable
-from cassandra.cluster import NoHostAvailable
-from confluent_kafka import KafkaError, KafkaException
 
-from flows import retry
-from flows.retry import Backoff, DependencyUnavailable, is_retriable
+from flows.errors import DependencyUnavailable
+from flows.retry import Backoff, Kind, Retries, network_kind
 
 
 class Clock:
@@ -28,21 +25,11 @@ def backoff(clock: Clock, deadline: float = 30) -> Backoff:
     return Backoff(deadline, base_s=0.1, cap_s=5.0, clock=clock, sleep=clock.sleep, rng=random.Random(1))
 
 
-@pytest.mark.parametrize("exc", [
-    psycopg.OperationalError("connection refused"), psycopg_pool.PoolTimeout("no connection"),
-    NoHostAvailable("down", {}), OperationTimedOut(), Unavailable("x"), ConnectionRefusedError(),
-    TimeoutError(), KafkaException(KafkaError(KafkaError._TRANSPORT)),
-])
-def test_dependency_failures_that_may_pass_are_retriable(exc: BaseException) -> None:
-    assert is_retriable(exc)
+def raising(exc: BaseException):  # type: ignore[no-untyped-def]
+    def fn() -> None:
+        raise exc
 
-
-@pytest.mark.parametrize("exc", [
-    psycopg.errors.UndefinedTable("no table"), psycopg.ProgrammingError("bad sql"), ValueError("bug"),
-    KeyError("x"), KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)),
-])
-def test_bugs_and_misconfiguration_are_not(exc: BaseException) -> None:
-    assert not is_retriable(exc)
+    return fn
 
 
 def test_retries_until_success_with_capped_growing_jittered_delays() -> None:
@@ -55,25 +42,28 @@ def test_retries_until_success_with_capped_growing_jittered_delays() -> None:
             raise item
         return item
 
-    assert retry.retry("pg", flaky, backoff(clock)) == "ok"
+    assert Retries(30).call("pg", flaky, network_kind, backoff(clock)) == "ok"
     assert len(clock.sleeps) == 8
-    assert all(0 <= s <= min(5.0, 0.1 * 2 ** i) for i, s in enumerate(clock.sleeps))
+    assert all(0 <= s <= min(5.0, 0.1 * 2**i) for i, s in enumerate(clock.sleeps))
 
 
-def test_gives_up_after_the_deadline_and_calls_the_hook() -> None:
+def test_gives_up_after_the_deadline_and_tells_the_hook() -> None:
     clock = Clock()
     seen: list[BaseException] = []
-    retry.set_give_up(seen.append)
-    try:
-        with pytest.raises(DependencyUnavailable, match="pg: still failing after 30s"):
-            retry.retry("pg", lambda: (_ for _ in ()).throw(ConnectionRefusedError("refused")), backoff(clock))
-    finally:
-        retry.set_give_up(None)
-    assert clock.now == pytest.approx(30) and len(seen) == 1
+    with pytest.raises(DependencyUnavailable, match="pg: still failing after 30s"):
+        Retries(30, give_up=seen.append).call("pg", raising(ConnectionRefusedError("refused")), network_kind,
+                                              backoff(clock))
+    assert clock.now == pytest.approx(30) and len(seen) == 1 and isinstance(seen[0], DependencyUnavailable)
 
 
-def test_non_retriable_raises_at_once() -> None:
+@pytest.mark.parametrize("kind", [Kind.FATAL, Kind.RECORD])
+def test_anything_but_retriable_raises_at_once(kind: Kind) -> None:
     clock = Clock()
     with pytest.raises(ValueError):
-        retry.retry("pg", lambda: (_ for _ in ()).throw(ValueError("bug")), backoff(clock))
+        Retries(30).call("pg", raising(ValueError("x")), lambda _: kind, backoff(clock))
     assert clock.sleeps == []
+
+
+def test_network_errors_may_pass_and_the_rest_is_fatal() -> None:
+    assert network_kind(ConnectionRefusedError()) is Kind.RETRIABLE and network_kind(TimeoutError()) is Kind.RETRIABLE
+    assert network_kind(ValueError()) is Kind.FATAL

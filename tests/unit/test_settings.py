@@ -1,6 +1,7 @@
 import pytest
 
-from flows.settings import Settings, SettingsError, redact_dsn
+from flows.errors import SettingsError
+from flows.settings import Settings, redact_dsn
 
 
 def test_defaults_match_the_contract() -> None:

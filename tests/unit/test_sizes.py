@@ -1,6 +1,6 @@
 """flows.sizes: record sizes as librdkafka and the broker count them, and the topic rule."""
 
-from flows.sizes import ADDED_ROOM_BYTES, TopicSize, record_size, size_problems, topic_sizes_to_create, value_fits
+from flows.core.sizes import ADDED_ROOM_BYTES, TopicSize, record_size, size_problems, topic_sizes_to_create, value_fits
 
 
 def test_record_size_counts_key_value_headers_and_overheads() -> None:

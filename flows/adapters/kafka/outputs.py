@@ -1,0 +1,142 @@
+"""The two Kafka outputs: enriched messages to OUTPUT_TOPIC, dead letters to FAILURE_TOPIC
+(README, "Records a topic refuses"). Both hand their messages to a worker's `KafkaWriter`
+in `write` and wait for Kafka in `flush`.
+
+- An enriched message the output topic refuses comes back from `flush` as a
+  `payload_too_large` dead letter, which the delivery then writes like any other (its
+  history row rewritten, the dead letter produced).
+- A dead letter the failure topic refuses is sent again compressed (zstd); if still
+  refused, without the input's headers (key and value intact), plain then compressed; then
+  without its value, then without its key (`error.omitted` says what was left out). If even
+  that is refused, the topic is misconfigured: `DeliveryFailed`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+
+from flows.adapters.kafka.writer import KafkaWriter, Sending
+from flows.core import outcome
+from flows.core.model import Outcome
+from flows.core.sizes import record_size
+from flows.errors import DeliveryFailed
+from flows.retry import Retries
+from flows.telemetry.failurelog import FailureLog
+from flows.telemetry.metrics import Metrics
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _KafkaOutput:
+    def __init__(self, name: str, kafka: KafkaWriter, metrics: Metrics | None) -> None:
+        self.name = name
+        self.kafka = kafka
+        self.metrics = metrics
+        self._pending: list[tuple[Sequence[Outcome], Sending, float]] = []
+
+    def _send(self, items: Sequence[Outcome]) -> None:
+        if items:
+            self._pending.append((items, self.kafka.send([r.message for r in items]), time.perf_counter()))
+
+    def _wait(self) -> list[tuple[Outcome, int]]:
+        """Wait for every message sent; (item, its index) of those refused even alone."""
+        refused: list[tuple[Outcome, int]] = []
+        pending, self._pending = self._pending, []
+        for items, sending, started in pending:
+            refused += [(items[i], i) for i in self.kafka.wait(sending)]
+            if self.metrics is not None:
+                self.metrics.add_written(self.name, len(items), time.perf_counter() - started)
+        return refused
+
+    def close(self) -> None:
+        """The worker's KafkaWriter is closed with the worker's other clients."""
+
+
+class EnrichedMessages(_KafkaOutput):
+    """Enriched messages to the output topic."""
+
+    def __init__(self, kafka: KafkaWriter, failure_topic: str, metrics: Metrics | None = None,
+                 notes: FailureLog | None = None, wallclock: Clock = _utcnow, name: str = "enriched") -> None:
+        super().__init__(name, kafka, metrics)
+        self.failure_topic = failure_topic
+        self.notes = notes
+        self._now = wallclock
+
+    def write(self, items: Sequence[Outcome]) -> None:
+        """Hand the messages to the producer."""
+        self._send(items)
+
+    def flush(self) -> list[Outcome]:
+        """Wait for Kafka; messages the topic refused come back as dead letters."""
+        rerouted: list[Outcome] = []
+        for r, _ in self._wait():
+            size = record_size(r.message.key, r.message.value, r.message.headers)
+            rerouted.append(outcome.refused_by_output(r, f"{size} bytes, over its max.message.bytes",
+                                                      self.failure_topic, self._now()))
+        if rerouted:
+            if self.metrics is not None:
+                self.metrics.add_fallbacks(["output_refused"] * len(rerouted))
+            if self.notes is not None:
+                self.notes.note(("output_refused", r) for r in rerouted)
+        return rerouted
+
+
+class DeadLetters(_KafkaOutput):
+    """Dead letters to the failure topic, whole whenever the topic takes them."""
+
+    def __init__(self, kafka: KafkaWriter, failure_topic: str, limit: int | None, retries: Retries,
+                 metrics: Metrics | None = None, notes: FailureLog | None = None, name: str = "failed") -> None:
+        super().__init__(name, kafka, metrics)
+        self.failure_topic = failure_topic
+        self.limit = limit
+        self.retries = retries
+        self.notes = notes
+        self._oversize: list[Outcome] = []
+
+    def write(self, items: Sequence[Outcome]) -> None:
+        """Hand the dead letters to the producer; one larger than the topic takes skips the
+        plain attempt."""
+        if self.limit is None:
+            self._send(items)
+            return
+        fitting: list[Outcome] = []
+        for r in items:
+            if record_size(r.message.key, r.message.value, r.message.headers) > self.limit:
+                self._oversize.append(r)
+            else:
+                fitting.append(r)
+        self._send(fitting)
+
+    def flush(self) -> list[Outcome]:
+        """Wait for Kafka, then deliver what the topic refused another way; never re-routes."""
+        todo = [r for r, _ in self._wait()] + self._oversize
+        self._oversize = []
+        events = [(self._fallback(r), r) for r in todo]
+        if events:
+            if self.metrics is not None:
+                self.metrics.add_fallbacks(kind for kind, _ in events)
+            if self.notes is not None:
+                self.notes.note(events)
+        return []
+
+    def _fallback(self, r: Outcome) -> str:
+        send = self.kafka.send_alone
+        if send(r.message, compressed=True) is None:
+            return "dead_letter_compressed"
+        size = record_size(r.message.key, r.message.value, r.message.headers)
+        note = f"The dead letter ({size} bytes) does not fit the failure topic whole, even compressed."
+        without_headers = outcome.trimmed(r.message, note, ("headers",))
+        if send(without_headers) is None or send(without_headers, compressed=True) is None:
+            return "dead_letter_without_headers"
+        for omit in (("value", "headers"), ("value", "headers", "key")):
+            if send(outcome.trimmed(r.message, note, omit)) is None:
+                return "dead_letter_without_value"
+        raise self.retries.gave_up(DeliveryFailed(
+            f"{self.failure_topic} refuses even a dead letter without value, headers and key for "
+            f"{r.record.coordinates}: check the topic's max.message.bytes"))

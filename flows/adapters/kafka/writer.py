@@ -1,0 +1,158 @@
+"""Producing to Kafka with every delivery checked: an idempotent producer (`acks=all`) and a
+delivery callback on every message; a batch is done only when each one is acknowledged.
+
+A message a topic refuses for what it is (size, validity) is tried again alone, so that only
+the messages that can't be written at all come back to the caller (the broker refuses a
+whole batch for one message in it); any other delivery error raises `DeliveryFailed`, so
+nothing is lost silently. (Bytewax's KafkaSink drops failed deliveries silently.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from flows.adapters.kafka.config import producer_config
+from flows.adapters.kafka.errors import RECORD_REFUSALS
+from flows.core.model import OutMessage
+from flows.errors import DeliveryFailed
+from flows.retry import Retries
+from flows.settings import Settings
+
+LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.bytes
+
+
+class Sending:
+    """The delivery reports of one `send` call: an error per message index, if any."""
+
+    __slots__ = ("messages", "reported", "errors")
+
+    def __init__(self, messages: Sequence[OutMessage]) -> None:
+        self.messages = messages
+        self.reported = 0
+        self.errors: dict[int, KafkaError] = {}
+
+    def report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
+        self.reported += 1
+        if err is not None:
+            self.errors[index] = err
+
+    @property
+    def done(self) -> bool:
+        return self.reported >= len(self.messages)
+
+
+def _refused(err: KafkaError) -> bool:
+    return err.code() in RECORD_REFUSALS
+
+
+class KafkaWriter:
+    """Produces messages and waits until Kafka acknowledged each one. A message refused
+    for what it is (size, validity) is tried again alone, so that only the messages that
+    can't be written at all are reported back (`write` returns their indices); any other
+    failure raises `DeliveryFailed`. Shared by the dataflow's sink, the Lambda and `ops`.
+
+    `max_bytes` sizes the producer for the largest message it must take (the topics'
+    `max.message.bytes`); `batch_bytes` keeps batches of several messages within the
+    smallest topic it writes to."""
+
+    def __init__(self, settings: Settings, client_id: str = "enrichment", max_bytes: int | None = None,
+                 batch_bytes: int | None = None, retries: Retries | None = None) -> None:
+        self._settings = settings
+        self._retries = retries or Retries(settings.retry_deadline_seconds)
+        self._client_id = client_id
+        conf = producer_config(settings)
+        conf["client.id"] = client_id
+        if max_bytes is not None:
+            conf["message.max.bytes"] = min(max(max_bytes, 1000), LARGEST_PRODUCE_BYTES)
+        if batch_bytes is not None:
+            conf["batch.size"] = max(1, min(batch_bytes, conf["batch.size"]))
+        self._producer = Producer(conf)
+        self._compressed: Producer | None = None
+        self._timeout_s = settings.retry_deadline_seconds
+
+    def write(self, messages: Sequence[OutMessage]) -> list[int]:
+        """Send and wait; the indices of the messages refused even alone."""
+        return self.wait(self.send(messages))
+
+    def send(self, messages: Sequence[OutMessage]) -> Sending:
+        """Hand every message to the producer (returns before Kafka acknowledges them)."""
+        sending = Sending(messages)
+        produce, poll, report = self._producer.produce, self._producer.poll, sending.report
+        for i, m in enumerate(messages):
+            on_delivery = partial(report, i)
+            while True:
+                try:
+                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)  # type: ignore[arg-type]
+                    break
+                except BufferError:  # local queue full: serve callbacks, then try again
+                    poll(0.05)
+                except KafkaException as exc:
+                    err = exc.args[0]
+                    if not _refused(err):
+                        raise
+                    report(i, err, None)  # over message.max.bytes: refused before leaving
+                    break
+        return sending
+
+    def wait(self, sending: Sending) -> list[int]:
+        """Wait for every report of `sending`; the indices refused even when sent alone."""
+        self._await(self._producer, sending)
+        refused = sorted(sending.errors)
+        if not refused:
+            return []
+        others = [(i, sending.errors[i]) for i in refused if not _refused(sending.errors[i])]
+        if others:
+            first = others[0][1]
+            raise self._retries.gave_up(DeliveryFailed(
+                f"{len(others)} of {len(sending.messages)} message(s) not delivered, first: "
+                f"{sending.messages[others[0][0]].topic}: {first}", first.code()))
+        # a refused batch fails every message in it: find the ones that fail on their own
+        return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
+
+    def send_alone(self, message: OutMessage, compressed: bool = False) -> KafkaError | None:
+        """Produce one message in a batch of its own and wait for it: None when written,
+        else why the topic refused it. `compressed` sends it through a zstd producer whose
+        own size limit is librdkafka's ceiling, so that the broker judges the compressed size."""
+        producer = self._compressed_producer() if compressed else self._producer
+        self._producer.flush(self._timeout_s)  # nothing else rides in its batch
+        sending = Sending([message])
+        try:
+            producer.produce(message.topic, message.value, message.key, headers=message.headers,  # type: ignore[arg-type]
+                             on_delivery=partial(sending.report, 0))
+        except KafkaException as exc:
+            if not _refused(exc.args[0]):
+                raise
+            return exc.args[0]  # type: ignore[no-any-return]
+        self._await(producer, sending)
+        err = sending.errors.get(0)
+        if err is not None and not _refused(err):
+            raise self._retries.gave_up(DeliveryFailed(f"message not delivered: {message.topic}: {err}", err.code()))
+        return err
+
+    def _compressed_producer(self) -> Producer:
+        if self._compressed is None:
+            conf = producer_config(self._settings)
+            conf.update({"client.id": f"{self._client_id}-zstd", "compression.type": "zstd",
+                         "message.max.bytes": LARGEST_PRODUCE_BYTES, "batch.num.messages": 1})
+            self._compressed = Producer(conf)
+        return self._compressed
+
+    def _await(self, producer: Producer, sending: Sending) -> None:
+        deadline = time.monotonic() + self._timeout_s + 30
+        while not sending.done:
+            producer.flush(1.0)
+            if time.monotonic() > deadline:
+                raise self._retries.gave_up(DeliveryFailed(
+                    f"{len(sending.messages) - sending.reported} of {len(sending.messages)} messages not "
+                    f"acknowledged after {self._timeout_s:.0f}s"))
+
+    def close(self) -> None:
+        """Deliver what is queued (up to the deadline) and let the producers go."""
+        self._producer.flush(self._timeout_s)
+        if self._compressed is not None:
+            self._compressed.flush(self._timeout_s)

@@ -1,0 +1,121 @@
+"""The composition root: from the settings, the lookups, the outputs and the telemetry that
+both runtimes (the Bytewax dataflow and the Lambda handler) run. Adding a lookup or an
+output is an adapter, one entry in `lookups` or `outputs` below, and its settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from flows.adapters.kafka.outputs import DeadLetters, EnrichedMessages
+from flows.adapters.kafka.writer import KafkaWriter
+from flows.adapters.postgres.customers import PgCustomerLookup
+from flows.adapters.scylla.writer import HistoryOutput, HistoryWriter
+from flows.app.outputs import Delivery, Output, Shared, enriched, everything, failed
+from flows.core.cache import TtlCache
+from flows.core.decode import decode_record
+from flows.core.enrich import Enricher, Lookup, Resolver
+from flows.core.model import Code, Decoded, Failure, Outcome, SourceRecord
+from flows.core.outcome import internal_error
+from flows.core.sizes import TopicLimits
+from flows.retry import GiveUp, Retries
+from flows.settings import Settings
+from flows.telemetry.failurelog import FailureLog
+from flows.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class App:
+    """What every worker of a process (or a Lambda container) builds its parts from."""
+
+    settings: Settings
+    metrics: Metrics
+    retries: Retries
+    failures: FailureLog = field(default_factory=FailureLog)
+    fallbacks: FailureLog = field(
+        default_factory=lambda: FailureLog(first="delivery fallback", summary="delivery fallbacks"))
+
+    def lookups(self, client: str) -> list[Resolver]:
+        """The enrichment's lookups, each with its own cache (one set per worker)."""
+        return [customers(self.settings, PgCustomerLookup(self.settings, self.retries, self.metrics, name=client))]
+
+    def outputs(self, limits: TopicLimits | None, client: str) -> list[Output]:
+        """The flow's outputs; history first, so its rows are written while the messages handed
+        over before them travel."""
+        s = self.settings
+
+        def kafka(shared: Shared) -> KafkaWriter:
+            return shared.get("kafka", lambda: KafkaWriter(
+                s, client, max_bytes=max(limits.output, limits.failure) if limits else None,
+                batch_bytes=min(limits.output, limits.failure) if limits else None, retries=self.retries),
+                KafkaWriter.close)
+
+        def history(shared: Shared) -> HistoryWriter:
+            return shared.get("cql", lambda: HistoryWriter(s, self.retries, self.metrics), HistoryWriter.close)
+
+        return [
+            Output("history", everything, lambda sh: HistoryOutput(history(sh))),
+            Output("enriched", enriched, lambda sh: EnrichedMessages(kafka(sh), s.failure_topic, self.metrics,
+                                                                       self.fallbacks)),
+            Output("failed", failed, lambda sh: DeadLetters(kafka(sh), s.failure_topic,
+                                                             limits.failure if limits else None, self.retries,
+                                                             self.metrics, self.fallbacks)),
+        ]
+
+    def enricher(self, limits: TopicLimits | None, client: str) -> Enricher:
+        """A worker's enrich step."""
+        s = self.settings
+        return Enricher(self.lookups(client), s.output_topic, s.failure_topic, limits=limits, observer=self.metrics)
+
+    def delivery(self, limits: TopicLimits | None, client: str) -> Delivery:
+        """A worker's output step."""
+        return Delivery.build(self.outputs(limits, client), self.metrics)
+
+    def process(self, records: Sequence[SourceRecord], enricher: Enricher) -> list[Outcome]:
+        """Decode, validate and enrich a batch: the same code in both runtimes."""
+        return self.enrich(decode_batch(records, self.settings.max_value_bytes), enricher)
+
+    def enrich(self, items: Sequence[Decoded | Failure], enricher: Enricher) -> list[Outcome]:
+        """Enrich a decoded batch, counting and logging its outcomes."""
+        outcomes = enricher.process(items)
+        self.metrics.add_results(outcomes)
+        self.failures.add(outcomes)
+        return outcomes
+
+    def flush_logs(self) -> None:
+        """Write the aggregated failure lines now."""
+        self.failures.flush()
+        self.fallbacks.flush()
+
+
+def customers(settings: Settings, lookup: Lookup) -> Resolver:
+    """The customers lookup: the `customer` member, by `customer_id`, `customer_not_found`
+    when there is no row."""
+    s = settings
+    return Resolver(
+        name="customers", member="customer", key=lambda event: event.customer_id, field="$.customer_id",
+        not_found=Code.CUSTOMER_NOT_FOUND, lookup=lookup,
+        cache=TtlCache(s.cache_ttl_seconds, s.cache_negative_ttl_seconds, s.cache_max_size, s.cache_negative_max_size),
+        batch_size=s.lookup_batch_size)
+
+
+def decode_batch(records: Sequence[SourceRecord], max_bytes: int) -> list[Decoded | Failure]:
+    """Decode each record; `decode_record` never raises, and this is the net under a bug."""
+    out: list[Decoded | Failure] = []
+    for record in records:
+        try:
+            out.append(decode_record(record, max_bytes))
+        except Exception as exc:  # noqa: BLE001 - the net under a bug, per record
+            log.exception("internal error decoding %s", record.coordinates)
+            out.append(internal_error(record, exc))
+    return out
+
+
+def build(settings: Settings, give_up: GiveUp | None = None, registry: CollectorRegistry | None = REGISTRY) -> App:
+    """The process's App: its metrics (in `registry`), its retry policy and log aggregation."""
+    return App(settings, Metrics(registry), Retries(settings.retry_deadline_seconds, give_up))

@@ -1,0 +1,36 @@
+"""The project's errors: one base, then what the operator must fix (configuration) and
+what may pass by itself (a dependency). Entry points map them to exit statuses."""
+
+from __future__ import annotations
+
+
+class EnrichmentError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigurationError(EnrichmentError):
+    """A setting, a topic, a table or a permission is wrong: fix it and start again (exit 2)."""
+
+
+class SettingsError(ConfigurationError, ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class PreflightError(ConfigurationError):
+    """A start-up check failed: a dependency unreachable, a topic or table missing or misfit."""
+
+
+class DependencyError(EnrichmentError):
+    """A dependency failed while records were being processed."""
+
+
+class DependencyUnavailable(DependencyError):
+    """A dependency stayed unavailable past the retry deadline (exit 3)."""
+
+
+class DeliveryFailed(DependencyError):
+    """Kafka did not acknowledge a message; `code` is the Kafka error code, if there was one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,60 @@
+"""The Bytewax input: every partition of the input topic, each read by a `PartitionReader`
+whose position is the partition's recovery state (a restart resumes from the last
+snapshot). The start-up checks run (and may exit) before the partitions are listed:
+Bytewax's own KafkaSource asks for metadata without a timeout and can hang forever."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from flows.adapters.kafka.source import PartitionReader
+from flows.core.model import SourceRecord
+from flows.settings import Settings
+from flows.telemetry.metrics import Metrics
+
+IDLE_WAIT = dt.timedelta(milliseconds=5)  # an idle partition is polled again after this
+
+
+class _Partition(StatefulSourcePartition[SourceRecord, int]):
+    def __init__(self, reader: PartitionReader) -> None:
+        self._reader = reader
+        self._awake: dt.datetime | None = None
+
+    def next_batch(self) -> list[SourceRecord]:
+        if self._reader.done:
+            raise StopIteration
+        batch = self._reader.next_batch()
+        self._awake = None if batch else dt.datetime.now(dt.UTC) + IDLE_WAIT
+        return batch
+
+    def next_awake(self) -> dt.datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._reader.position
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
+    """Every partition of INPUT_TOPIC; `partitions` runs the start-up checks first."""
+
+    def __init__(self, settings: Settings, partitions: Callable[[], list[int]], stopping: threading.Event,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self._partitions = partitions
+        self._stopping = stopping
+        self._metrics = metrics
+
+    def list_parts(self) -> list[str]:
+        return [f"{p}-{self.settings.input_topic}" for p in self._partitions()]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        idx, topic = for_part.split("-", 1)
+        on_input = self._metrics.add_input if self._metrics is not None else None
+        return _Partition(PartitionReader(self.settings, topic, int(idx), resume_state, self._stopping, on_input))

@@ -1,0 +1,185 @@
+"""The pipeline's counters: one set, read by the progress line and by Prometheus.
+
+Counters are plain numbers under a lock, updated once per batch (the workers of a process
+are threads; each process of a cluster has its own); Prometheus reads them at scrape time
+through a collector, so there is nothing to keep in step. Durations are Prometheus
+histograms. Bytewax's dataflow API (`BYTEWAX_DATAFLOW_API_ENABLED`) serves the default
+registry on `/metrics`: registering there is all it takes.
+
+Lookups and outputs are labels (`lookup="customers"`, `output="history"`), so a new one
+shows up without a new metric.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from flows.core.model import Code, Outcome
+
+PREFIX = "enrichment"
+FALLBACK_KINDS = ("output_refused", "dead_letter_compressed", "dead_letter_without_headers",
+                  "dead_letter_without_value")
+# a lookup is one query per batch of distinct keys (about a millisecond on a local server);
+# an output's write is one batch (tens of milliseconds); both may take seconds while a
+# dependency is retried
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                   60.0, 180.0)
+
+
+class Metrics:
+    """Every counter of a process; `registry=None` keeps them out of Prometheus (tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.records_in = 0
+        self.enriched = 0
+        self.delivered = 0
+        self.failed: Counter[str] = Counter({code.value: 0 for code in Code})
+        self.cache_hits: Counter[str] = Counter()
+        self.cache_misses: Counter[str] = Counter()
+        self.lookup_queries: Counter[str] = Counter()
+        self.lookup_refused: Counter[str] = Counter()
+        self.written: Counter[str] = Counter()
+        self.degraded: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter({kind: 0 for kind in FALLBACK_KINDS})
+        self._lookup_seconds: Histogram | None = None
+        self._write_seconds: Histogram | None = None
+        if registry is not None:
+            self._lookup_seconds = Histogram(f"{PREFIX}_lookup_duration_seconds",
+                                             "Duration of one lookup fetch, retries included", ("lookup",),
+                                             buckets=LATENCY_BUCKETS, registry=registry)
+            self._write_seconds = Histogram(f"{PREFIX}_output_write_duration_seconds",
+                                            "Duration of writing one batch to an output, retries included",
+                                            ("output",), buckets=LATENCY_BUCKETS, registry=registry)
+            registry.register(_Collector(self))
+
+    def add_input(self, n: int) -> None:
+        """Records read from the input topic."""
+        with self._lock:
+            self.records_in += n
+
+    def add_results(self, outcomes: Iterable[Outcome]) -> None:
+        """Outcomes of the enrich step: enriched, or failed by code."""
+        ok = 0
+        failed: Counter[str] = Counter()
+        for r in outcomes:
+            if r.ok:
+                ok += 1
+            else:
+                failed[r.history.error_code or "unknown"] += 1
+        with self._lock:
+            self.enriched += ok
+            self.failed.update(failed)
+
+    def add_lookups(self, lookup: str, hits: int, misses: int, queries: int) -> None:
+        """A resolver's cache hits and misses and its fetches, for one batch."""
+        with self._lock:
+            self.cache_hits[lookup] += hits
+            self.cache_misses[lookup] += misses
+            self.lookup_queries[lookup] += queries
+
+    def observe_lookup(self, lookup: str, seconds: float) -> None:
+        """One fetch of a lookup."""
+        if self._lookup_seconds is not None:
+            self._lookup_seconds.labels(lookup).observe(seconds)
+
+    def add_lookup_refused(self, lookup: str, n: int) -> None:
+        """Keys the lookup's store refused (their records are "not found")."""
+        with self._lock:
+            self.lookup_refused[lookup] += n
+
+    def add_written(self, output: str, n: int, seconds: float) -> None:
+        """One batch acknowledged by an output."""
+        with self._lock:
+            self.written[output] += n
+        if self._write_seconds is not None:
+            self._write_seconds.labels(output).observe(seconds)
+
+    def add_delivered(self, n: int) -> None:
+        """Records whose every output has acknowledged them."""
+        with self._lock:
+            self.delivered += n
+
+    def add_degraded(self, output: str, n: int) -> None:
+        """Items an output's store refused whole and took in part (a history row without payload)."""
+        with self._lock:
+            self.degraded[output] += n
+
+    def add_fallbacks(self, kinds: Iterable[str]) -> None:
+        """Messages a topic refused and that were delivered another way."""
+        counts = Counter(kinds)
+        with self._lock:
+            self.fallbacks.update(counts)
+
+    def in_flight(self) -> int:
+        """Records read and not yet delivered everywhere (never below 0: the Lambda delivers
+        records it did not read through a source)."""
+        with self._lock:
+            return max(0, self.records_in - self.delivered)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The progress line's fields."""
+        with self._lock:
+            hits, misses = sum(self.cache_hits.values()), sum(self.cache_misses.values())
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            failed = {code: n for code, n in self.failed.items() if n}
+            out: dict[str, Any] = {
+                "records_in": self.records_in, "enriched": self.enriched, "failed": failed,
+                "failed_total": sum(failed.values()), "cache_hits": hits, "cache_misses": misses,
+                "cache_hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+                "lookup_queries": sum(self.lookup_queries.values()),
+                "elapsed_s": round(elapsed, 3), "records_per_s": round(self.records_in / elapsed, 1),
+            }
+            extra = {"delivery_fallbacks": {k: n for k, n in self.fallbacks.items() if n},
+                     "lookup_refused": sum(self.lookup_refused.values()), "degraded": dict(self.degraded)}
+        out.update({k: v for k, v in extra.items() if v})
+        return out
+
+
+class _Collector(Collector):
+    """The counters as Prometheus reads them at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Any]:
+        m = self.m
+        with m._lock:
+            yield _counter("records_in", "Records read from the input topic", m.records_in)
+            yield _counter("records_enriched", "Records enriched (bound for the output topic)", m.enriched)
+            yield _counter("records_failed", "Records bound for the failure topic, by error.code", m.failed, "code")
+            yield _counter("cache_hits", "Lookups answered by the per-worker cache", m.cache_hits, "lookup")
+            yield _counter("cache_misses", "Lookups the cache could not answer", m.cache_misses, "lookup")
+            yield _counter("lookup_queries", "Lookup fetches (one per chunk of distinct keys)", m.lookup_queries,
+                           "lookup")
+            yield _counter("lookup_refused", "Keys a lookup's store refused (answered as not found)",
+                           m.lookup_refused, "lookup")
+            yield _counter("output_written", "Items acknowledged by an output (history rows, messages)",
+                           m.written, "output")
+            yield _counter("output_degraded", "Items an output's store refused whole and took in part",
+                           m.degraded, "output")
+            yield _counter("delivery_fallbacks", "Messages a topic refused at run time and delivered another "
+                           "way, by kind", m.fallbacks, "kind")
+            in_flight = max(0, m.records_in - m.delivered)
+        yield GaugeMetricFamily(f"{PREFIX}_records_in_flight", "Records read and not yet delivered to every output",
+                                value=in_flight)
+
+
+def _counter(name: str, doc: str, value: int | Counter[str], label: str | None = None) -> CounterMetricFamily:
+    if label is None:
+        assert isinstance(value, int)
+        return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=[label])
+    assert isinstance(value, Counter)
+    for key, n in sorted(value.items()):
+        family.add_metric([key], n)
+    return family
