@@ -79,7 +79,7 @@ def ensure_database(settings: Settings, database: str) -> None:
 
 def seed_customers(dsn: str, settings: Settings, n: int) -> float:
     """Exactly customers 0..n-1 of `tools.sample` (TRUNCATE, then COPY: 100,000 rows in about
-    a second, where flows.admin.seed_customers' executemany takes much longer)."""
+    a second, where tools.provision.seed_customers' executemany takes much longer)."""
     started = time.monotonic()
     with psycopg.connect(dsn, **settings.pg_connect_kwargs()) as conn:
         conn.execute(CUSTOMERS_DDL)

@@ -28,11 +28,14 @@ class Writer(Protocol):
     """Writes outcomes somewhere: `write` hands them over, `flush` makes them durable and
     returns what must be re-routed, `close` lets the writer's own resources go."""
 
-    def write(self, items: Sequence[Outcome]) -> None: ...
+    def write(self, items: Sequence[Outcome]) -> None:
+        """Take these outcomes (sending may start now)."""
 
-    def flush(self) -> Sequence[Outcome]: ...
+    def flush(self) -> Sequence[Outcome]:
+        """Return when everything taken is durable, with the outcomes to re-route."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let the writer's own resources go."""
 
 
 class Shared:

@@ -27,15 +27,18 @@ class Lookup(Protocol):
     """Reads reference data by key; one call is one round trip for all the keys given.
     Returns the member's value (JSON-encodable) for each key found."""
 
-    def fetch(self, keys: Sequence[str]) -> Mapping[str, object]: ...
+    def fetch(self, keys: Sequence[str]) -> Mapping[str, object]:
+        """The member's value for each key found."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let the lookup's connections go."""
 
 
 class LookupObserver(Protocol):
     """Where a resolver reports its cache hits, misses and fetches (the metrics)."""
 
-    def add_lookups(self, lookup: str, hits: int, misses: int, queries: int) -> None: ...
+    def add_lookups(self, lookup: str, hits: int, misses: int, queries: int) -> None:
+        """One batch's cache hits and misses and fetches of `lookup`."""
 
 
 @dataclass

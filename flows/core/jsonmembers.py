@@ -25,6 +25,7 @@ _AFTER_VALUE = re.compile(rb"[ \t\r\n]*([,}])")
 
 
 def raw_members(value: bytes) -> RawMembers:
+    """The top-level members of a JSON object: name -> its (last) value's text."""
     return _RAW_MEMBERS.decode(value)
 
 

@@ -57,6 +57,7 @@ class TopicSize:
     broker_default: bool = False  # no topic override: the broker's message.max.bytes
 
     def describe(self) -> str:
+        """`SETTING topic accepts N bytes`, for start-up errors."""
         origin = " (the broker's default)" if self.broker_default else ""
         return f"{self.setting} {self.topic} accepts {self.max_bytes} bytes{origin}"
 

@@ -46,6 +46,7 @@ class FailureLog:
         self._since = clock()
 
     def add(self, results: Iterable[Outcome]) -> None:
+        """Count the failed outcomes of a batch."""
         self.note((r.history.error_code or "unknown", r) for r in results if not r.ok)
 
     def note(self, events: Iterable[tuple[str, Outcome]]) -> None:

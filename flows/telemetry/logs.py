@@ -9,11 +9,15 @@ import sys
 from typing import Any
 
 import msgspec
+from typing_extensions import override
 
 _ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg and the record's fields."""
+
+    @override
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
@@ -30,6 +34,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for the whole process; client libraries at WARNING."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -10,12 +10,13 @@ import uuid
 import psycopg
 import pytest
 from cassandra.cluster import Session
-from flows.stats import STATS
 
 from flows.adapters.postgres.customers import PgCustomerLookup
-from flows.adapters.scylla.session import TABLE, HistoryWriter
+from flows.adapters.scylla.session import TABLE
+from flows.adapters.scylla.writer import HistoryWriter
 from flows.core.model import HistoryRow
 from flows.settings import Settings
+from flows.telemetry.metrics import Metrics
 from tools import provision, sample
 from tools.kafkautil import produce_all
 
@@ -66,14 +67,14 @@ def latin1_dsn() -> str:
 
 def test_ids_the_database_refuses_are_found_by_halving_the_batch(latin1_dsn: str) -> None:
     settings = Settings.from_env({**os.environ, "PG_DSN": latin1_dsn, "RETRY_DEADLINE_SECONDS": "5"})
-    lookup = PgCustomerLookup(settings)
+    metrics = Metrics(registry=None)
+    lookup = PgCustomerLookup(settings, metrics=metrics)
     try:
         known = [sample.customer_id(i) for i in range(5)]
-        refused_before = STATS.lookup_refused
         ids = [known[0], "emoji-😀", known[1], "é-fits-latin1", "nul-\u0000", known[2], "ж-cyrillic", known[3]]
         found = lookup.fetch(ids)
         assert sorted(found) == known[:4]
-        assert STATS.lookup_refused - refused_before == 2  # the emoji and the Cyrillic id; the NUL is never sent
+        assert metrics.lookup_refused["customers"] == 2  # the emoji and the Cyrillic id; the NUL is never sent
         assert lookup.fetch(known) .keys() == set(known), "the pool is healthy after the refusals"
     finally:
         lookup.close()
@@ -88,12 +89,12 @@ def test_a_history_row_the_store_refuses_is_written_without_its_payload(cql: Ses
     """Cassandra refuses a mutation over half its commit log segment (16 MiB here): the
     other rows of the batch are written, the refused one without its payload."""
     settings = Settings.from_env({**os.environ, "SCYLLA_KEYSPACE": "enrichment_it"})
-    writer = HistoryWriter(settings)
+    metrics = Metrics(registry=None)
+    writer = HistoryWriter(settings, metrics=metrics)
     try:
         rows = [row(0, "{}"), row(1, "x" * (17 * 1024 * 1024)), row(2, '{"a":1}')]
-        degraded_before = STATS.history_degraded
         writer.write(rows)
-        assert STATS.history_degraded - degraded_before == 1
+        assert metrics.degraded["history"] == 1
     finally:
         writer.close()
     select = cql.prepare(f"SELECT payload FROM enrichment_it.{TABLE} WHERE event_id = ?")  # noqa: S608

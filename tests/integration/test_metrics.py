@@ -65,8 +65,8 @@ def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
     log = tmp_path / "dataflow.log"
     proc = start_dataflow(topics.env, log)
     try:
-        m = wait_for(port, "enrichment_history_rows_written_total", N, timeout=120)
-        # the Kafka sinks run beside history: wait until the topics hold everything too
+        m = wait_for(port, 'enrichment_output_written_total{output="history"}', N, timeout=120)
+        # the Kafka outputs are flushed after history: wait until the topics hold everything too
         deadline = time.monotonic() + 60
         while True:
             enriched = list(read_topic(settings, topics.output))
@@ -89,18 +89,22 @@ def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
     for code in ("empty_value", "payload_too_large", "invalid_json", "schema_violation", "customer_not_found",
                  "internal_error"):
         assert m[f'enrichment_records_failed_total{{code="{code}"}}'] == produced_codes.get(code, 0), code
-    assert m["enrichment_history_rows_written_total"] == N
+    # each output by its label: every record's row, every message on its topic
+    assert m['enrichment_output_written_total{output="history"}'] == N
+    assert m['enrichment_output_written_total{output="enriched"}'] == len(enriched)
+    assert m['enrichment_output_written_total{output="failed"}'] == len(failed)
     assert m["enrichment_records_in_flight"] == 0
     # every decoded record was looked up, in the cache or in PostgreSQL
     decoded = len(enriched) + produced_codes["customer_not_found"]
-    assert m["enrichment_cache_hits_total"] + m["enrichment_cache_misses_total"] == decoded
-    assert m["enrichment_cache_hits_total"] > 0
-    # latency histograms: one observation per query / per history batch
-    queries = m["enrichment_pg_lookup_queries_total"]
-    assert queries > 0 and m["enrichment_pg_lookup_duration_seconds_count"] == queries
-    assert m['enrichment_pg_lookup_duration_seconds_bucket{le="+Inf"}'] == queries
-    assert m["enrichment_pg_lookup_duration_seconds_sum"] > 0
-    assert m["enrichment_history_write_duration_seconds_count"] > 0
-    assert m["enrichment_history_write_duration_seconds_sum"] > 0
+    customers = '{lookup="customers"}'
+    assert m[f"enrichment_cache_hits_total{customers}"] + m[f"enrichment_cache_misses_total{customers}"] == decoded
+    assert m[f"enrichment_cache_hits_total{customers}"] > 0
+    # latency histograms: one observation per query / per written batch
+    queries = m[f"enrichment_lookup_queries_total{customers}"]
+    assert queries > 0 and m[f"enrichment_lookup_duration_seconds_count{customers}"] == queries
+    assert m['enrichment_lookup_duration_seconds_bucket{le="+Inf",lookup="customers"}'] == queries
+    assert m[f"enrichment_lookup_duration_seconds_sum{customers}"] > 0
+    assert m['enrichment_output_write_duration_seconds_count{output="history"}'] > 0
+    assert m['enrichment_output_write_duration_seconds_sum{output="history"}'] > 0
     # Bytewax's own metrics are on the same page
     assert any(name.startswith("bytewax_item_inp_count") for name in m), sorted({n.split("{")[0] for n in m})

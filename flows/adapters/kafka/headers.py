@@ -67,6 +67,7 @@ class HeaderReader:
         self._lock = threading.Lock()
 
     def read(self, msg: Any) -> tuple[Headers, str | None]:
+        """The message's headers, names as text, and the `invalid_headers` message if any."""
         mem = self._mem
         if mem is None:
             if self._layout_ok is False or not self._usable(msg):

@@ -131,6 +131,7 @@ def _enlarge(admin: AdminClient, wanted: dict[str, int]) -> None:
 
 
 def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Delete those of the topics that exist."""
     admin = AdminClient(settings.kafka_common())
     existing = admin.list_topics(timeout=settings.startup_timeout_seconds).topics
     todo = [n for n in names if n in existing]

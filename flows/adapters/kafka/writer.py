@@ -37,12 +37,14 @@ class Sending:
         self.errors: dict[int, KafkaError] = {}
 
     def report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
+        """The delivery callback of message `index`."""
         self.reported += 1
         if err is not None:
             self.errors[index] = err
 
     @property
     def done(self) -> bool:
+        """Every message has its report."""
         return self.reported >= len(self.messages)
 
 

@@ -20,6 +20,7 @@ def row_size(row: tuple[Any, ...]) -> int:
 
 
 def one_group(row: tuple[Any, ...]) -> Hashable:
+    """Every row in one group (a single node: batches need not follow replicas)."""
     return None
 
 

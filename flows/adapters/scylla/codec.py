@@ -46,6 +46,7 @@ def encode_row(row: tuple[Any, ...]) -> list[bytes | None]:
 
 
 def can_encode(insert: PreparedStatement) -> bool:
+    """Whether `encode_row` serializes for this INSERT (the table and types it knows)."""
     meta = insert.column_metadata or []
     return (getattr(insert, "column_encryption_policy", None) is None
             and tuple(c.name for c in meta) == COLUMNS

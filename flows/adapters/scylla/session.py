@@ -72,6 +72,7 @@ def ensure_schema(session: Session, settings: Settings) -> None:
 
 
 def insert_cql(settings: Settings) -> str:
+    """The history INSERT, with the row TTL when one is set."""
     ttl = f" USING TTL {settings.history_ttl_seconds}" if settings.history_ttl_seconds else ""
     cols = ", ".join(COLUMNS)
     marks = ", ".join("?" for _ in COLUMNS)
@@ -84,6 +85,7 @@ if tuple(HistoryRow.__struct_fields__) != COLUMNS:  # rows are bound as msgspec.
 
 
 def check_cql(settings: Settings) -> None:
+    """The CQL store answers within the start-up timeout, or PreflightError."""
     cluster = connect(settings, connect_timeout=settings.startup_timeout_seconds)
     driver_log = logging.getLogger("cassandra")
     level = driver_log.level

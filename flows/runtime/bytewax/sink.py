@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from typing_extensions import override
 
 from flows.app.outputs import Delivery
 from flows.core.model import Outcome
@@ -28,5 +29,6 @@ class DeliverySink(DynamicSink[Outcome]):
     def __init__(self, build: Callable[[int], Delivery]) -> None:
         self._build = build
 
+    @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         return _Partition(self._build(worker_index))

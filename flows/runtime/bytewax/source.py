@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from typing_extensions import override
 
 from flows.adapters.kafka.source import PartitionReader
 from flows.core.model import SourceRecord
@@ -51,9 +52,11 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         self._stopping = stopping
         self._metrics = metrics
 
+    @override
     def list_parts(self) -> list[str]:
         return [f"{p}-{self.settings.input_topic}" for p in self._partitions()]
 
+    @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         idx, topic = for_part.split("-", 1)
         on_input = self._metrics.add_input if self._metrics is not None else None
