@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flows.errors import SettingsError
@@ -28,6 +29,7 @@ class Secret:
         self._value = value
 
     def get(self) -> str:
+        """The secret itself (for a client library, never for a log)."""
         return self._value
 
     def __bool__(self) -> bool:
@@ -179,6 +181,8 @@ def _env(name: str, default: str, parse: Callable[[str], Any] = _nonempty, secre
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the pipeline (docs/configuration.md), read once from the environment."""
+
     # --- contract
     kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     input_topic: str = _env("INPUT_TOPIC", "events", _topic)
@@ -220,6 +224,8 @@ class Settings:
     # (128 KiB) and stock Cassandra's failure threshold (50 KiB); README, Configuration
     history_batch_rows: int = _env("HISTORY_BATCH_ROWS", "50", _int_range(1, 1000))
     history_batch_bytes: int = _env("HISTORY_BATCH_BYTES", "40960", _int_range(1024, 1024 * 1024))
+    # --- outputs
+    archive_dir: Path | None = _env("ARCHIVE_DIR", "", lambda raw: Path(raw.strip()) if raw.strip() else None)
     # --- processing
     max_value_bytes: int = _env("MAX_VALUE_BYTES", "1048576", _int_range(1, 64 * 1024 * 1024))
     cache_ttl_seconds: float = _env("CACHE_TTL_SECONDS", "300", _float_range(0))
@@ -238,6 +244,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every setting, or SettingsError naming the variable."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -288,6 +295,7 @@ class Settings:
         return conf
 
     def pg_connect_kwargs(self) -> dict[str, Any]:
+        """psycopg connection arguments besides the DSN (password, TLS)."""
         kwargs: dict[str, Any] = {}
         if self.pg_password:
             kwargs["password"] = self.pg_password.get()
