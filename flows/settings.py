@@ -12,7 +12,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, TypeVar
 
 from flows.errors import SettingsError
@@ -224,8 +223,6 @@ class Settings:
     # (128 KiB) and stock Cassandra's failure threshold (50 KiB); README, Configuration
     history_batch_rows: int = _env("HISTORY_BATCH_ROWS", "50", _int_range(1, 1000))
     history_batch_bytes: int = _env("HISTORY_BATCH_BYTES", "40960", _int_range(1024, 1024 * 1024))
-    # --- outputs
-    archive_dir: Path | None = _env("ARCHIVE_DIR", "", lambda raw: Path(raw.strip()) if raw.strip() else None)
     # --- processing
     max_value_bytes: int = _env("MAX_VALUE_BYTES", "1048576", _int_range(1, 64 * 1024 * 1024))
     cache_ttl_seconds: float = _env("CACHE_TTL_SECONDS", "300", _float_range(0))

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from flows.adapters.archive.jsonl import JsonlArchive
 from flows.adapters.kafka.outputs import DeadLetters, EnrichedMessages
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.adapters.postgres.customers import PgCustomerLookup
@@ -59,10 +58,7 @@ class App:
         def history(shared: Shared) -> HistoryWriter:
             return shared.get("cql", lambda: HistoryWriter(s, self.retries, self.metrics), HistoryWriter.close)
 
-        directory = s.archive_dir
-        archive = [Output("archive", everything, lambda _: JsonlArchive(directory, client))] if directory else []
         return [
-            *archive,
             Output("history", everything, lambda sh: HistoryOutput(history(sh))),
             Output("enriched", enriched, lambda sh: EnrichedMessages(kafka(sh), s.failure_topic, self.metrics,
                                                                        self.fallbacks)),
