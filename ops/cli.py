@@ -53,6 +53,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, with errors on one line (its default adds the usage block)."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit with status 2 and the message on one line, pointing at `--help`."""
         self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -94,6 +95,8 @@ def _wrap(text: str) -> str:
 
 
 def build_parser(now: dt.datetime) -> Parser:
+    """The parser of `python -m ops` and its subcommands; `now` is what a relative `--since`/`--until`
+    counts back from."""
     common = Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
     common.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
@@ -221,6 +224,8 @@ def parse_args(argv: Sequence[str] | None, now: dt.datetime) -> argparse.Namespa
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run one subcommand and return its exit status (`ops.errors`). Every failure ends as one line
+    on stderr; an unexpected error shows its traceback only with `--debug`."""
     args = parse_args(argv, dt.datetime.now(dt.UTC))
     out = out if out is not None else sys.stdout
     prog = f"ops {args.command}"

@@ -1,5 +1,5 @@
 """The tools' connection to ScyllaDB/Cassandra: the dataflow's own settings and cluster
-options (`flows.history.connect`), with an unreachable database reported as one line and
+options (`flows.adapters.scylla.session.connect`), with an unreachable database reported as one line and
 exit status 2 before any work is done."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from ops.errors import USAGE, OpsError
 
 
 def open_session(settings: Settings) -> tuple[Cluster, Session]:
+    """A connected session and its cluster (the caller shuts it down); OpsError (status 2), with
+    the cluster shut down, when the database can't be reached."""
     cluster: Cluster = connect(settings, connect_timeout=settings.startup_timeout_seconds)
     try:
         return cluster, cluster.connect()

@@ -36,6 +36,7 @@ class Progress:
         self._shown = False
 
     def advance(self, n: int = 1, note: str | None = None) -> None:
+        """Count `n` more records (and replace the note, if given); redrawn once per `interval`."""
         self.done += n
         if note is not None:
             self.note = note
@@ -43,6 +44,7 @@ class Progress:
             self.show()
 
     def line(self) -> str:
+        """The progress text: count, share of the total, rate, time left, and the note."""
         elapsed = max(self._clock() - self._started, 1e-9)
         rate = self.done / elapsed
         text = f"{self.label}: {self.done:,}"
@@ -56,6 +58,7 @@ class Progress:
         return text
 
     def show(self) -> None:
+        """Write the line now: rewritten in place on a terminal, appended as a new line elsewhere."""
         self._last = self._clock()
         if self.tty:
             self.stream.write("\r\x1b[K" + self.line())

@@ -100,6 +100,7 @@ def format_ranges(ranges: Iterable[tuple[int, int]]) -> str:
 
 
 def format_offsets(offsets: Iterable[int]) -> str:
+    """Offsets in any order as merged ranges (`0-4, 7, 9-12`), the way reports list them."""
     return format_ranges(to_ranges(offsets))
 
 
@@ -130,6 +131,7 @@ class RangeSet:
         return bool(self._starts)
 
     def add(self, offset: int) -> None:
+        """Add one offset, joining it to the ranges on either side."""
         starts, ends = self._starts, self._ends
         i = bisect.bisect_right(starts, offset) - 1
         if i >= 0 and offset <= ends[i]:
@@ -148,10 +150,12 @@ class RangeSet:
             ends.insert(i + 1, offset)
 
     def update(self, other: RangeSet) -> None:
+        """Add every offset of `other`."""
         merged = RangeSet(self.ranges() + other.ranges())
         self._starts, self._ends = merged._starts, merged._ends
 
     def ranges(self) -> list[tuple[int, int]]:
+        """The merged inclusive ranges, sorted: what the replay state document stores."""
         return list(zip(self._starts, self._ends, strict=True))
 
 

@@ -42,6 +42,7 @@ class Tally:
         self.last_output = -1
 
     def add_input(self, offset: int) -> None:
+        """Note that `offset` holds an input record; outside the window, or seen already: ignored."""
         if self.start <= offset < self.end and not self.present[offset - self.start]:
             self.present[offset - self.start] = 1
             self.inputs += 1
@@ -57,10 +58,12 @@ class Tally:
         return True
 
     def missing(self) -> list[tuple[int, int]]:
+        """Inclusive ranges of the input records that no output names."""
         return to_ranges(self.start + i for i, (p, n) in enumerate(zip(self.present, self.outputs, strict=True))
                          if p and not n)
 
     def duplicated(self) -> list[tuple[int, int]]:
+        """Inclusive ranges of the offsets that more than one output names."""
         return to_ranges(self.start + i for i, n in enumerate(self.outputs) if n > 1)
 
     def unknown(self) -> int:
@@ -71,6 +74,9 @@ class Tally:
 
 @dataclass(frozen=True)
 class Options:
+    """What a reconcile checks: input offset ranges, how long before the earliest input record the
+    outputs are read from, and whether progress is shown."""
+
     spans: tuple[OffsetSpan, ...] = ()
     skew_s: float = DEFAULT_SKEW_S
     progress: bool = True
@@ -78,16 +84,22 @@ class Options:
 
 @dataclass
 class Report:
+    """What a reconcile found: a tally per input partition, and how many outputs name no record of
+    the input topic."""
+
     input_topic: str
     output_topics: tuple[str, ...]
     tallies: dict[int, Tally] = field(default_factory=dict)
     foreign: int = 0  # outputs of other input topics, or without source headers
 
     def missing_count(self) -> int:
+        """Input records without any output, over all partitions."""
         return sum(b - a + 1 for t in self.tallies.values() for a, b in t.missing())
 
 
 def run(settings: Settings, opts: Options, out: TextIO) -> int:
+    """Reconcile the input topic against both output topics and print the report; status 1 when
+    any input record has no output."""
     topics = (settings.output_topic, settings.failure_topic)
     scan.check_topics(settings, [settings.input_topic, *topics])
     consumer = scan.open_consumer(settings)
@@ -99,6 +111,8 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
 
 
 def collect(settings: Settings, opts: Options, consumer: Consumer) -> Report:
+    """The tallies: the input partitions' windows first, then the output topics from `skew_s`
+    before the earliest input record. With no input record in range, the outputs are not read."""
     timeout = settings.startup_timeout_seconds
     source = settings.input_topic
     report = Report(source, (settings.output_topic, settings.failure_topic))

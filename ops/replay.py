@@ -52,11 +52,15 @@ from ops.replay_target import refuse_output_topic
 
 
 def n_records(n: int) -> str:
+    """`1 record` or `N records`, for the report."""
     return f"{n} record" if n == 1 else f"{n} records"
 
 
 @dataclass(frozen=True)
 class Options:
+    """One run of `ops replay`: the selection, the target (default: the input topic) and how it
+    runs (dry run, limit, chunk size, where a legacy state file may be, restart, progress)."""
+
     selection: Selection
     target: str | None = None
     dry_run: bool = False
@@ -93,6 +97,9 @@ class StopFlag:
 
 @dataclass
 class Counts:
+    """What a run saw, for the report: dead letters selected and already replayed (by code), not
+    selected, scanned, and refused by the target."""
+
     selected: Counter[str]
     already: Counter[str]
     not_selected: int = 0
@@ -101,6 +108,9 @@ class Counts:
 
 
 def run(settings: Settings, opts: Options, out: TextIO) -> int:
+    """Replay the selected dead letters into the target (with `dry_run`, only count them); returns
+    the exit status. The target is checked and the lease taken before anything is produced, and
+    a chunk an earlier run left in flight is settled first."""
     failure = settings.failure_topic
     target = opts.target or settings.input_topic
     refuse_target(target, settings)

@@ -33,6 +33,8 @@ class Selection:
     spans: tuple[OffsetSpan, ...] = ()
 
     def matches(self, partition: int, offset: int, timestamp_ms: int, code: str) -> bool:
+        """Whether the dead letter at `partition`/`offset`, written at `timestamp_ms` with `code`,
+        is selected."""
         if self.codes and code not in self.codes:
             return False
         if self.since_ms is not None and timestamp_ms < self.since_ms:

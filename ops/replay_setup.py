@@ -38,9 +38,11 @@ class Target:
 
     @property
     def key(self) -> StateKey:
+        """This replay's row in `replay_state` (the topic id is checked in its document, not keyed)."""
         return StateKey(self.cluster, self.failure_topic, self.target_topic)
 
     def empty(self) -> ReplayState:
+        """A state with nothing replayed: a first run's, or one after `--restart`."""
         return ReplayState(self.cluster, self.failure_topic, self.failure_topic_id, self.target_topic)
 
 
@@ -123,6 +125,8 @@ def _set_aside(path: Path) -> None:
 
 
 def warn_state_dir(given: Path | None) -> None:
+    """Warn on stderr when `--state-dir` is given: it now only says where to look for a state file
+    of an earlier version, to import."""
     if given is not None:
         print(f"ops replay: --state-dir is deprecated: the replay state is shared in the history keyspace now; "
               f"{given} is only searched for a state file of an earlier version, to import it once",

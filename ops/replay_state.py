@@ -51,6 +51,9 @@ def legacy_path(directory: Path, cluster: str, failure_topic: str, target_topic:
 
 @dataclass
 class Pending:
+    """The chunk in flight: its offsets per partition, and a time before any of them was produced
+    (where settling starts reading the target)."""
+
     since_ms: int
     offsets: dict[int, RangeSet]
 
@@ -64,6 +67,9 @@ def _no_save(_state: ReplayState) -> None:
 
 @dataclass
 class ReplayState:
+    """The document of one cluster, failure topic and target topic: the offsets replayed per
+    partition and the chunk in flight; `save` writes it after every change."""
+
     cluster: str
     failure_topic: str
     failure_topic_id: str
@@ -96,10 +102,12 @@ class ReplayState:
         return state
 
     def is_replayed(self, partition: int, offset: int) -> bool:
+        """Whether this dead letter is recorded as replayed (one in the pending chunk is not)."""
         done = self.replayed.get(partition)
         return done is not None and offset in done
 
     def count(self) -> int:
+        """How many dead letters are recorded as replayed."""
         return sum(len(r) for r in self.replayed.values())
 
     def merge(self, other: ReplayState) -> None:
@@ -115,6 +123,8 @@ class ReplayState:
                 self.pending.offsets.setdefault(p, RangeSet()).update(offsets)
 
     def begin(self, coordinates: Iterable[tuple[int, int]], now_ms: int) -> None:
+        """Record the chunk about to be produced as pending (step 1) and save; its time is set
+        `PENDING_MARGIN_MS` before `now_ms`, for clocks that lag."""
         offsets: dict[int, RangeSet] = {}
         for p, o in coordinates:
             offsets.setdefault(p, RangeSet()).add(o)
@@ -137,6 +147,8 @@ class ReplayState:
         self.save(self)
 
     def to_json(self) -> dict[str, Any]:
+        """The document as a JSON object; `updated_at` and `replayed_count` are for people reading it
+        and are not read back."""
         return {
             "version": VERSION,
             "cluster_id": self.cluster,
@@ -153,6 +165,7 @@ class ReplayState:
         }
 
     def dumps(self) -> str:
+        """The document as compact JSON text, as the table stores it."""
         return json.dumps(self.to_json(), separators=(",", ":"))
 
 

@@ -90,11 +90,14 @@ def _ms(moment: dt.datetime | None) -> str:
 
 @dataclass(frozen=True)
 class StateKey:
+    """The key of a `replay_state` row: Kafka cluster id, failure topic, target topic."""
+
     cluster: str
     failure_topic: str
     target_topic: str
 
     def params(self) -> tuple[str, str, str]:
+        """The key as bound parameters, in the order of the table's primary key."""
         return (self.cluster, self.failure_topic, self.target_topic)
 
     def __str__(self) -> str:
@@ -103,17 +106,23 @@ class StateKey:
 
 @dataclass(frozen=True)
 class Holder:
+    """Who holds a row's lease (`owner` is host:pid:run), since when and until when."""
+
     owner: str
     since: dt.datetime | None
     until: dt.datetime | None
 
     def describe(self) -> str:
+        """The holder for an error message: host, pid, since when, and until when unless renewed."""
         host, pid, _run = (self.owner.rsplit(":", 2) + ["?", "?"])[:3]
         return f"host {host}, pid {pid}, since {_ms(self.since)} (lease until {_ms(self.until)} unless renewed)"
 
 
 @dataclass(frozen=True)
 class Row:
+    """A `replay_state` row as read: whether it exists, the state document, the lease holder, and
+    when the state was last written (the database's time)."""
+
     exists: bool
     state: str | None = None
     holder: Holder | None = None
@@ -169,6 +178,8 @@ class Store:
         self.now_stmt = self.session.prepare("SELECT toTimestamp(now()) FROM system.local")
 
     def read(self, key: StateKey) -> Row:
+        """The row of `key` (`exists` False when there is none), read at serial consistency so the
+        latest lightweight transaction is seen."""
         found = list(self.session.execute(self.read_stmt, key.params(), timeout=10))
         if not found:
             return Row(False)
@@ -177,6 +188,8 @@ class Store:
         return Row(True, state, holder, None if written_us is None else written_us // 1000)
 
     def server_now_ms(self) -> int:
+        """The database's current time in epoch ms, to compare with `writetime(state)` without
+        involving any local clock."""
         (now,) = self.session.execute(self.now_stmt, timeout=10).one()
         aware = now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
         return int(aware.timestamp() * 1000)
@@ -237,6 +250,7 @@ class Store:
                        "run again", USAGE)
 
     def close(self) -> None:
+        """Shut down the connection to the cluster."""
         self.cluster.shutdown()
 
 
@@ -264,10 +278,13 @@ class Lease:
         self.release()
 
     def left(self) -> float:
+        """Seconds of the lease left by this machine's boot clock; negative once it has lapsed."""
         with self._lock:
             return self._valid_until - _clock()
 
     def renew(self) -> bool:
+        """Extend the lease to `LEASE_S` from now; False when the answer is unknown or the lease is
+        lost (then `lost` says why)."""
         sent = _clock()
         until = _utcnow() + dt.timedelta(seconds=LEASE_S)
         params = (self.owner, self.since, until, *self.key.params(), self.owner)

@@ -25,6 +25,8 @@ RECENT_PER_PARTITION = 20
 
 
 def refuse_output_topic(consumer: Consumer, topic: str, timeout: float) -> None:
+    """OpsError (status 2) when the last records of `topic` carry the pipeline's output headers,
+    or can't be read in time to tell; an empty topic passes."""
     parts = scan.partitions(consumer, topic, timeout)
     marks = scan.watermarks(consumer, topic, parts, timeout)
     wins = {p: (max(lo, hi - RECENT_PER_PARTITION), hi) for p, (lo, hi) in marks.items()}

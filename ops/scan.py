@@ -61,6 +61,7 @@ def check_topics(settings: Settings, topics: Iterable[str]) -> None:
 
 
 def open_consumer(settings: Settings) -> Consumer:
+    """A consumer for assigned partitions only: it joins no group and commits nothing."""
     return Consumer({
         **settings.kafka_common(),
         "group.id": f"enrichment-ops-{uuid.uuid4().hex[:12]}",  # required by the client; never joined
@@ -75,6 +76,7 @@ def open_consumer(settings: Settings) -> Consumer:
 
 
 def partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    """The topic's partition numbers, sorted; OpsError (status 2) when the topic does not exist."""
     meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise OpsError(f"Kafka topic '{topic}' does not exist", USAGE)
@@ -82,6 +84,7 @@ def partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
 
 
 def cluster_id(consumer: Consumer, timeout: float) -> str:
+    """The Kafka cluster's id: part of the replay state's key, so clusters are told apart."""
     return str(consumer.list_topics(timeout=timeout).cluster_id)
 
 

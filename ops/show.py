@@ -71,6 +71,8 @@ def preview(raw: bytes | None, limit: int | None = PREVIEW_CHARS) -> str:
 
 
 def text_preview(value: str, limit: int | None = PREVIEW_CHARS) -> str:
+    """`text`, cut after `limit` characters of the original, with the full length and how to see
+    it all."""
     if limit is not None and len(value) > limit:
         return f"{text(value[:limit])}… ({len(value)} characters; --full shows all)"
     return text(value)

@@ -44,6 +44,8 @@ VALUE_PREVIEW = show.PREVIEW_CHARS
 
 @dataclass(frozen=True)
 class Source:
+    """An input record's coordinates, as `--source` takes them and reports print them."""
+
     topic: str
     partition: int
     offset: int
@@ -68,6 +70,9 @@ def parse_source(text: str) -> Source:
 
 @dataclass(frozen=True)
 class Options:
+    """What `ops trace` looks up (an `event_id` or `--source`) and how: the search window, whole
+    values, a full scan, progress."""
+
     event_id: str | None = None
     source: Source | None = None
     window_s: float = 300.0
@@ -115,6 +120,7 @@ class History:
         self._cols = cols
 
     def rows(self, event_id: str) -> list[dict[str, Any]]:
+        """Every history row filed under `event_id`: one query on the partition key."""
         return [dict(zip(COLUMNS, r, strict=True)) for r in self.session.execute(self.by_id, (event_id,))]
 
     def rows_at(self, source: Source) -> list[dict[str, Any]]:
@@ -125,6 +131,7 @@ class History:
         return [dict(zip(COLUMNS, r, strict=True)) for r in result]
 
     def close(self) -> None:
+        """Shut down the connection to the cluster."""
         self.cluster.shutdown()
 
 
@@ -200,6 +207,8 @@ def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeou
 
 
 def print_row(row: dict[str, Any], n: int, total: int, out: TextIO, full: bool = False) -> None:
+    """History row `n` of `total`: its coordinates and status, then its columns, escaped
+    (`ops.show`) and cut unless `full`."""
     status = _text(row["status"]) + (f" ({_text(row['error_code'])})" if row["error_code"] else "")
     coords = f"{_text(row['source_topic'])}:{row['source_partition']}:{row['source_offset']}"
     print(f"history row {n} of {total}: {coords} -> {status}", file=out)
@@ -222,6 +231,8 @@ def print_message(rec: SourceRecord, full: bool, out: TextIO) -> None:
 
 
 def run(settings: Settings, opts: Options, out: TextIO) -> int:
+    """Print the history rows of the event (or of the record at `--source`) and the output record of
+    each; status 1 when there is no row or an output record is not found."""
     scan.check_topics(settings, [opts.source.topic] if opts.source else [])
     timeout = settings.startup_timeout_seconds
     history = History(settings)

@@ -188,3 +188,16 @@ def test_summary_counts_by_outcome_and_failure_code() -> None:
         "event_source": "aws:kafka", "records": 6, "enriched": 2, "failed": 4,
         "failed_by_code": {"customer_not_found": 1, "empty_value": 1, "invalid_json": 1, "schema_violation": 1},
     }
+
+
+def test_the_lambda_runtime_imports_no_bytewax() -> None:
+    """The Lambda package is built without bytewax (requirements-lambda.txt)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['bytewax'] = None; import aws_lambda.handler; "
+            "assert not [m for m in sys.modules if m.startswith('bytewax.')]")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
