@@ -1,7 +1,7 @@
 """One frozen settings object, read from the environment once at start.
 
 Names and defaults follow the contract (../shared/CONTRACT.md); everything else the
-pipeline reads is listed in README.md's configuration table. A bad value raises
+pipeline reads is listed in docs/configuration.md. A bad value raises
 `SettingsError` naming the variable and the reason; the entry points exit with status 2.
 Secrets are held in `Secret`, whose repr never shows the value.
 """
@@ -220,7 +220,7 @@ class Settings:
     history_ttl_seconds: int = _env("HISTORY_TTL_SECONDS", "0", _int_range(0, 630720000))
     history_concurrency: int = _env("HISTORY_CONCURRENCY", "128", _int_range(1, 4096))
     # rows per unlogged CQL batch, and their estimated size: under ScyllaDB's batch warning
-    # (128 KiB) and stock Cassandra's failure threshold (50 KiB); README, Configuration
+    # (128 KiB) and stock Cassandra's failure threshold (50 KiB); docs/configuration.md
     history_batch_rows: int = _env("HISTORY_BATCH_ROWS", "50", _int_range(1, 1000))
     history_batch_bytes: int = _env("HISTORY_BATCH_BYTES", "40960", _int_range(1024, 1024 * 1024))
     # --- processing

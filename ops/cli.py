@@ -42,7 +42,7 @@ EXIT_STATUSES = """exit status:
 
 Connection settings come from the same environment variables as the dataflow
 (KAFKA_BOOTSTRAP_SERVERS, INPUT_TOPIC, OUTPUT_TOPIC, FAILURE_TOPIC, SCYLLA_HOSTS,
-SCYLLA_KEYSPACE, ...; README, Configuration)."""
+SCYLLA_KEYSPACE, ...; docs/configuration.md)."""
 
 OFFSETS_HELP = ("[PARTITION:]START-END, inclusive; START- or -END leave a side open; a single OFFSET; "
                 "without PARTITION: every partition not named. Repeatable; with any given, partitions "

@@ -1,7 +1,7 @@
 """Exit statuses of `python -m ops` and the error that carries one.
 
 Statuses are part of the command's interface (scripts and runbooks test them), so they live
-in one place and the README lists the same table.
+in one place and docs/ops-tools.md lists the same table.
 """
 
 from __future__ import annotations

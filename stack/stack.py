@@ -585,7 +585,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         if port_in_use(server.port):
             raise StackError(
                 f"{server.name}: port {server.port} is in use by another program; stop it or set "
-                f"STACK_{server.name.upper()}_PORT (see README, Troubleshooting)"
+                f"STACK_{server.name.upper()}_PORT (see docs/operations.md, Troubleshooting)"
             )
         server.prepare()
         to_start.append(server)

@@ -4,7 +4,7 @@ The result is a `Decoded` or a `Failure` carrying the contract's code, stage, me
 the JSON path of the field at fault. Decoders are built once, at import.
 
 Beyond the schema, the rules that keep every reader of the same bytes seeing the same event
-(README, "What happens to bad records"): the value is UTF-8 throughout (unknown members pass
+(docs/operations.md, "What happens to bad records"): the value is UTF-8 throughout (unknown members pass
 through to the output); no top-level member name appears twice; `occurred_at` stays within
 years 1..9999 once in UTC, so its history row reads back; a document nested deeper than the
 decoder accepts is `invalid_json`; a header name that is not UTF-8 is `invalid_headers`.

@@ -6,7 +6,7 @@ counted here the way librdkafka counts it (`rd_kafka_msg_max_wire_size`: key, va
 headers and the most a record's varints take) plus the batch header, an upper bound that
 is exact to a few bytes.
 
-The rule (README, "Sizing the topics"): every record the input topic accepts must fit the
+The rule (docs/operations.md, "Sizing the topics"): every record the input topic accepts must fit the
 failure topic with the failure headers added, and the output topic with what enrichment
 adds; and a value of `MAX_VALUE_BYTES` must fit the input topic at all. The flow checks it
 at start (`flows.preflight`) and refuses to start when it does not hold. What still does

@@ -1,4 +1,4 @@
-"""The hostile-input campaign (README, "What happens to bad records"): generated records of
+"""The hostile-input campaign (docs/operations.md, "What happens to bad records"): generated records of
 every hostile kind (tests/hostile.py), valid ones between them, produced to the real broker
 byte for byte, then run through the dataflow and through the Lambda handler. For each
 record: routed exactly once, a dead letter byte for byte, a readable history row, valid

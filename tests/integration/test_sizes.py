@@ -1,6 +1,6 @@
 """Records at and over every size limit, on the real broker: each ends routed exactly once,
 a dead letter byte for byte, and the flow keeps running; topics that break the size rule
-stop the flow at start with one line (README, "Sizing the topics")."""
+stop the flow at start with one line (docs/operations.md, "Sizing the topics")."""
 
 from __future__ import annotations
 

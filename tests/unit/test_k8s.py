@@ -288,7 +288,7 @@ def test_compose_depends_on_healthy_servers(compose: dict[str, Any]) -> None:
 
 
 def test_waxctl_values_match_the_overlay(rendered: list[dict[str, Any]]) -> None:
-    """`waxctl dataflow deploy dataflow.py -V k8s/waxctl/values.yaml ...` (README) deploys the
+    """`waxctl dataflow deploy dataflow.py -V k8s/waxctl/values.yaml ...` (docs/scaling.md) deploys the
     same settings, secret, scraping and resources as the example overlay."""
     values = yaml.safe_load((ROOT / "k8s" / "waxctl" / "values.yaml").read_text())
     sts, cm, secret = one(rendered, "StatefulSet"), one(rendered, "ConfigMap"), one(rendered, "Secret")

@@ -1,5 +1,5 @@
 """The two Kafka outputs: enriched messages to OUTPUT_TOPIC, dead letters to FAILURE_TOPIC
-(README, "Records a topic refuses"). Both hand their messages to a worker's `KafkaWriter`
+(docs/operations.md, "Records a topic refuses"). Both hand their messages to a worker's `KafkaWriter`
 in `write` and wait for Kafka in `flush`.
 
 - An enriched message the output topic refuses comes back from `flush` as a

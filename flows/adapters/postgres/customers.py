@@ -1,7 +1,7 @@
 """The customers lookup on PostgreSQL: one psycopg_pool pool per worker, one parameterized
 query per batch of distinct ids (`= ANY(%s)`; values are never part of the SQL text).
 
-An id PostgreSQL can't take fails its own record, never its batch (README, "What happens
+An id PostgreSQL can't take fails its own record, never its batch (docs/operations.md, "What happens
 to bad records"): text can't hold a NUL character, so such an id is not asked about at
 all, and when a batch query is refused for its data (a character the database's encoding
 lacks, say) the batch is split in halves until the refused ids stand alone. A refused id
