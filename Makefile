@@ -42,8 +42,9 @@ test-hostile: up ## the hostile-input campaign, large: make test-hostile EXAMPLE
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit
 
-lint: $(STAMP) ## ruff, mypy --strict, and the layering of flows/ (import-linter)
+lint: $(STAMP) ## ruff (lint and format), mypy --strict, and the layering of flows/ (import-linter)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

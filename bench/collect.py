@@ -46,9 +46,14 @@ class Outputs:
             self.problems.append(text)
 
     def gate(self) -> dict[str, Any]:
-        return {"ok": not self.problems, "expected": self.expected, "outputs": self.records,
-                "outcomes": dict(sorted(self.outcomes.items())), "history": self.history,
-                "problems": list(self.problems)}
+        return {
+            "ok": not self.problems,
+            "expected": self.expected,
+            "outputs": self.records,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "history": self.history,
+            "problems": list(self.problems),
+        }
 
 
 def _headers(msg: Message) -> dict[str, bytes]:
@@ -62,8 +67,9 @@ def _append_ms(msg: Message, out: Outputs) -> int:
     return int(ts)
 
 
-def check_by_headers(settings: Settings, loaded: Loaded, success_topic: str, failure_topic: str,
-                     upto: Mapping[int, int] | None = None) -> Outputs:
+def check_by_headers(
+    settings: Settings, loaded: Loaded, success_topic: str, failure_topic: str, upto: Mapping[int, int] | None = None
+) -> Outputs:
     """Outputs that name their input in `source.*` headers (the dataflow, the naive
     handler). `upto`: the next offset per partition where a variant stopped early; the
     records before it are expected, those after it must not appear."""
@@ -106,9 +112,12 @@ def check_by_headers(settings: Settings, loaded: Loaded, success_topic: str, fai
             out.latencies_ms.append(appended - want.create_ms)
             out.create_ms.append(want.create_ms)
     missing = len(expected) - len(seen)
-    for n, what in ((missing, "input records with no output"), (dupes, "duplicate outputs"),
-                    (unknown, "outputs for records outside the expected range"),
-                    (wrong, "records with the wrong outcome")):
+    for n, what in (
+        (missing, "input records with no output"),
+        (dupes, "duplicate outputs"),
+        (unknown, "outputs for records outside the expected range"),
+        (wrong, "records with the wrong outcome"),
+    ):
         if n:
             out.problem(f"{n} {what}")
     return out
@@ -137,15 +146,19 @@ def check_passthrough(settings: Settings, loaded: Loaded, output_topic: str) -> 
         out.append_ms.append(appended)
         out.latencies_ms.append(appended - want.create_ms)
     missing = sum(max(0, len(rows) - position[p]) for p, rows in loaded.by_partition.items())
-    for n, what in ((missing, "input records not copied"), (extra, "extra outputs"),
-                    (mismatched, "outputs whose bytes differ from their input")):
+    for n, what in (
+        (missing, "input records not copied"),
+        (extra, "extra outputs"),
+        (mismatched, "outputs whose bytes differ from their input"),
+    ):
         if n:
             out.problem(f"{n} {what}")
     return out
 
 
-def check_history(settings: Settings, keyspace: str, loaded: Loaded, out: Outputs,
-                  upto: Mapping[int, int] | None = None) -> None:
+def check_history(
+    settings: Settings, keyspace: str, loaded: Loaded, out: Outputs, upto: Mapping[int, int] | None = None
+) -> None:
     """One `event_history` row per expected input record, with the status and error code
     of its outcome (the whole table of the variant's own keyspace is read)."""
     logging.getLogger("cassandra").setLevel(logging.ERROR)
@@ -154,7 +167,8 @@ def check_history(settings: Settings, keyspace: str, loaded: Loaded, out: Output
         session = cluster.connect()
         stmt = SimpleStatement(
             f"SELECT source_topic, source_partition, source_offset, status, error_code FROM {keyspace}.{TABLE}",
-            fetch_size=5000)
+            fetch_size=5000,
+        )
         rows: dict[tuple[int, int], tuple[str, str | None]] = {}
         foreign = 0
         for topic, p, off, status, code in session.execute(stmt, timeout=120):
@@ -175,11 +189,18 @@ def check_history(settings: Settings, keyspace: str, loaded: Loaded, out: Output
             want = recs[off - base].outcome
             if got is None:
                 missing += 1
-            elif want != "?" and (got[0] != ("enriched" if want == "enriched" else "failed") or
-                                  (want != "enriched" and got[1] != want)):
+            elif want != "?" and (
+                got[0] != ("enriched" if want == "enriched" else "failed") or (want != "enriched" and got[1] != want)
+            ):
                 wrong += 1
-    out.history = {"keyspace": keyspace, "rows": len(rows), "expected": expected, "missing": missing,
-                   "wrong_status": wrong, "extra": max(0, len(rows) - (expected - missing))}
+    out.history = {
+        "keyspace": keyspace,
+        "rows": len(rows),
+        "expected": expected,
+        "missing": missing,
+        "wrong_status": wrong,
+        "extra": max(0, len(rows) - (expected - missing)),
+    }
     if missing:
         out.problem(f"{missing} history rows missing")
     if wrong:

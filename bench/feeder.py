@@ -70,9 +70,16 @@ def main() -> int:
         for_sleep(TICK_S)
     elapsed = time.monotonic() - started
     left = producer.flush(120)
-    result = {"produced": sent, "started_at": started_at, "ended_at": started_at + elapsed,
-              "seconds": round(elapsed, 3), "rate": round(sent / elapsed, 1),
-              "max_behind": behind_max, "undelivered": left, "errors": errors[:3]}
+    result = {
+        "produced": sent,
+        "started_at": started_at,
+        "ended_at": started_at + elapsed,
+        "seconds": round(elapsed, 3),
+        "rate": round(sent / elapsed, 1),
+        "max_behind": behind_max,
+        "undelivered": left,
+        "errors": errors[:3],
+    }
     if args.report:
         with open(args.report, "w") as f:
             json.dump(result, f)

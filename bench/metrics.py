@@ -42,8 +42,7 @@ def percentiles(values: Iterable[float], qs: Sequence[float]) -> list[float | No
 def latency_summary(latencies_ms: Iterable[float]) -> dict[str, float | int | None]:
     data = sorted(latencies_ms)
     p50, p99 = percentiles(data, (50, 99))
-    return {"count": len(data), "p50": _round(p50), "p99": _round(p99),
-            "max": _round(data[-1]) if data else None}
+    return {"count": len(data), "p50": _round(p50), "p99": _round(p99), "max": _round(data[-1]) if data else None}
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,9 @@ class Window:
         return {**asdict(self), "seconds": round(self.seconds, 3), "rate": round(self.rate, 1)}
 
 
-def steady_window(timestamps_ms: Iterable[int], warmup: float = 0.10, cooldown: float = 0.01,
-                  min_records: int = 50) -> Window | None:
+def steady_window(
+    timestamps_ms: Iterable[int], warmup: float = 0.10, cooldown: float = 0.01, min_records: int = 50
+) -> Window | None:
     """Skip the first `warmup` and the last `cooldown` fractions of the outputs (by append
     time); the rate is the outputs between the first and last kept timestamps over the time
     between them. None when too few records or no time between them (a rate from a single
@@ -113,9 +113,13 @@ def rss_growth(samples: Sequence[tuple[float, float]], warmup_s: float) -> dict[
     if len(after) < 2:
         return None
     base, end = after[0][1], after[-1][1]
-    return {"warmup_s": warmup_s, "rss_after_warmup_mb": round(base, 1), "rss_end_mb": round(end, 1),
-            "rss_peak_after_warmup_mb": round(max(v for _, v in after), 1),
-            "growth_pct": round((end - base) / base * 100, 2) if base else None}
+    return {
+        "warmup_s": warmup_s,
+        "rss_after_warmup_mb": round(base, 1),
+        "rss_end_mb": round(end, 1),
+        "rss_peak_after_warmup_mb": round(max(v for _, v in after), 1),
+        "growth_pct": round((end - base) / base * 100, 2) if base else None,
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -132,31 +136,69 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     hit_heavy = report.get("config", {}).get("workload") == "zipf"
     note = "" if hit_heavy else "target is for the hit-heavy (zipf) workload"
     out = [
-        _target("dataflow / naive records/s", f">= {TARGET_VS_NAIVE:g}x", ratios.get("dataflow_vs_naive"),
-                lambda v: v >= TARGET_VS_NAIVE, note),
-        _target("dataflow / passthrough records/s", f">= {TARGET_VS_PASSTHROUGH:.0%}",
-                ratios.get("dataflow_vs_passthrough"), lambda v: v >= TARGET_VS_PASSTHROUGH, note),
+        _target(
+            "dataflow / naive records/s",
+            f">= {TARGET_VS_NAIVE:g}x",
+            ratios.get("dataflow_vs_naive"),
+            lambda v: v >= TARGET_VS_NAIVE,
+            note,
+        ),
+        _target(
+            "dataflow / passthrough records/s",
+            f">= {TARGET_VS_PASSTHROUGH:.0%}",
+            ratios.get("dataflow_vs_passthrough"),
+            lambda v: v >= TARGET_VS_PASSTHROUGH,
+            note,
+        ),
     ]
     lat = report.get("latency_run") or {}
-    out.append(_target("p99 latency at fixed rate (ms)", f"<= {TARGET_P99_MS:g}",
-                       (lat.get("latency_ms") or {}).get("p99"), lambda v: v <= TARGET_P99_MS,
-                       f"at {lat['rate']:,.0f}/s" if lat.get("rate") else ""))
+    out.append(
+        _target(
+            "p99 latency at fixed rate (ms)",
+            f"<= {TARGET_P99_MS:g}",
+            (lat.get("latency_ms") or {}).get("p99"),
+            lambda v: v <= TARGET_P99_MS,
+            f"at {lat['rate']:,.0f}/s" if lat.get("rate") else "",
+        )
+    )
     large = report.get("large_records") or {}
-    out.append(_target("~1 MiB records (MB/s)", f">= {TARGET_LARGE_MB_S:g}", large.get("mb_per_s"),
-                       lambda v: v >= TARGET_LARGE_MB_S, ""))
+    out.append(
+        _target(
+            "~1 MiB records (MB/s)",
+            f">= {TARGET_LARGE_MB_S:g}",
+            large.get("mb_per_s"),
+            lambda v: v >= TARGET_LARGE_MB_S,
+            "",
+        )
+    )
     soak = report.get("soak") or {}
     growth = (soak.get("rss") or {}).get("growth_pct")
     minutes = soak.get("minutes")
-    soak_note = "" if not minutes or minutes >= TARGET_SOAK_MINUTES else \
-        f"soak was {minutes:g} min; the target is over {TARGET_SOAK_MINUTES:g}"
-    out.append(_target("RSS growth over soak (%)", f"< {TARGET_RSS_GROWTH_PCT:g}", growth,
-                       lambda v: v < TARGET_RSS_GROWTH_PCT, soak_note))
+    soak_note = (
+        ""
+        if not minutes or minutes >= TARGET_SOAK_MINUTES
+        else f"soak was {minutes:g} min; the target is over {TARGET_SOAK_MINUTES:g}"
+    )
+    out.append(
+        _target(
+            "RSS growth over soak (%)",
+            f"< {TARGET_RSS_GROWTH_PCT:g}",
+            growth,
+            lambda v: v < TARGET_RSS_GROWTH_PCT,
+            soak_note,
+        )
+    )
     return out
 
 
 def _target(name: str, target: str, value: float | None, ok: Any, note: str) -> dict[str, Any]:
-    return {"name": name, "target": target, "value": value, "met": None if value is None else bool(ok(value)),
-            "note": note}
+    return {
+        "name": name,
+        "target": target,
+        "value": value,
+        "met": None if value is None else bool(ok(value)),
+        "note": note,
+    }
 
 
 def _fmt(value: Any, spec: str = ",.0f", none: str = "-") -> str:
@@ -198,22 +240,29 @@ def format_table(report: Mapping[str, Any]) -> str:
         )
     notes = [f"  {label}: {v['note']}" for label, v in rows if v.get("note")]
     if any(name in VARIANTS for name, _ in rows):
-        notes.append("  p50/p99 of the backlog rows include the time records waited in the pre-loaded topic; "
-                     "latency under load is the fixed-rate row")
+        notes.append(
+            "  p50/p99 of the backlog rows include the time records waited in the pre-loaded topic; "
+            "latency under load is the fixed-rate row"
+        )
     if notes:
         lines += ["", "notes:", *notes]
     ratios = report.get("ratios", {})
-    lines += ["", f"dataflow / passthrough  {_fmt(ratios.get('dataflow_vs_passthrough'), '.1%')}",
-              f"dataflow / naive        {_fmt(ratios.get('dataflow_vs_naive'), ',.1f')}x"]
+    lines += [
+        "",
+        f"dataflow / passthrough  {_fmt(ratios.get('dataflow_vs_passthrough'), '.1%')}",
+        f"dataflow / naive        {_fmt(ratios.get('dataflow_vs_naive'), ',.1f')}x",
+    ]
     if large:
         lines.append(f"~1 MiB records           {_fmt(large.get('mb_per_s'), ',.1f')} MB/s")
     soak = report.get("soak")
     if soak:
         rss = soak.get("rss") or {}
-        lines.append(f"soak {soak.get('minutes'):g} min at {soak.get('rate', 0):,.0f}/s: RSS "
-                     f"{_fmt(rss.get('rss_after_warmup_mb'), ',.0f')} MB after warm-up -> "
-                     f"{_fmt(rss.get('rss_end_mb'), ',.0f')} MB at the end "
-                     f"({_fmt(rss.get('growth_pct'), '+.1f')}%)")
+        lines.append(
+            f"soak {soak.get('minutes'):g} min at {soak.get('rate', 0):,.0f}/s: RSS "
+            f"{_fmt(rss.get('rss_after_warmup_mb'), ',.0f')} MB after warm-up -> "
+            f"{_fmt(rss.get('rss_end_mb'), ',.0f')} MB at the end "
+            f"({_fmt(rss.get('growth_pct'), '+.1f')}%)"
+        )
     lines += ["", "targets:"]
     for t in report.get("targets", []):
         mark = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]

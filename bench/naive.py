@@ -94,37 +94,77 @@ class Handler:
 
     def handle(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        source = [("source.topic", topic.encode()), ("source.partition", str(partition).encode()),
-                  ("source.offset", str(offset).encode())]
+        source = [
+            ("source.topic", topic.encode()),
+            ("source.partition", str(partition).encode()),
+            ("source.offset", str(offset).encode()),
+        ]
         headers = [(k, v) for k, v in (msg.headers() or []) if not k.startswith(("source.", "error."))]
         now = dt.datetime.now(dt.UTC)
         doc: dict[str, Any] = {}
         try:
             doc = validate(msg.value(), self.settings.max_value_bytes)
-            row = self.pg.execute("SELECT name, segment, country, status FROM customers WHERE customer_id = %s",
-                                  (doc["customer_id"],)).fetchone()
+            row = self.pg.execute(
+                "SELECT name, segment, country, status FROM customers WHERE customer_id = %s", (doc["customer_id"],)
+            ).fetchone()
             if row is None:
                 raise Reject("customer_not_found", "enrich", f"no customer {doc['customer_id']!r}")
         except Reject as rej:
-            self._send(self.failure, msg.key(), msg.value(), headers + [
-                ("error.code", rej.code.encode()), ("error.stage", rej.stage.encode()),
-                ("error.message", str(rej)[:1024].encode()), *source,
-                ("source.timestamp", str(msg.timestamp()[1]).encode()),
-                ("failed_at", now.isoformat().encode())])
+            self._send(
+                self.failure,
+                msg.key(),
+                msg.value(),
+                headers
+                + [
+                    ("error.code", rej.code.encode()),
+                    ("error.stage", rej.stage.encode()),
+                    ("error.message", str(rej)[:1024].encode()),
+                    *source,
+                    ("source.timestamp", str(msg.timestamp()[1]).encode()),
+                    ("failed_at", now.isoformat().encode()),
+                ],
+            )
             occurred = doc.get("_occurred_at")
-            self.session.execute(self.insert, (
-                doc.get("event_id") or f"{topic}:{partition}:{offset}", topic, partition, offset, "failed", rej.code,
-                doc.get("event_type"), doc.get("customer_id"), occurred, now, self.failure,
-                json.dumps(doc["payload"]) if "payload" in doc else None))
+            self.session.execute(
+                self.insert,
+                (
+                    doc.get("event_id") or f"{topic}:{partition}:{offset}",
+                    topic,
+                    partition,
+                    offset,
+                    "failed",
+                    rej.code,
+                    doc.get("event_type"),
+                    doc.get("customer_id"),
+                    occurred,
+                    now,
+                    self.failure,
+                    json.dumps(doc["payload"]) if "payload" in doc else None,
+                ),
+            )
             return
         occurred = doc.pop("_occurred_at")
         doc["customer"] = dict(zip(("name", "segment", "country", "status"), row, strict=True))
         doc["enriched_at"] = now.isoformat().replace("+00:00", "Z")
         key = msg.key() if msg.key() is not None else doc["customer_id"].encode()
         self._send(self.output, key, json.dumps(doc).encode(), headers + source)
-        self.session.execute(self.insert, (
-            doc["event_id"], topic, partition, offset, "enriched", None, doc["event_type"], doc["customer_id"],
-            occurred, now, self.output, json.dumps(doc["payload"])))
+        self.session.execute(
+            self.insert,
+            (
+                doc["event_id"],
+                topic,
+                partition,
+                offset,
+                "enriched",
+                None,
+                doc["event_type"],
+                doc["customer_id"],
+                occurred,
+                now,
+                self.output,
+                json.dumps(doc["payload"]),
+            ),
+        )
 
     def close(self) -> None:
         self.producer.flush(30)
@@ -143,8 +183,14 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings.from_env()
     handler = Handler(settings, args.output, args.failure)
-    consumer = Consumer({**settings.kafka_common(), "group.id": "bench-naive-unused", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": "bench-naive-unused",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     partitions = list(consumer.list_topics(args.input, timeout=10).topics[args.input].partitions)
     consumer.assign([TopicPartition(args.input, p, OFFSET_BEGINNING) for p in partitions])
     next_offsets = {p: 0 for p in partitions}
@@ -165,15 +211,22 @@ def main() -> int:
             handler.handle(msg)
             handled += 1
             next_offsets[msg.partition()] = msg.offset() + 1
-            if (args.max_records and handled >= args.max_records) or \
-                    (args.max_seconds and time.monotonic() - started >= args.max_seconds):
+            if (args.max_records and handled >= args.max_records) or (
+                args.max_seconds and time.monotonic() - started >= args.max_seconds
+            ):
                 done = True
                 break
     consumer.close()
     handler.close()
     with open(args.report, "w") as f:
-        json.dump({"handled": handled, "seconds": round(time.monotonic() - (started or time.monotonic()), 3),
-                   "next_offsets": next_offsets}, f)
+        json.dump(
+            {
+                "handled": handled,
+                "seconds": round(time.monotonic() - (started or time.monotonic()), 3),
+                "next_offsets": next_offsets,
+            },
+            f,
+        )
     return 0
 
 

@@ -29,9 +29,16 @@ def main() -> int:
     parser.add_argument("output")
     args = parser.parse_args()
     settings = Settings.from_env()
-    consumer = Consumer({**settings.kafka_common(), "group.id": "bench-passthrough-unused",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "queued.max.messages.kbytes": 16384, "fetch.wait.max.ms": 50})
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": "bench-passthrough-unused",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "queued.max.messages.kbytes": 16384,
+            "fetch.wait.max.ms": 50,
+        }
+    )
     producer = Producer({**producer_config(settings), "client.id": "bench-passthrough"})
     partitions = list(consumer.list_topics(args.input, timeout=10).topics[args.input].partitions)
     consumer.assign([TopicPartition(args.input, p, OFFSET_BEGINNING) for p in partitions])
@@ -55,8 +62,14 @@ def main() -> int:
                 raise KafkaException(err)
             while True:
                 try:
-                    produce(output, msg.value(), msg.key(), partition=msg.partition(), headers=msg.headers(),
-                            on_delivery=delivered)
+                    produce(
+                        output,
+                        msg.value(),
+                        msg.key(),
+                        partition=msg.partition(),
+                        headers=msg.headers(),
+                        on_delivery=delivered,
+                    )
                     break
                 except BufferError:
                     poll(0.05)
@@ -64,8 +77,16 @@ def main() -> int:
         poll(0)
     left = producer.flush(120)
     consumer.close()
-    print(json.dumps({"copied": copied, "seconds": round(time.monotonic() - started, 3),
-                      "undelivered": left, "errors": errors[:3]}))
+    print(
+        json.dumps(
+            {
+                "copied": copied,
+                "seconds": round(time.monotonic() - started, 3),
+                "undelivered": left,
+                "errors": errors[:3],
+            }
+        )
+    )
     return 1 if left or errors else 0
 
 

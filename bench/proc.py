@@ -53,7 +53,7 @@ def read_proc(pid: int) -> tuple[float, float, float] | None:
             status = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(b")") + 2:].split()  # the command name may contain spaces
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may contain spaces
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     rss_kb = hwm_kb = 0
     for line in status.splitlines():
@@ -83,8 +83,14 @@ class Monitored:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the reader thread
         self.started = time.time()
         self._t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self._done = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
         self._reader.start()

@@ -18,9 +18,19 @@ from pathlib import Path
 from typing import Any
 
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("start-up and shutdown", ("Preflight.result", "HistoryWriter.__init__", "PgCustomerLookup.__init__",
-                               "PartitionReader.__init__", "KafkaWriter.__init__", "<module> (dataflow.py",
-                               ".close (", "close_all")),
+    (
+        "start-up and shutdown",
+        (
+            "Preflight.result",
+            "HistoryWriter.__init__",
+            "PgCustomerLookup.__init__",
+            "PartitionReader.__init__",
+            "KafkaWriter.__init__",
+            "<module> (dataflow.py",
+            ".close (",
+            "close_all",
+        ),
+    ),
     ("decode + validate", ("decode_step", "decode_batch")),
     ("enrich: cache + lookups", ("Resolver.resolve",)),
     ("enrich: build outputs (flows.core.outcome)", ("Enricher.process",)),
@@ -74,9 +84,14 @@ def summarize(path: Path, records: int, rate_hz: float = 100) -> dict[str, Any]:
         report["threads"][thread] = {
             "samples": total,
             "us_per_record": round(total / rate_hz / records * 1e6, 1) if records else None,
-            "categories": [{"name": k, "share": round(v / total, 4),
-                            "us_per_record": round(v / rate_hz / records * 1e6, 2) if records else None}
-                           for k, v in counts.most_common()],
+            "categories": [
+                {
+                    "name": k,
+                    "share": round(v / total, 4),
+                    "us_per_record": round(v / rate_hz / records * 1e6, 2) if records else None,
+                }
+                for k, v in counts.most_common()
+            ],
         }
     return report
 

@@ -42,8 +42,9 @@ class Watermarks:
     """Messages in a set of topics (sum of high watermarks; fresh topics start at 0)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = Consumer({**settings.kafka_common(), "group.id": "bench-watermarks-unused",
-                                   "enable.auto.commit": False})
+        self._consumer = Consumer(
+            {**settings.kafka_common(), "group.id": "bench-watermarks-unused", "enable.auto.commit": False}
+        )
         self._parts: dict[str, list[int]] = {}
 
     def count(self, topics: Iterable[str]) -> int:
@@ -75,8 +76,9 @@ class Watermarks:
 class Follow:
     """Show a running variant: outputs so far, rate, the process's CPU and RSS."""
 
-    def __init__(self, display: Display, marks: Watermarks, label: str, topics: list[str],
-                 target: int | None = None) -> None:
+    def __init__(
+        self, display: Display, marks: Watermarks, label: str, topics: list[str], target: int | None = None
+    ) -> None:
         self.display, self.marks, self.label, self.topics, self.target = display, marks, label, topics, target
         self.started = time.monotonic()
         self._prev: tuple[float, int] | None = None

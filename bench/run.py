@@ -34,37 +34,77 @@ UNIFORM_SPACE = 1_000_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("-n", "--records", type=int, default=200_000, help="records in the workload (default 200000)")
-    p.add_argument("--uniform", action="store_true",
-                   help=f"miss-heavy: customers drawn uniformly from {UNIFORM_SPACE:,} ids "
-                        f"(default: Zipf over the {SEEDED:,} seeded ones, hit-heavy)")
-    p.add_argument("--variants", default=",".join(metrics.VARIANTS),
-                   help="comma-separated, from passthrough,dataflow,naive (default: all three)")
+    p.add_argument(
+        "--uniform",
+        action="store_true",
+        help=f"miss-heavy: customers drawn uniformly from {UNIFORM_SPACE:,} ids "
+        f"(default: Zipf over the {SEEDED:,} seeded ones, hit-heavy)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(metrics.VARIANTS),
+        help="comma-separated, from passthrough,dataflow,naive (default: all three)",
+    )
     p.add_argument("--partitions", type=int, default=4, help="partitions of every bench topic (default 4)")
-    p.add_argument("--naive-records", type=int, default=20_000,
-                   help="the naive baseline handles at most this many records (default 20000)")
-    p.add_argument("--naive-seconds", type=float, default=60,
-                   help="... or for at most this long, whichever comes first (default 60)")
-    p.add_argument("--rate", type=float, default=0,
-                   help="records/s for the latency run (default: 70%% of the dataflow's measured rate)")
-    p.add_argument("--latency-seconds", type=float, default=30,
-                   help="length of the fixed-rate latency run; 0 skips it (default 30)")
-    p.add_argument("--soak-minutes", type=float, default=0,
-                   help="soak: the dataflow tails a topic fed at a fixed rate this long (default 0: none)")
-    p.add_argument("--soak-rate", type=float, default=0,
-                   help="records/s during the soak (default: 25%% of the dataflow's measured rate, which "
-                        "the machine sustains beside the feeder for the whole soak, so the soak measures "
-                        "memory at steady state rather than a growing backlog)")
-    p.add_argument("--large-records", type=int, default=200,
-                   help="the large-record run: the dataflow over this many ~1 MiB records; 0 skips it (default 200)")
-    p.add_argument("--pg-database", default="enrichment_bench",
-                   help="PostgreSQL database of the benchmark's customers, on PG_DSN's server")
+    p.add_argument(
+        "--naive-records",
+        type=int,
+        default=20_000,
+        help="the naive baseline handles at most this many records (default 20000)",
+    )
+    p.add_argument(
+        "--naive-seconds",
+        type=float,
+        default=60,
+        help="... or for at most this long, whichever comes first (default 60)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="records/s for the latency run (default: 70%% of the dataflow's measured rate)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30,
+        help="length of the fixed-rate latency run; 0 skips it (default 30)",
+    )
+    p.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0,
+        help="soak: the dataflow tails a topic fed at a fixed rate this long (default 0: none)",
+    )
+    p.add_argument(
+        "--soak-rate",
+        type=float,
+        default=0,
+        help="records/s during the soak (default: 25%% of the dataflow's measured rate, which "
+        "the machine sustains beside the feeder for the whole soak, so the soak measures "
+        "memory at steady state rather than a growing backlog)",
+    )
+    p.add_argument(
+        "--large-records",
+        type=int,
+        default=200,
+        help="the large-record run: the dataflow over this many ~1 MiB records; 0 skips it (default 200)",
+    )
+    p.add_argument(
+        "--pg-database",
+        default="enrichment_bench",
+        help="PostgreSQL database of the benchmark's customers, on PG_DSN's server",
+    )
     p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
-    p.add_argument("--profile", action="store_true",
-                   help="run the dataflow variant under py-spy and say where its time goes (its figures then "
-                        "do not compare)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the dataflow variant under py-spy and say where its time goes (its figures then do not compare)",
+    )
     args = p.parse_args(argv)
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(chosen) - set(metrics.VARIANTS)
@@ -77,8 +117,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform(), "load_avg": os.getloadavg()}
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg": os.getloadavg(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -97,9 +141,14 @@ def machine() -> dict[str, Any]:
     import msgspec
     import psycopg
 
-    info["versions"] = {"bytewax": version("bytewax"), "confluent-kafka": version("confluent-kafka"),
-                        "librdkafka": confluent_kafka.libversion()[0], "psycopg": psycopg.__version__,
-                        "scylla-driver": cassandra.__version__, "msgspec": msgspec.__version__}
+    info["versions"] = {
+        "bytewax": version("bytewax"),
+        "confluent-kafka": version("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "psycopg": psycopg.__version__,
+        "scylla-driver": cassandra.__version__,
+        "msgspec": msgspec.__version__,
+    }
     return info
 
 
@@ -135,17 +184,38 @@ def main(argv: list[str] | None = None) -> int:
     workload = "uniform" if args.uniform else "zipf"
     space = UNIFORM_SPACE if args.uniform else SEEDED
     display = Display()
-    bench = Bench(settings, env, run_id, args.partitions, SEEDED, space, args.uniform,
-                  RESULTS / run_id, display, Watermarks(settings), args.profile)
+    bench = Bench(
+        settings,
+        env,
+        run_id,
+        args.partitions,
+        SEEDED,
+        space,
+        args.uniform,
+        RESULTS / run_id,
+        display,
+        Watermarks(settings),
+        args.profile,
+    )
     report: dict[str, Any] = {
-        "schema": 1, "run_id": run_id, "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "schema": 1,
+        "run_id": run_id,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
-        "config": {"records": args.records, "workload": workload, "customer_space": space,
-                   "customers_seeded": SEEDED, "zipf_s": None if args.uniform else 1.1,
-                   "bad_ratio": 0.01, "partitions": args.partitions, "variants": args.variants,
-                   "naive_records": args.naive_records, "naive_seconds": args.naive_seconds,
-                   "pg_database": args.pg_database},
+        "config": {
+            "records": args.records,
+            "workload": workload,
+            "customer_space": space,
+            "customers_seeded": SEEDED,
+            "zipf_s": None if args.uniform else 1.1,
+            "bad_ratio": 0.01,
+            "partitions": args.partitions,
+            "variants": args.variants,
+            "naive_records": args.naive_records,
+            "naive_seconds": args.naive_seconds,
+            "pg_database": args.pg_database,
+        },
         "variants": {},
     }
     started = time.monotonic()
@@ -156,13 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         display.done(f"seeded {SEEDED:,} customers into database {args.pg_database} in {took:.1f}s")
         topic = f"{bench.prefix}.events"
         create_topics(settings, [topic], args.partitions, log_append_time=False)
-        loaded = load(settings, topic, records(args.records, space, args.uniform, 7, settings.max_value_bytes),
-                      SEEDED, on_progress=lambda n: display.show(f"[load] {n:,}/{args.records:,}"))
+        loaded = load(
+            settings,
+            topic,
+            records(args.records, space, args.uniform, 7, settings.max_value_bytes),
+            SEEDED,
+            on_progress=lambda n: display.show(f"[load] {n:,}/{args.records:,}"),
+        )
         report["config"]["event_bytes_mean"] = round(loaded.bytes_mean, 1)
-        report["load"] = {"topic": topic, "records": loaded.records, "seconds": round(loaded.seconds, 2),
-                          "expected_outcomes": loaded.outcomes()}
-        display.done(f"loaded {loaded.records:,} records (~{loaded.bytes_mean:.0f} bytes) into {topic} "
-                     f"in {loaded.seconds:.1f}s: {loaded.outcomes()}")
+        report["load"] = {
+            "topic": topic,
+            "records": loaded.records,
+            "seconds": round(loaded.seconds, 2),
+            "expected_outcomes": loaded.outcomes(),
+        }
+        display.done(
+            f"loaded {loaded.records:,} records (~{loaded.bytes_mean:.0f} bytes) into {topic} "
+            f"in {loaded.seconds:.1f}s: {loaded.outcomes()}"
+        )
 
         for name in args.variants:
             if name == "passthrough":
@@ -233,5 +314,6 @@ def _line(result: dict[str, Any]) -> str:
     lat = result.get("latency_ms") or {}
     gate = result.get("gate") or {}
     rate = result.get("rate_rps")
-    return (f"{rate:,.0f} records/s" if rate else "no rate") + \
-        f", p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, gate {'ok' if gate.get('ok') else gate.get('problems')}"
+    return (
+        f"{rate:,.0f} records/s" if rate else "no rate"
+    ) + f", p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, gate {'ok' if gate.get('ok') else gate.get('problems')}"

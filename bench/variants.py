@@ -60,16 +60,27 @@ class Bench:
         """Success topic, failure topic, history keyspace of a variant."""
         return f"{self.prefix}.{variant}.enriched", f"{self.prefix}.{variant}.failed", f"{self.ks_prefix}_{variant}"
 
-    def start(self, label: str, cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.25,
-              drop: bytes | None = None) -> Monitored:
+    def start(
+        self,
+        label: str,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
+        interval: float = 0.25,
+        drop: bytes | None = None,
+    ) -> Monitored:
         mon = Monitored(cmd, {**self.env, **(env or {})}, self.logs / f"{label}.log", ROOT, interval, drop)
         self.running.append(mon.start())
         return mon
 
     def dataflow_env(self, input_topic: str, ok: str, failed: str, keyspace: str, stop_at_end: bool) -> dict[str, str]:
-        return {"INPUT_TOPIC": input_topic, "OUTPUT_TOPIC": ok, "FAILURE_TOPIC": failed,
-                "SCYLLA_KEYSPACE": keyspace, "STOP_AT_END": "true" if stop_at_end else "false",
-                "PROGRESS_INTERVAL_SECONDS": "5"}
+        return {
+            "INPUT_TOPIC": input_topic,
+            "OUTPUT_TOPIC": ok,
+            "FAILURE_TOPIC": failed,
+            "SCYLLA_KEYSPACE": keyspace,
+            "STOP_AT_END": "true" if stop_at_end else "false",
+            "PROGRESS_INTERVAL_SECONDS": "5",
+        }
 
     def follow(self, mon: Monitored, label: str, topics: list[str], target: int | None, timeout_s: float) -> None:
         follow = Follow(self.display, self.marks, label, topics, target)
@@ -81,8 +92,10 @@ class Bench:
             follow.tick(mon)
             time.sleep(1.0)
         assert mon.exit is not None
-        self.display.done(f"[{label}] exited with status {mon.exit.returncode} after {mon.exit.wall_s:,.1f}s, "
-                          f"{follow.marks.count(topics):,} outputs")
+        self.display.done(
+            f"[{label}] exited with status {mon.exit.returncode} after {mon.exit.wall_s:,.1f}s, "
+            f"{follow.marks.count(topics):,} outputs"
+        )
 
     def rel(self, path: Path) -> str:
         try:
@@ -130,8 +143,20 @@ def dataflow(bench: Bench, loaded: Loaded) -> dict[str, Any]:
     create_topics(bench.settings, [ok, failed], bench.partitions, log_append_time=True)
     cmd, raw = DATAFLOW, bench.logs / "dataflow.py-spy.txt"
     if bench.profile:
-        cmd = [py_spy(), "record", "--idle", "--threads", "-r", str(PROFILE_HZ), "-f", "raw", "-o", str(raw),
-               "--", *DATAFLOW]
+        cmd = [
+            py_spy(),
+            "record",
+            "--idle",
+            "--threads",
+            "-r",
+            str(PROFILE_HZ),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--",
+            *DATAFLOW,
+        ]
     mon = bench.start("dataflow", cmd, bench.dataflow_env(loaded.topic, ok, failed, ks, True), drop=FAILED_LINE)
     bench.follow(mon, "dataflow", [ok, failed], loaded.records, 600 + loaded.records / 200)
     out = check_by_headers(bench.settings, loaded, ok, failed)
@@ -142,8 +167,9 @@ def dataflow(bench: Bench, loaded: Loaded) -> dict[str, Any]:
     result["profile"] = profile.summarize(raw, loaded.records, PROFILE_HZ) if raw.exists() else None
     result["profile_raw"] = bench.rel(raw)
     if result["profile"]:
-        bench.display.done("[dataflow] where the time goes (py-spy, wall time):\n"
-                           + profile.format_summary(result["profile"]))
+        bench.display.done(
+            "[dataflow] where the time goes (py-spy, wall time):\n" + profile.format_summary(result["profile"])
+        )
     return result
 
 
@@ -161,11 +187,28 @@ def naive(bench: Bench, loaded: Loaded, max_records: int, max_seconds: float) ->
     ok, failed, ks = bench.names("naive")
     create_topics(bench.settings, [ok, failed], bench.partitions, log_append_time=True)
     report = bench.logs / "naive-report.json"
-    cmd = [PY, "-m", "bench.naive", loaded.topic, ok, failed, "--report", str(report),
-           "--max-records", str(max_records), "--max-seconds", str(max_seconds)]
+    cmd = [
+        PY,
+        "-m",
+        "bench.naive",
+        loaded.topic,
+        ok,
+        failed,
+        "--report",
+        str(report),
+        "--max-records",
+        str(max_records),
+        "--max-seconds",
+        str(max_seconds),
+    ]
     mon = bench.start("naive", cmd, {"SCYLLA_KEYSPACE": ks})
-    bench.follow(mon, "naive", [ok, failed], min(max_records, loaded.records) or loaded.records,
-                 300 + (max_seconds or loaded.records / 50))
+    bench.follow(
+        mon,
+        "naive",
+        [ok, failed],
+        min(max_records, loaded.records) or loaded.records,
+        300 + (max_seconds or loaded.records / 50),
+    )
     upto = None
     handled = 0
     if report.exists():
@@ -175,8 +218,12 @@ def naive(bench: Bench, loaded: Loaded, max_records: int, max_seconds: float) ->
     out = check_by_headers(bench.settings, loaded, ok, failed, upto=upto)
     check_history(bench.settings, ks, loaded, out, upto=upto)
     bounded = handled < loaded.records
-    note = (f"bounded run: the first {handled:,} records (stops at {max_records:,} records or "
-            f"{max_seconds:g} s); rate from those" if bounded else "")
+    note = (
+        f"bounded run: the first {handled:,} records (stops at {max_records:,} records or "
+        f"{max_seconds:g} s); rate from those"
+        if bounded
+        else ""
+    )
     return summarize(bench, mon, out, note)
 
 
@@ -205,8 +252,9 @@ def large_records(bench: Bench, n: int) -> dict[str, Any]:
     return result
 
 
-def _wait_for(bench: Bench, mon: Monitored, label: str, topics: list[str], want: int, timeout_s: float,
-              what: str) -> int:
+def _wait_for(
+    bench: Bench, mon: Monitored, label: str, topics: list[str], want: int, timeout_s: float, what: str
+) -> int:
     follow = Follow(bench.display, bench.marks, label, topics, want)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -220,23 +268,40 @@ def _wait_for(bench: Bench, mon: Monitored, label: str, topics: list[str], want:
         time.sleep(0.5)
 
 
-def _tailing(bench: Bench, label: str, rate: float, seconds: float, uniform: bool,
-             space: int) -> tuple[Monitored, Monitored, dict[str, Any]]:
+def _tailing(
+    bench: Bench, label: str, rate: float, seconds: float, uniform: bool, space: int
+) -> tuple[Monitored, Monitored, dict[str, Any]]:
     """Start the dataflow tailing a fresh topic, wait until it answers, then feed the topic
     at `rate` for `seconds`; returns once the dataflow has caught up (still running)."""
     inp = f"{bench.prefix}.{label}.events"
     ok, failed, ks = bench.names(label)
     create_topics(bench.settings, [inp], bench.partitions, log_append_time=False)
     create_topics(bench.settings, [ok, failed], bench.partitions, log_append_time=True)
-    mon = bench.start(label, DATAFLOW, bench.dataflow_env(inp, ok, failed, ks, False),
-                      interval=1.0 if seconds > 120 else 0.25, drop=FAILED_LINE)
-    load(bench.settings, inp, records(WARMUP_RECORDS, space, uniform, 99, bench.settings.max_value_bytes),
-         bench.seeded)
+    mon = bench.start(
+        label,
+        DATAFLOW,
+        bench.dataflow_env(inp, ok, failed, ks, False),
+        interval=1.0 if seconds > 120 else 0.25,
+        drop=FAILED_LINE,
+    )
+    load(bench.settings, inp, records(WARMUP_RECORDS, space, uniform, 99, bench.settings.max_value_bytes), bench.seeded)
     _wait_for(bench, mon, label, [ok, failed], WARMUP_RECORDS, 180, "starting")
     bench.display.done(f"[{label}] dataflow up; feeding {rate:,.0f} records/s for {seconds:,.0f}s")
     feed_report = bench.logs / f"{label}-feeder.json"
-    cmd = [PY, "-m", "bench.feeder", inp, "--rate", str(rate), "--seconds", str(seconds), "--space", str(space),
-           "--report", str(feed_report)] + (["--uniform"] if uniform else [])
+    cmd = [
+        PY,
+        "-m",
+        "bench.feeder",
+        inp,
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        "--space",
+        str(space),
+        "--report",
+        str(feed_report),
+    ] + (["--uniform"] if uniform else [])
     fed_from = time.time()
     feeder = bench.start(f"{label}-feeder", cmd)
     follow = Follow(bench.display, bench.marks, label, [ok, failed])
@@ -252,8 +317,20 @@ def _tailing(bench: Bench, label: str, rate: float, seconds: float, uniform: boo
         raise RuntimeError(f"{label}: the feeder failed; log: {feeder.log_path}\n{feeder.tail()}")
     total = bench.marks.count([inp])
     _wait_for(bench, mon, label, [ok, failed], total, 300, "draining")
-    return mon, feeder, {"input": inp, "ok": ok, "failed": failed, "keyspace": ks, "fed_from": fed_from,
-                         "fed_to": fed_to, "feeder": fed, "inputs": total}
+    return (
+        mon,
+        feeder,
+        {
+            "input": inp,
+            "ok": ok,
+            "failed": failed,
+            "keyspace": ks,
+            "fed_from": fed_from,
+            "fed_to": fed_to,
+            "feeder": fed,
+            "inputs": total,
+        },
+    )
 
 
 def _stop(bench: Bench, mon: Monitored, label: str) -> dict[str, Any]:
@@ -319,16 +396,23 @@ def soak(bench: Bench, rate: float, minutes: float) -> dict[str, Any]:
     for t, rss in series:
         if not sampled or t - sampled[-1][0] >= every:
             sampled.append((round(t, 1), round(rss, 1)))
-    problems = [] if outputs == run["inputs"] else [f"{run['inputs'] - outputs:,} of {run['inputs']:,} "
-                                                    "input records without an output"]
+    problems = (
+        []
+        if outputs == run["inputs"]
+        else [f"{run['inputs'] - outputs:,} of {run['inputs']:,} input records without an output"]
+    )
     if stop["stopped_by"] != "SIGINT":
         problems.append(f"did not exit on SIGINT within 30s (needed {stop['stopped_by']})")
     return {
-        "minutes": minutes, "rate": round(rate, 1), "feeder": run["feeder"], "workload": "uniform over 1,000,000 ids",
+        "minutes": minutes,
+        "rate": round(rate, 1),
+        "feeder": run["feeder"],
+        "workload": "uniform over 1,000,000 ids",
         "rss": metrics.rss_growth(series, warmup_s),
         "rss_every_10s": sampled,
         "gate": {"ok": not problems, "inputs": run["inputs"], "outputs": outputs, "problems": problems},
-        **stop, "log": bench.rel(mon.log_path),
+        **stop,
+        "log": bench.rel(mon.log_path),
     }
 
 

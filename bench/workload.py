@@ -84,9 +84,10 @@ def seed_customers(dsn: str, settings: Settings, n: int) -> float:
     with psycopg.connect(dsn, **settings.pg_connect_kwargs()) as conn:
         conn.execute(CUSTOMERS_DDL)
         conn.execute("TRUNCATE customers")
-        with conn.cursor() as cur, cur.copy(
-            "COPY customers (customer_id, name, segment, country, status) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY customers (customer_id, name, segment, country, status) FROM STDIN") as copy,
+        ):
             for c in sample.customers(n):
                 copy.write_row((c.customer_id, c.name, c.segment, c.country, c.status))
         conn.execute("ANALYZE customers")
@@ -108,8 +109,15 @@ def create_topics(settings: Settings, names: Iterable[str], partitions: int, log
     stamp = {"message.timestamp.type": "LogAppendTime" if log_append_time else "CreateTime"}
     # outputs (stamped by the broker) are sized for what the pipeline adds (flows.sizes)
     size = output_size if log_append_time else input_size
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1, config={
-        **stamp, "max.message.bytes": str(size)}) for n in names], operation_timeout=30)
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                n, num_partitions=partitions, replication_factor=1, config={**stamp, "max.message.bytes": str(size)}
+            )
+            for n in names
+        ],
+        operation_timeout=30,
+    )
     for name, fut in futures.items():
         try:
             fut.result(timeout=60)
@@ -122,8 +130,10 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], partitions: int, tim
     deadline = time.monotonic() + timeout
     while True:
         md = admin.list_topics(timeout=10).topics
-        if all(n in md and len(md[n].partitions) == partitions and
-               all(p.leader >= 0 for p in md[n].partitions.values()) for n in names):
+        if all(
+            n in md and len(md[n].partitions) == partitions and all(p.leader >= 0 for p in md[n].partitions.values())
+            for n in names
+        ):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"topics {names} have no leaders after {timeout}s")
@@ -141,9 +151,15 @@ def delete_topics(settings: Settings, prefix: str) -> list[str]:
 
 
 def producer_conf(settings: Settings) -> dict[str, Any]:
-    return {**settings.kafka_common(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "message.max.bytes": topic_sizes_to_create(settings.max_value_bytes)[0], "partitioner": "murmur2_random",
-            "queue.buffering.max.messages": 200000}
+    return {
+        **settings.kafka_common(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.max.bytes": topic_sizes_to_create(settings.max_value_bytes)[0],
+        "partitioner": "murmur2_random",
+        "queue.buffering.max.messages": 200000,
+    }
 
 
 # --- the workload
@@ -169,12 +185,25 @@ def outcome_of(rec: sample.SampleRecord, seeded: int) -> str:
 def records(n: int, space: int, uniform: bool, seed: int, max_value_bytes: int) -> Iterator[sample.SampleRecord]:
     """`tools.sample.events` with ~400-byte events and 1% bad records across the failure
     codes (the over-the-limit record left out: at 1 MiB each it would dominate the bytes)."""
-    return sample.events(n, space, bad_ratio=0.01, seed=seed, zipf=None if uniform else ZIPF_S,
-                         max_value_bytes=max_value_bytes, pad=PAD, large=False)
+    return sample.events(
+        n,
+        space,
+        bad_ratio=0.01,
+        seed=seed,
+        zipf=None if uniform else ZIPF_S,
+        max_value_bytes=max_value_bytes,
+        pad=PAD,
+        large=False,
+    )
 
 
-def load(settings: Settings, topic: str, recs: Iterable[sample.SampleRecord], seeded: int,
-         on_progress: Callable[[int], None] | None = None) -> Loaded:
+def load(
+    settings: Settings,
+    topic: str,
+    recs: Iterable[sample.SampleRecord],
+    seeded: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> Loaded:
     """Produce every record once and remember, from its delivery report, where it landed."""
     placed: list[tuple[int, int, int, str, int]] = []
     errors: list[str] = []
@@ -188,6 +217,7 @@ def load(settings: Settings, topic: str, recs: Iterable[sample.SampleRecord], se
                 errors.append(str(err))
             else:
                 placed.append((msg.partition(), msg.offset(), msg.timestamp()[1], outcome, crc))
+
         return cb
 
     n = 0

@@ -44,9 +44,15 @@ def network_kind(exc: BaseException) -> Kind:
 class Backoff:
     """Capped exponential backoff with full jitter; clock and sleep are injectable."""
 
-    def __init__(self, deadline_s: float, base_s: float = 0.1, cap_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        deadline_s: float,
+        base_s: float = 0.1,
+        cap_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self.deadline_s = deadline_s
         self.base_s = base_s
         self.cap_s = cap_s
@@ -86,13 +92,25 @@ class Retries:
                     raise
                 waited = backoff.clock() - start
                 if waited >= backoff.deadline_s:
-                    raise self.gave_up(DependencyUnavailable(
-                        f"{what}: still failing after {waited:.0f}s (deadline {backoff.deadline_s:.0f}s): "
-                        f"{type(exc).__name__}: {exc}")) from exc
+                    raise self.gave_up(
+                        DependencyUnavailable(
+                            f"{what}: still failing after {waited:.0f}s (deadline {backoff.deadline_s:.0f}s): "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                    ) from exc
                 delay = min(backoff.delay(attempt), max(0.0, backoff.deadline_s - waited))
-                log.warning("%s failed, retrying", what, extra={"fields": {
-                    "dependency": what, "attempt": attempt + 1, "retry_in_s": round(delay, 3),
-                    "error": f"{type(exc).__name__}: {exc}"[:300]}})
+                log.warning(
+                    "%s failed, retrying",
+                    what,
+                    extra={
+                        "fields": {
+                            "dependency": what,
+                            "attempt": attempt + 1,
+                            "retry_in_s": round(delay, 3),
+                            "error": f"{type(exc).__name__}: {exc}"[:300],
+                        }
+                    },
+                )
                 backoff.sleep(delay)
                 attempt += 1
             else:

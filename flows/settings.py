@@ -59,10 +59,12 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     try:
         params = conninfo_to_dict(dsn)
     except (ProgrammingError, ValueError, TypeError):
-        raise DsnError("not a PostgreSQL connection string libpq can parse (its message is not shown: it "
-                       "would quote the value); expected postgresql://user@host:port/dbname or key=value "
-                       "pairs, with special characters percent-encoded in a URL or quoted in key=value "
-                       "pairs") from None
+        raise DsnError(
+            "not a PostgreSQL connection string libpq can parse (its message is not shown: it "
+            "would quote the value); expected postgresql://user@host:port/dbname or key=value "
+            "pairs, with special characters percent-encoded in a URL or quoted in key=value "
+            "pairs"
+        ) from None
     return {k: str(v) for k, v in params.items()}
 
 
@@ -259,8 +261,11 @@ class Settings:
         return settings
 
     def _check(self) -> None:
-        topics = {"INPUT_TOPIC": self.input_topic, "OUTPUT_TOPIC": self.output_topic,
-                  "FAILURE_TOPIC": self.failure_topic}
+        topics = {
+            "INPUT_TOPIC": self.input_topic,
+            "OUTPUT_TOPIC": self.output_topic,
+            "FAILURE_TOPIC": self.failure_topic,
+        }
         if len(set(topics.values())) != 3:
             raise SettingsError(f"INPUT_TOPIC, OUTPUT_TOPIC and FAILURE_TOPIC must differ: {topics}")
         if self.pg_pool_min > self.pg_pool_max:
@@ -270,8 +275,9 @@ class Settings:
         except DsnError as exc:
             raise SettingsError(f"PG_DSN=(hidden): {exc}") from None
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
-            raise SettingsError(f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL="
-                                f"{self.kafka_security_protocol}")
+            raise SettingsError(
+                f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
         if self.scylla_replication_class == "NetworkTopologyStrategy" and not self.scylla_local_dc:
             raise SettingsError("SCYLLA_LOCAL_DC: required with SCYLLA_REPLICATION_CLASS=NetworkTopologyStrategy")
 
@@ -279,8 +285,10 @@ class Settings:
 
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings shared by every client: brokers and security."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers,
-                "security.protocol": self.kafka_security_protocol}
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
         if self.kafka_sasl_username:

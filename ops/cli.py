@@ -44,9 +44,11 @@ Connection settings come from the same environment variables as the dataflow
 (KAFKA_BOOTSTRAP_SERVERS, INPUT_TOPIC, OUTPUT_TOPIC, FAILURE_TOPIC, SCYLLA_HOSTS,
 SCYLLA_KEYSPACE, ...; docs/configuration.md)."""
 
-OFFSETS_HELP = ("[PARTITION:]START-END, inclusive; START- or -END leave a side open; a single OFFSET; "
-                "without PARTITION: every partition not named. Repeatable; with any given, partitions "
-                "not covered are left out")
+OFFSETS_HELP = (
+    "[PARTITION:]START-END, inclusive; START- or -END leave a side open; a single OFFSET; "
+    "without PARTITION: every partition not named. Repeatable; with any given, partitions "
+    "not covered are left out"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -101,73 +103,152 @@ def build_parser(now: dt.datetime) -> Parser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
     common.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
 
-    parser = Parser(prog="python -m ops", description="Operator tools for the enrichment pipeline.",
-                    epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="python -m ops",
+        description="Operator tools for the enrichment pipeline.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{replay,trace,reconcile}")
     spans = _typed(parse_span, "offset range")
     moment = _typed(lambda t: parse_time(t, now), "time")
 
     rp = sub.add_parser(
-        "replay", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUSES,
+        "replay",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUSES,
         help="re-produce dead letters to the input topic (or --to TOPIC)",
-        description=_wrap("Read FAILURE_TOPIC and re-produce the selected dead letters to INPUT_TOPIC (or --to): "
-                    "original key, value and headers, minus the error.*/source.*/failed_at headers the "
-                    "pipeline added, plus replay.of=<failure topic>:<partition>:<offset>. Each dead letter is "
-                    "replayed at most once per target: the replay_state table in SCYLLA_KEYSPACE, shared by "
-                    "every operator, records what was replayed, so an interrupted run resumes where it "
-                    "stopped; one run at a time holds its lease."))
-    rp.add_argument("--to", metavar="TOPIC", type=_typed(_topic, "topic"),
-                    help="target topic (default: INPUT_TOPIC); refused: FAILURE_TOPIC, OUTPUT_TOPIC, and any "
-                         "topic whose last records carry the pipeline's output headers (source.*, error.code)")
-    rp.add_argument("--code", action="append", default=[], metavar="CODE[,CODE]",
-                    help=f"only these error.code values (repeatable): {', '.join(replay_rules.CODES)}")
-    rp.add_argument("--since", type=moment, metavar="TIME",
-                    help="only dead letters written at or after TIME (their Kafka timestamp, which is their "
-                         "failed_at): RFC 3339 with offset (2026-01-01T10:00:00Z), a date (midnight UTC), "
-                         "a duration back from now (90s, 15m, 2h, 3d) or epoch ms")
+        description=_wrap(
+            "Read FAILURE_TOPIC and re-produce the selected dead letters to INPUT_TOPIC (or --to): "
+            "original key, value and headers, minus the error.*/source.*/failed_at headers the "
+            "pipeline added, plus replay.of=<failure topic>:<partition>:<offset>. Each dead letter is "
+            "replayed at most once per target: the replay_state table in SCYLLA_KEYSPACE, shared by "
+            "every operator, records what was replayed, so an interrupted run resumes where it "
+            "stopped; one run at a time holds its lease."
+        ),
+    )
+    rp.add_argument(
+        "--to",
+        metavar="TOPIC",
+        type=_typed(_topic, "topic"),
+        help="target topic (default: INPUT_TOPIC); refused: FAILURE_TOPIC, OUTPUT_TOPIC, and any "
+        "topic whose last records carry the pipeline's output headers (source.*, error.code)",
+    )
+    rp.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="CODE[,CODE]",
+        help=f"only these error.code values (repeatable): {', '.join(replay_rules.CODES)}",
+    )
+    rp.add_argument(
+        "--since",
+        type=moment,
+        metavar="TIME",
+        help="only dead letters written at or after TIME (their Kafka timestamp, which is their "
+        "failed_at): RFC 3339 with offset (2026-01-01T10:00:00Z), a date (midnight UTC), "
+        "a duration back from now (90s, 15m, 2h, 3d) or epoch ms",
+    )
     rp.add_argument("--until", type=moment, metavar="TIME", help="only dead letters written before TIME")
-    rp.add_argument("--offsets", action="append", default=[], type=spans, metavar="RANGE",
-                    help="only these offsets of the failure topic: " + OFFSETS_HELP)
+    rp.add_argument(
+        "--offsets",
+        action="append",
+        default=[],
+        type=spans,
+        metavar="RANGE",
+        help="only these offsets of the failure topic: " + OFFSETS_HELP,
+    )
     rp.add_argument("--dry-run", action="store_true", help="count what would be replayed, by code; produce nothing")
-    rp.add_argument("--limit", type=_typed(_positive_int, "count"), metavar="N",
-                    help="stop after replaying N records (a later run continues)")
-    rp.add_argument("--chunk-size", type=_typed(_positive_int, "count"), default=500, metavar="N",
-                    help="records produced and acknowledged before the replay state is updated (default 500)")
-    rp.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
-                    help="deprecated: the state is shared in the history keyspace now; DIR is only where a "
-                         "state file of an earlier version is looked for, to import it once (default .ops-state)")
-    rp.add_argument("--restart", action="store_true",
-                    help="forget what the replay state says was replayed (records may be produced again)")
+    rp.add_argument(
+        "--limit",
+        type=_typed(_positive_int, "count"),
+        metavar="N",
+        help="stop after replaying N records (a later run continues)",
+    )
+    rp.add_argument(
+        "--chunk-size",
+        type=_typed(_positive_int, "count"),
+        default=500,
+        metavar="N",
+        help="records produced and acknowledged before the replay state is updated (default 500)",
+    )
+    rp.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="deprecated: the state is shared in the history keyspace now; DIR is only where a "
+        "state file of an earlier version is looked for, to import it once (default .ops-state)",
+    )
+    rp.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget what the replay state says was replayed (records may be produced again)",
+    )
     rp.set_defaults(handler=_replay, parser=rp)
 
     tp = sub.add_parser(
-        "trace", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUSES,
+        "trace",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUSES,
         help="show the history rows and output record of one event",
-        description=_wrap("Print the event_history rows of one event and, for each, the message it became in the "
-                    "success or failure topic (found by its source.* headers near the row's processed_at)."))
+        description=_wrap(
+            "Print the event_history rows of one event and, for each, the message it became in the "
+            "success or failure topic (found by its source.* headers near the row's processed_at)."
+        ),
+    )
     tp.add_argument("event_id", nargs="?", help="the event's event_id")
-    tp.add_argument("--source", type=_typed(trace.parse_source, "source"), metavar="TOPIC:PARTITION:OFFSET",
-                    help="trace the input record at these coordinates instead")
-    tp.add_argument("--window", type=_typed(_positive_float, "seconds"), default=300.0, metavar="SECONDS",
-                    help="how long after processed_at to look for the output record (default 300)")
+    tp.add_argument(
+        "--source",
+        type=_typed(trace.parse_source, "source"),
+        metavar="TOPIC:PARTITION:OFFSET",
+        help="trace the input record at these coordinates instead",
+    )
+    tp.add_argument(
+        "--window",
+        type=_typed(_positive_float, "seconds"),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long after processed_at to look for the output record (default 300)",
+    )
     tp.add_argument("--full", action="store_true", help="print whole values (default: the first 1000 characters)")
-    tp.add_argument("--full-scan", action="store_true",
-                    help="with --source, when the input record is gone: search the whole history table "
-                         "(ALLOW FILTERING; slow on a big table)")
+    tp.add_argument(
+        "--full-scan",
+        action="store_true",
+        help="with --source, when the input record is gone: search the whole history table "
+        "(ALLOW FILTERING; slow on a big table)",
+    )
     tp.set_defaults(handler=_trace, parser=tp)
 
     cp = sub.add_parser(
-        "reconcile", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUSES,
+        "reconcile",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUSES,
         help="match input records against success + failure outputs",
-        description=_wrap("Count the records of INPUT_TOPIC against the messages of OUTPUT_TOPIC and FAILURE_TOPIC "
-                    "that name them in their source.* headers, per partition; list missing and duplicated "
-                    "offsets as ranges. Exit status 1 when any input record has no output."))
-    cp.add_argument("--offsets", action="append", default=[], type=spans, metavar="RANGE",
-                    help="only these offsets of the input topic: " + OFFSETS_HELP)
-    cp.add_argument("--skew", type=_typed(_positive_float, "seconds"), default=reconcile.DEFAULT_SKEW_S,
-                    metavar="SECONDS",
-                    help="read outputs from this long before the earliest input record's timestamp "
-                         "(default 3600)")
+        description=_wrap(
+            "Count the records of INPUT_TOPIC against the messages of OUTPUT_TOPIC and FAILURE_TOPIC "
+            "that name them in their source.* headers, per partition; list missing and duplicated "
+            "offsets as ranges. Exit status 1 when any input record has no output."
+        ),
+    )
+    cp.add_argument(
+        "--offsets",
+        action="append",
+        default=[],
+        type=spans,
+        metavar="RANGE",
+        help="only these offsets of the input topic: " + OFFSETS_HELP,
+    )
+    cp.add_argument(
+        "--skew",
+        type=_typed(_positive_float, "seconds"),
+        default=reconcile.DEFAULT_SKEW_S,
+        metavar="SECONDS",
+        help="read outputs from this long before the earliest input record's timestamp (default 3600)",
+    )
     cp.set_defaults(handler=_reconcile, parser=cp)
     return parser
 
@@ -183,16 +264,27 @@ def _check_spans(parser: Parser, spans: Sequence[OffsetSpan]) -> tuple[OffsetSpa
 def _replay(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     opts = replay.Options(
         selection=replay_rules.Selection(args.codes, args.since, args.until, args.spans),
-        target=args.to, dry_run=args.dry_run, limit=args.limit, chunk_size=args.chunk_size,
-        legacy_dir=args.state_dir, restart=args.restart, progress=not args.quiet,
+        target=args.to,
+        dry_run=args.dry_run,
+        limit=args.limit,
+        chunk_size=args.chunk_size,
+        legacy_dir=args.state_dir,
+        restart=args.restart,
+        progress=not args.quiet,
     )
     replay_setup.warn_state_dir(args.state_dir)
     return replay.run(settings, opts, out)
 
 
 def _trace(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    opts = trace.Options(event_id=args.event_id, source=args.source, window_s=args.window, full=args.full,
-                         full_scan=args.full_scan, progress=not args.quiet)
+    opts = trace.Options(
+        event_id=args.event_id,
+        source=args.source,
+        window_s=args.window,
+        full=args.full,
+        full_scan=args.full_scan,
+        progress=not args.quiet,
+    )
     return trace.run(settings, opts, out)
 
 
@@ -235,8 +327,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"{prog}: error: bad setting {exc}", file=sys.stderr)
         return USAGE
     # client libraries log through the root logger; their chatter is not for operators
-    logging.basicConfig(level=logging.WARNING if args.debug else logging.CRITICAL,
-                        format=f"{prog}: %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.debug else logging.CRITICAL, format=f"{prog}: %(name)s: %(message)s"
+    )
     try:
         status: int = args.handler(settings, args, out)
         return status

@@ -20,5 +20,7 @@ def open_session(settings: Settings) -> tuple[Cluster, Session]:
     except Exception as exc:
         cluster.shutdown()
         hosts = ",".join(settings.scylla_hosts)
-        raise OpsError(f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: "
-                       f"{type(exc).__name__}: {str(exc)[:200]}", USAGE) from None
+        raise OpsError(
+            f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: {type(exc).__name__}: {str(exc)[:200]}",
+            USAGE,
+        ) from None

@@ -19,9 +19,15 @@ LOG_INTERVAL_S = 10.0
 class Progress:
     """Counts scanned records against an expected total and shows the rate."""
 
-    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None,
-                 enabled: bool = True, interval: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label = label
         self.total = total
         self.stream = stream if stream is not None else sys.stderr

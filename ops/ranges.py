@@ -176,8 +176,10 @@ def parse_time(text: str, now: dt.datetime) -> int:
         try:
             moment = dt.datetime.fromisoformat(raw)
         except ValueError:
-            raise ValueError(f"{text!r} is not a time; expected RFC 3339 like 2026-01-01T10:00:00Z, a date, "
-                             "a duration like 2h, or epoch milliseconds") from None
+            raise ValueError(
+                f"{text!r} is not a time; expected RFC 3339 like 2026-01-01T10:00:00Z, a date, "
+                "a duration like 2h, or epoch milliseconds"
+            ) from None
         if moment.tzinfo is None:
             raise ValueError(f"{text!r} has no UTC offset; add Z or +HH:MM")
     return int(moment.timestamp() * 1000)

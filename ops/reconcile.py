@@ -59,8 +59,9 @@ class Tally:
 
     def missing(self) -> list[tuple[int, int]]:
         """Inclusive ranges of the input records that no output names."""
-        return to_ranges(self.start + i for i, (p, n) in enumerate(zip(self.present, self.outputs, strict=True))
-                         if p and not n)
+        return to_ranges(
+            self.start + i for i, (p, n) in enumerate(zip(self.present, self.outputs, strict=True)) if p and not n
+        )
 
     def duplicated(self) -> list[tuple[int, int]]:
         """Inclusive ranges of the offsets that more than one output names."""
@@ -139,8 +140,9 @@ def collect(settings: Settings, opts: Options, consumer: Consumer) -> Report:
     return report
 
 
-def _read_outputs(consumer: Consumer, topic: str, report: Report, earliest: int | None, opts: Options,
-                  timeout: float) -> None:
+def _read_outputs(
+    consumer: Consumer, topic: str, report: Report, earliest: int | None, opts: Options, timeout: float
+) -> None:
     parts = scan.partitions(consumer, topic, timeout)
     marks = scan.watermarks(consumer, topic, parts, timeout)
     wins = dict(marks)
@@ -181,8 +183,13 @@ def print_report(report: Report, out: TextIO) -> int:
     dups: dict[int, list[tuple[int, int]]] = {}
     for p, t in sorted(report.tallies.items()):
         missing[p], dups[p] = t.missing(), t.duplicated()
-        row = [t.inputs, t.by_topic.get(ok_topic, 0), t.by_topic.get(failed_topic, 0),
-               sum(b - a + 1 for a, b in missing[p]), sum(b - a + 1 for a, b in dups[p])]
+        row = [
+            t.inputs,
+            t.by_topic.get(ok_topic, 0),
+            t.by_topic.get(failed_topic, 0),
+            sum(b - a + 1 for a, b in missing[p]),
+            sum(b - a + 1 for a, b in dups[p]),
+        ]
         sums = [a + b for a, b in zip(sums, row, strict=True)]
         span = f"{t.start}-{t.end - 1}" if t.end > t.start else "empty"
         print(f"{p:>9}  {span:>17}  " + "  ".join(f"{n:>9}" for n in row[:4]) + f"  {row[4]:>10}", file=out)

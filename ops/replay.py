@@ -153,8 +153,15 @@ def _windows(consumer: Consumer, topic: str, selection: Selection, timeout: floa
     return wins
 
 
-def _candidates(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, counts: Counts,
-                label: str, stop: StopFlag | None = None) -> Iterator[tuple[int, int, str, OutMessage]]:
+def _candidates(
+    settings: Settings,
+    opts: Options,
+    consumer: Consumer,
+    state: ReplayState,
+    counts: Counts,
+    label: str,
+    stop: StopFlag | None = None,
+) -> Iterator[tuple[int, int, str, OutMessage]]:
     """Dead letters that the selection takes and no earlier run replayed; ends early when
     `stop` is requested (checked per record: matches may be rare in a long scan)."""
     failure = settings.failure_topic
@@ -183,8 +190,9 @@ def _candidates(settings: Settings, opts: Options, consumer: Consumer, state: Re
         progress.close()
 
 
-def _dry_run(settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str,
-             out: TextIO) -> int:
+def _dry_run(
+    settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str, out: TextIO
+) -> int:
     counts = Counts(Counter(), Counter())
     for _ in _candidates(settings, opts, consumer, state, counts, "replay --dry-run: scanned"):
         pass
@@ -192,19 +200,25 @@ def _dry_run(settings: Settings, opts: Options, consumer: Consumer, state: Repla
     print(f"dry run: would replay {n_records(total)} from {settings.failure_topic} to {target}", file=out)
     _report(counts, state, out)
     if state.pending is not None:
-        print(f"an earlier run stopped with {n_records(len(state.pending))} in flight; a real run first checks "
-              f"{target} for them", file=out)
+        print(
+            f"an earlier run stopped with {n_records(len(state.pending))} in flight; a real run first checks "
+            f"{target} for them",
+            file=out,
+        )
     return OK
 
 
-def _replay(settings: Settings, opts: Options, consumer: Consumer, lease: Lease, state: ReplayState,
-            target: str, out: TextIO) -> int:
+def _replay(
+    settings: Settings, opts: Options, consumer: Consumer, lease: Lease, state: ReplayState, target: str, out: TextIO
+) -> int:
     counts = Counts(Counter(), Counter())
     produced: Counter[str] = Counter()
     # the replay's records must be delivered (or given up on) well within its lease:
     # ops.replay_store, on why a chunk can't still be arriving when another run takes over
-    writer = KafkaWriter(dataclasses.replace(settings, retry_deadline_seconds=min(
-        settings.retry_deadline_seconds, DELIVERY_TIMEOUT_S)), client_id="enrichment-ops-replay")
+    writer = KafkaWriter(
+        dataclasses.replace(settings, retry_deadline_seconds=min(settings.retry_deadline_seconds, DELIVERY_TIMEOUT_S)),
+        client_id="enrichment-ops-replay",
+    )
     chunk: list[tuple[int, int, str, OutMessage]] = []
 
     def flush() -> None:
@@ -215,8 +229,11 @@ def _replay(settings: Settings, opts: Options, consumer: Consumer, lease: Lease,
         try:
             refused = set(writer.write([m for _, _, _, m in chunk]))
         except DeliveryFailed as exc:
-            raise OpsError(f"{exc}; {sum(produced.values())} records replayed before this chunk; run the same "
-                           "command again to check the chunk in flight and continue", FAILED) from None
+            raise OpsError(
+                f"{exc}; {sum(produced.values())} records replayed before this chunk; run the same "
+                "command again to check the chunk in flight and continue",
+                FAILED,
+            ) from None
         if refused:  # too large for the target, or invalid there: not replayed, and said so below
             counts.refused.extend((p, o) for i, (p, o, _, _) in enumerate(chunk) if i in refused)
             state.commit([(p, o) for i, (p, o, _, _) in enumerate(chunk) if i not in refused])
@@ -246,14 +263,20 @@ def _replay(settings: Settings, opts: Options, consumer: Consumer, lease: Lease,
     print(f"replayed {n_records(sum(produced.values()))} from {settings.failure_topic} to {target}", file=out)
     _report(counts, state, out, partial=bool(stopped))
     if stopped == "interrupted":
-        print("ops replay: interrupted; the replay state records what was replayed: run the same command again "
-              "to continue", file=sys.stderr)
+        print(
+            "ops replay: interrupted; the replay state records what was replayed: run the same command again "
+            "to continue",
+            file=sys.stderr,
+        )
         return INTERRUPTED
     if stopped:
         print(stopped, file=out)
     if counts.refused:
-        print(f"ops replay: {target} refused {n_records(len(counts.refused))} (too large for it, or invalid "
-              "there); they are not recorded as replayed: see the report", file=sys.stderr)
+        print(
+            f"ops replay: {target} refused {n_records(len(counts.refused))} (too large for it, or invalid "
+            "there); they are not recorded as replayed: see the report",
+            file=sys.stderr,
+        )
         return FAILED
     return OK
 
@@ -274,12 +297,23 @@ def _report(counts: Counts, state: ReplayState, out: TextIO, partial: bool = Fal
             by_partition.setdefault(p, []).append(o)
         where = "; ".join(f"partition {p}: {format_offsets(offs)}" for p, offs in sorted(by_partition.items()))
         print(f"refused by {state.target_topic}, not replayed: {len(counts.refused)} ({where})", file=out)
-    print(f"replay state: {state.cluster}, {state.failure_topic} -> {state.target_topic} "
-          f"({state.count()} dead letters replayed in all)", file=out)
+    print(
+        f"replay state: {state.cluster}, {state.failure_topic} -> {state.target_topic} "
+        f"({state.count()} dead letters replayed in all)",
+        file=out,
+    )
 
 
-def _settle(settings: Settings, opts: Options, consumer: Consumer, store: Store, row: Row, state: ReplayState,
-            target: str, out: TextIO) -> None:
+def _settle(
+    settings: Settings,
+    opts: Options,
+    consumer: Consumer,
+    store: Store,
+    row: Row,
+    state: ReplayState,
+    target: str,
+    out: TextIO,
+) -> None:
     """An earlier run stopped with a chunk in flight: look for it in the target topic, once
     none of it can still be on its way (`ops.replay_store`)."""
     pending = state.pending
@@ -287,8 +321,11 @@ def _settle(settings: Settings, opts: Options, consumer: Consumer, store: Store,
     if replay_setup.had_pending(row) and row.state_written_ms is not None:
         wait_s = IN_FLIGHT_S - (store.server_now_ms() - row.state_written_ms) / 1000
         if wait_s > 0:
-            print(f"ops replay: an earlier run left {n_records(len(pending))} in flight {IN_FLIGHT_S - wait_s:.0f}s "
-                  f"ago; waiting {wait_s:.0f}s until none of it can still be arriving", file=sys.stderr)
+            print(
+                f"ops replay: an earlier run left {n_records(len(pending))} in flight {IN_FLIGHT_S - wait_s:.0f}s "
+                f"ago; waiting {wait_s:.0f}s until none of it can still be arriving",
+                file=sys.stderr,
+            )
             time.sleep(wait_s)
     timeout = settings.startup_timeout_seconds
     parts = scan.partitions(consumer, target, timeout)
@@ -298,8 +335,11 @@ def _settle(settings: Settings, opts: Options, consumer: Consumer, store: Store,
     for p, (lo, hi) in marks.items():
         first = starts.get(p)
         wins[p] = (hi if first is None else max(lo, first), hi)
-    progress = Progress(f"replay: looking for {len(pending)} records in flight in {target}",
-                        sum(hi - lo for lo, hi in wins.values()), enabled=opts.progress)
+    progress = Progress(
+        f"replay: looking for {len(pending)} records in flight in {target}",
+        sum(hi - lo for lo, hi in wins.values()),
+        enabled=opts.progress,
+    )
     found: list[tuple[int, int]] = []
     try:
         with contextlib.closing(scan.scan(consumer, target, wins)) as records:
@@ -313,5 +353,8 @@ def _settle(settings: Settings, opts: Options, consumer: Consumer, store: Store,
     total = len(pending)
     in_flight = {(p, o) for p, o in found if p in pending.offsets and o in pending.offsets[p]}
     state.commit(in_flight)
-    print(f"an earlier run stopped with {n_records(total)} in flight: {len(in_flight)} had reached {target}, "
-          f"{total - len(in_flight)} had not (they are replayed now if selected)", file=out)
+    print(
+        f"an earlier run stopped with {n_records(total)} in flight: {len(in_flight)} had reached {target}, "
+        f"{total - len(in_flight)} had not (they are replayed now if selected)",
+        file=out,
+    )

@@ -91,8 +91,12 @@ def refuse_target(target: str, settings: Settings) -> None:
     """By name: the failure topic, and the topics the settings name as outputs (what the
     target holds is checked too: `ops.replay_target`)."""
     if target == settings.failure_topic:
-        raise OpsError(f"refusing to replay into the failure topic {target}: dead letters would only be "
-                       "copied, never processed; replay into the input topic (the default) or --to another topic")
+        raise OpsError(
+            f"refusing to replay into the failure topic {target}: dead letters would only be "
+            "copied, never processed; replay into the input topic (the default) or --to another topic"
+        )
     if target == settings.output_topic:
-        raise OpsError(f"refusing to replay into the output topic {target}: it holds enriched events, "
-                       "and dead letters are raw input")
+        raise OpsError(
+            f"refusing to replay into the output topic {target}: it holds enriched events, "
+            "and dead letters are raw input"
+        )

@@ -49,10 +49,15 @@ class Target:
 def _from_row(store: Store, target: Target, row: Row) -> ReplayState:
     if row.state is None:
         return target.empty()
-    return ReplayState.from_json(row.state, f"the replay state of {target.key} in {store.table}", target.cluster,
-                                 target.failure_topic, target.failure_topic_id, target.target_topic,
-                                 "pass --restart to start over (dead letters it records as replayed would be "
-                                 "produced again)")
+    return ReplayState.from_json(
+        row.state,
+        f"the replay state of {target.key} in {store.table}",
+        target.cluster,
+        target.failure_topic,
+        target.failure_topic_id,
+        target.target_topic,
+        "pass --restart to start over (dead letters it records as replayed would be produced again)",
+    )
 
 
 def had_pending(row: Row) -> bool:
@@ -79,13 +84,17 @@ def peek(store: Store, target: Target, restart: bool, legacy_dir: Path | None, o
     old = load_legacy(path, target.cluster, target.failure_topic, target.failure_topic_id, target.target_topic)
     if old is not None:
         state.merge(old)
-        print(f"a real run would first import the legacy state file {path} ({old.count()} dead letters "
-              f"replayed{_in_flight_note(old)})", file=out)
+        print(
+            f"a real run would first import the legacy state file {path} ({old.count()} dead letters "
+            f"replayed{_in_flight_note(old)})",
+            file=out,
+        )
     return state
 
 
-def start(store: Store, lease: Lease, target: Target, restart: bool, legacy_dir: Path | None,
-          out: TextIO) -> ReplayState:
+def start(
+    store: Store, lease: Lease, target: Target, restart: bool, legacy_dir: Path | None, out: TextIO
+) -> ReplayState:
     """The state this run (holding the lease) starts from; every later change is written
     through the lease."""
     path = legacy_path(legacy_dir or LEGACY_DIR, target.cluster, target.failure_topic, target.target_topic)
@@ -107,12 +116,14 @@ def start(store: Store, lease: Lease, target: Target, restart: bool, legacy_dir:
         state.save(state)
     if old is not None:
         _set_aside(path)
-        print(f"imported legacy state file {path} into {store.table} ({old.count()} dead letters replayed"
-              f"{_in_flight_note(old)}); renamed it to {path.name}{MIGRATED}", file=out)
+        print(
+            f"imported legacy state file {path} into {store.table} ({old.count()} dead letters replayed"
+            f"{_in_flight_note(old)}); renamed it to {path.name}{MIGRATED}",
+            file=out,
+        )
     elif restart and path.exists():
         _set_aside(path)
-        print(f"legacy state file {path} set aside unread (--restart); renamed it to {path.name}{MIGRATED}",
-              file=out)
+        print(f"legacy state file {path} set aside unread (--restart); renamed it to {path.name}{MIGRATED}", file=out)
     return state
 
 
@@ -120,14 +131,19 @@ def _set_aside(path: Path) -> None:
     try:
         os.replace(path, path.with_name(path.name + MIGRATED))
     except OSError as exc:
-        raise OpsError(f"legacy state file {path} was imported but can't be renamed ({exc}); move it away "
-                       "yourself, or the next run imports it again (harmless: it only adds)", USAGE) from None
+        raise OpsError(
+            f"legacy state file {path} was imported but can't be renamed ({exc}); move it away "
+            "yourself, or the next run imports it again (harmless: it only adds)",
+            USAGE,
+        ) from None
 
 
 def warn_state_dir(given: Path | None) -> None:
     """Warn on stderr when `--state-dir` is given: it now only says where to look for a state file
     of an earlier version, to import."""
     if given is not None:
-        print(f"ops replay: --state-dir is deprecated: the replay state is shared in the history keyspace now; "
-              f"{given} is only searched for a state file of an earlier version, to import it once",
-              file=sys.stderr)
+        print(
+            f"ops replay: --state-dir is deprecated: the replay state is shared in the history keyspace now; "
+            f"{given} is only searched for a state file of an earlier version, to import it once",
+            file=sys.stderr,
+        )

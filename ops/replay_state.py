@@ -80,8 +80,16 @@ class ReplayState:
     save: Callable[[ReplayState], None] = field(default=_no_save, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, text: str, where: str, cluster: str, failure_topic: str, failure_topic_id: str,
-                  target_topic: str, hint: str) -> ReplayState:
+    def from_json(
+        cls,
+        text: str,
+        where: str,
+        cluster: str,
+        failure_topic: str,
+        failure_topic_id: str,
+        target_topic: str,
+        hint: str,
+    ) -> ReplayState:
         """The document `text` read from `where`; refused (status 2, with `hint`) when it
         can't be read or belongs to an earlier topic of the same name."""
         state = cls(cluster, failure_topic, failure_topic_id, target_topic)
@@ -97,8 +105,11 @@ class ReplayState:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise OpsError(f"{where} is unreadable ({exc}); {hint}", USAGE) from None
         if recorded_id != failure_topic_id:
-            raise OpsError(f"{where} belongs to an earlier topic named {failure_topic} (topic id {recorded_id}, "
-                           f"now {failure_topic_id}); its offsets name other records: {hint}", USAGE)
+            raise OpsError(
+                f"{where} belongs to an earlier topic named {failure_topic} (topic id {recorded_id}, "
+                f"now {failure_topic_id}); its offsets name other records: {hint}",
+                USAGE,
+            )
         return state
 
     def is_replayed(self, partition: int, offset: int) -> bool:
@@ -158,7 +169,9 @@ class ReplayState:
             "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "replayed_count": self.count(),
             "replayed": {str(p): r.ranges() for p, r in sorted(self.replayed.items())},
-            "pending": None if self.pending is None else {
+            "pending": None
+            if self.pending is None
+            else {
                 "since_ms": self.pending.since_ms,
                 "offsets": {str(p): r.ranges() for p, r in sorted(self.pending.offsets.items())},
             },
@@ -173,8 +186,9 @@ def _partitions(doc: dict[str, Any]) -> dict[int, RangeSet]:
     return {int(p): RangeSet(ranges) for p, ranges in doc.items()}
 
 
-def load_legacy(path: Path, cluster: str, failure_topic: str, failure_topic_id: str,
-                target_topic: str) -> ReplayState | None:
+def load_legacy(
+    path: Path, cluster: str, failure_topic: str, failure_topic_id: str, target_topic: str
+) -> ReplayState | None:
     """The state file an earlier version left at `path`, or None when there is none."""
     try:
         text = path.read_text()
@@ -182,6 +196,12 @@ def load_legacy(path: Path, cluster: str, failure_topic: str, failure_topic_id: 
         return None
     except OSError as exc:
         raise OpsError(f"legacy state file {path} is unreadable ({exc}); move it away", USAGE) from None
-    return ReplayState.from_json(text, f"legacy state file {path}", cluster, failure_topic, failure_topic_id,
-                                 target_topic, "move it away, or pass --restart (dead letters it records as "
-                                 "replayed would be produced again)")
+    return ReplayState.from_json(
+        text,
+        f"legacy state file {path}",
+        cluster,
+        failure_topic,
+        failure_topic_id,
+        target_topic,
+        "move it away, or pass --restart (dead letters it records as replayed would be produced again)",
+    )

@@ -143,9 +143,12 @@ class Store:
         try:
             if ks not in self.cluster.metadata.keyspaces:
                 hosts = ",".join(settings.scylla_hosts)
-                raise OpsError(f"keyspace {ks} does not exist on {hosts}: replay keeps its state in the pipeline's "
-                               "history keyspace (SCYLLA_KEYSPACE, created by the dataflow's first run) so that "
-                               "every operator's run shares it; is SCYLLA_KEYSPACE the dataflow's?", USAGE)
+                raise OpsError(
+                    f"keyspace {ks} does not exist on {hosts}: replay keeps its state in the pipeline's "
+                    "history keyspace (SCYLLA_KEYSPACE, created by the dataflow's first run) so that "
+                    "every operator's run shares it; is SCYLLA_KEYSPACE the dataflow's?",
+                    USAGE,
+                )
             if TABLE not in self.cluster.metadata.keyspaces[ks].tables:
                 self.session.execute(CREATE_TABLE.format(ks=ks), timeout=60)
             self._prepare(ConsistencyLevel.LOCAL_SERIAL if settings.scylla_local_dc else ConsistencyLevel.SERIAL)
@@ -194,8 +197,15 @@ class Store:
         aware = now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
         return int(aware.timestamp() * 1000)
 
-    def cas(self, key: StateKey, stmt: PreparedStatement, params: tuple[Any, ...], done: Callable[[Row], bool],
-            status: int, deadline_s: float = CAS_DEADLINE_S) -> bool:
+    def cas(
+        self,
+        key: StateKey,
+        stmt: PreparedStatement,
+        params: tuple[Any, ...],
+        done: Callable[[Row], bool],
+        status: int,
+        deadline_s: float = CAS_DEADLINE_S,
+    ) -> bool:
         """Run a lightweight transaction; whether it applied. When the answer is lost (a
         timeout), a serial read settles the round and `done` tells whether the write is
         in; if not, the statement is tried again (its condition is checked again)."""
@@ -207,8 +217,11 @@ class Store:
                 last: Exception = exc
             while True:
                 if _clock() > give_up:
-                    raise OpsError(f"replay state {self.table}: no answer within {deadline_s:.0f}s "
-                                   f"({type(last).__name__}: {str(last)[:200]})", status)
+                    raise OpsError(
+                        f"replay state {self.table}: no answer within {deadline_s:.0f}s "
+                        f"({type(last).__name__}: {str(last)[:200]})",
+                        status,
+                    )
                 time.sleep(0.5)
                 try:
                     row = self.read(key)
@@ -227,8 +240,11 @@ class Store:
             except UNCERTAIN as exc:
                 raise OpsError(f"replay state {self.table}: {type(exc).__name__}: {str(exc)[:200]}", USAGE) from None
             if row.holder is not None:
-                raise OpsError(f"another replay holds the state of {key}: {row.holder.describe()}; if that run "
-                               f"is gone, its lease lapses within {LEASE_S}s", USAGE)
+                raise OpsError(
+                    f"another replay holds the state of {key}: {row.holder.describe()}; if that run "
+                    f"is gone, its lease lapses within {LEASE_S}s",
+                    USAGE,
+                )
             since = _utcnow()
             sent = _clock()
             until = since + dt.timedelta(seconds=LEASE_S)
@@ -236,8 +252,7 @@ class Store:
                 params: tuple[Any, ...] = (owner, since, until, *key.params(), None)
                 applied = self.cas(key, self.lease_stmt, params, _owned_by(owner), USAGE)
             else:
-                applied = self.cas(key, self.insert_stmt, (*key.params(), owner, since, until), _owned_by(owner),
-                                   USAGE)
+                applied = self.cas(key, self.insert_stmt, (*key.params(), owner, since, until), _owned_by(owner), USAGE)
             if applied:
                 lease = Lease(self, key, owner, since, sent, Row(True))
                 try:
@@ -246,8 +261,9 @@ class Store:
                     lease.release()
                     raise
                 return lease
-        raise OpsError(f"the lease on the replay state of {key} changed hands while this run tried to take it; "
-                       "run again", USAGE)
+        raise OpsError(
+            f"the lease on the replay state of {key} changed hands while this run tried to take it; run again", USAGE
+        )
 
     def close(self) -> None:
         """Shut down the connection to the cluster."""
@@ -259,8 +275,9 @@ class Lease:
     and the condition of every state write. Use as a context manager (renewal starts on
     entry; the lease is given back on exit)."""
 
-    def __init__(self, store: Store, key: StateKey, owner: str, since: dt.datetime, confirmed_at: float,
-                 row: Row) -> None:
+    def __init__(
+        self, store: Store, key: StateKey, owner: str, since: dt.datetime, confirmed_at: float, row: Row
+    ) -> None:
         self.store, self.key, self.owner, self.since = store, key, owner, since
         self.row = row  # as it was right after the lease was taken
         self.lost: str | None = None
@@ -273,8 +290,9 @@ class Lease:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
     def left(self) -> float:
@@ -289,8 +307,9 @@ class Lease:
         until = _utcnow() + dt.timedelta(seconds=LEASE_S)
         params = (self.owner, self.since, until, *self.key.params(), self.owner)
         try:
-            applied = self.store.cas(self.key, self.store.lease_stmt, params, _owned_by(self.owner), FAILED,
-                                     deadline_s=RENEW_EVERY_S)
+            applied = self.store.cas(
+                self.key, self.store.lease_stmt, params, _owned_by(self.owner), FAILED, deadline_s=RENEW_EVERY_S
+            )
         except Exception:  # noqa: BLE001 - unknown for now: the next attempt, or the chunk check, decides
             return False
         if not applied:
@@ -317,13 +336,18 @@ class Lease:
         if self.lost is None and self.left() < MIN_LEFT_S:
             self.renew()
         if self.lost is not None:
-            raise OpsError(f"this run lost its lease on the replay state of {self.key} ({self.lost}); stopped "
-                           "before the next chunk: run again", FAILED)
+            raise OpsError(
+                f"this run lost its lease on the replay state of {self.key} ({self.lost}); stopped "
+                "before the next chunk: run again",
+                FAILED,
+            )
         left = self.left()
         if left < MIN_LEFT_S:
-            raise OpsError(f"could not renew the lease on the replay state in {self.store.table} ({left:.0f}s "
-                           f"left, a chunk needs {MIN_LEFT_S:.0f}s); stopped before the next chunk: run again",
-                           FAILED)
+            raise OpsError(
+                f"could not renew the lease on the replay state in {self.store.table} ({left:.0f}s "
+                f"left, a chunk needs {MIN_LEFT_S:.0f}s); stopped before the next chunk: run again",
+                FAILED,
+            )
 
     def write(self, doc: str) -> None:
         """Store the state document, only while this run holds the lease."""
@@ -334,8 +358,11 @@ class Lease:
 
         if not self.store.cas(self.key, self.store.write_stmt, params, landed, FAILED):
             self._lose()
-            raise OpsError(f"the replay state of {self.key} was not written: this run no longer holds its lease "
-                           f"({self.lost}); run again (the next run settles the chunk in flight)", FAILED)
+            raise OpsError(
+                f"the replay state of {self.key} was not written: this run no longer holds its lease "
+                f"({self.lost}); run again (the next run settles the chunk in flight)",
+                FAILED,
+            )
 
     def release(self) -> None:
         """Give the lease back (best effort: if this fails, it expires by itself)."""
@@ -345,5 +372,11 @@ class Lease:
         if self.lost is not None:
             return
         with contextlib.suppress(Exception):  # if this fails, the lease expires by itself
-            self.store.cas(self.key, self.store.release_stmt, (*self.key.params(), self.owner),
-                           lambda row: not _owned_by(self.owner)(row), FAILED, deadline_s=5.0)
+            self.store.cas(
+                self.key,
+                self.store.release_stmt,
+                (*self.key.params(), self.owner),
+                lambda row: not _owned_by(self.owner)(row),
+                FAILED,
+                deadline_s=5.0,
+            )

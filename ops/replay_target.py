@@ -40,10 +40,13 @@ def refuse_output_topic(consumer: Consumer, topic: str, timeout: float) -> None:
                 seen += 1
                 found = output_marks(rec.headers)
                 if found is not None:
-                    raise OpsError(f"refusing to replay into {topic}: its record {rec.coordinates} carries {found} "
-                                   "headers, which the pipeline puts on what it writes (enriched events, dead "
-                                   f"letters), so {topic} is a pipeline output and dead letters are raw input; "
-                                   "replay into the input topic (the default) or --to an input topic", USAGE)
+                    raise OpsError(
+                        f"refusing to replay into {topic}: its record {rec.coordinates} carries {found} "
+                        "headers, which the pipeline puts on what it writes (enriched events, dead "
+                        f"letters), so {topic} is a pipeline output and dead letters are raw input; "
+                        "replay into the input topic (the default) or --to an input topic",
+                        USAGE,
+                    )
                 if time.monotonic() > deadline:
                     break
     except OpsError as exc:
@@ -51,5 +54,8 @@ def refuse_output_topic(consumer: Consumer, topic: str, timeout: float) -> None:
             raise
         seen = 0
     if not seen:
-        raise OpsError(f"could not read the last records of {topic} within {3 * timeout:g}s to check that it is "
-                       "not one of the pipeline's outputs; refusing to replay into it", USAGE)
+        raise OpsError(
+            f"could not read the last records of {topic} within {3 * timeout:g}s to check that it is "
+            "not one of the pipeline's outputs; refusing to replay into it",
+            USAGE,
+        )

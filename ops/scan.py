@@ -37,8 +37,16 @@ def record(msg: Message) -> SourceRecord:
     headers, so it is never called here."""
     raw: Any = msg
     headers, header_error = READER.read(msg)
-    return SourceRecord(raw.topic(), raw.partition(), raw.offset(), int(raw.timestamp()[1]), raw.key(), raw.value(),
-                        headers, header_error)
+    return SourceRecord(
+        raw.topic(),
+        raw.partition(),
+        raw.offset(),
+        int(raw.timestamp()[1]),
+        raw.key(),
+        raw.value(),
+        headers,
+        header_error,
+    )
 
 
 # librdkafka's own log lines (connection refused, retries...) go here, not to stderr: the
@@ -47,8 +55,9 @@ CLIENT_LOG = logging.getLogger("ops.librdkafka")
 
 Window = tuple[int, int]  # half-open [start, end) offsets
 STALL_S = 60.0
-_RAISE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                    KafkaError.GROUP_AUTHORIZATION_FAILED})
+_RAISE = frozenset(
+    {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
+)
 
 
 def check_topics(settings: Settings, topics: Iterable[str]) -> None:
@@ -62,17 +71,19 @@ def check_topics(settings: Settings, topics: Iterable[str]) -> None:
 
 def open_consumer(settings: Settings) -> Consumer:
     """A consumer for assigned partitions only: it joins no group and commits nothing."""
-    return Consumer({
-        **settings.kafka_common(),
-        "group.id": f"enrichment-ops-{uuid.uuid4().hex[:12]}",  # required by the client; never joined
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        # retention may delete the first offsets between listing and fetching: start at the
-        # first one kept, never jump to the end
-        "auto.offset.reset": "earliest",
-        "socket.connection.setup.timeout.ms": 5000,
-        "logger": CLIENT_LOG,
-    })
+    return Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": f"enrichment-ops-{uuid.uuid4().hex[:12]}",  # required by the client; never joined
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            # retention may delete the first offsets between listing and fetching: start at the
+            # first one kept, never jump to the end
+            "auto.offset.reset": "earliest",
+            "socket.connection.setup.timeout.ms": 5000,
+            "logger": CLIENT_LOG,
+        }
+    )
 
 
 def partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
@@ -116,8 +127,9 @@ def offsets_at(consumer: Consumer, topic: str, parts: Iterable[int], ms: int, ti
     return out
 
 
-def scan(consumer: Consumer, topic: str, windows: dict[int, Window],
-         stall_s: float = STALL_S) -> Generator[SourceRecord, None, None]:
+def scan(
+    consumer: Consumer, topic: str, windows: dict[int, Window], stall_s: float = STALL_S
+) -> Generator[SourceRecord, None, None]:
     """Every record in each partition's window, partitions interleaved. A window's end may
     fall on an offset without a record (a transaction marker, a compacted record): the
     partition ends at the first offset at or past it, or at its current end."""
@@ -131,8 +143,9 @@ def scan(consumer: Consumer, topic: str, windows: dict[int, Window],
             msgs = consumer.consume(500, 0.5)
             if not msgs:
                 if time.monotonic() - last > stall_s:
-                    raise OpsError(f"reading {topic}: nothing received for {stall_s:.0f}s from partitions "
-                                   f"{sorted(todo)}", FAILED)
+                    raise OpsError(
+                        f"reading {topic}: nothing received for {stall_s:.0f}s from partitions {sorted(todo)}", FAILED
+                    )
                 continue
             last = time.monotonic()
             for msg in msgs:
@@ -157,4 +170,3 @@ def scan(consumer: Consumer, topic: str, windows: dict[int, Window],
                     todo.pop(p, None)
     finally:
         consumer.unassign()
-

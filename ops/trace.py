@@ -125,8 +125,10 @@ class History:
 
     def rows_at(self, source: Source) -> list[dict[str, Any]]:
         """Every row with these coordinates: a scan of the whole table (ALLOW FILTERING)."""
-        stmt = self.session.prepare(f"SELECT {self._cols} FROM {self.table} WHERE source_topic = ? AND "  # noqa: S608
-                                    "source_partition = ? AND source_offset = ? ALLOW FILTERING")
+        stmt = self.session.prepare(
+            f"SELECT {self._cols} FROM {self.table} WHERE source_topic = ? AND "  # noqa: S608
+            "source_partition = ? AND source_offset = ? ALLOW FILTERING"
+        )
         result = self.session.execute(stmt, (source.topic, source.partition, source.offset), timeout=120)
         return [dict(zip(COLUMNS, r, strict=True)) for r in result]
 
@@ -169,8 +171,9 @@ def event_id_of(record: SourceRecord, max_value_bytes: int) -> tuple[str, bool]:
     return record.coordinates, False
 
 
-def find_output(consumer: Consumer, row: dict[str, Any], window_s: float, timeout: float,
-                progress: bool) -> tuple[SourceRecord | None, str]:
+def find_output(
+    consumer: Consumer, row: dict[str, Any], window_s: float, timeout: float, progress: bool
+) -> tuple[SourceRecord | None, str]:
     """The message with this row's `source.*` headers in its output topic, looked for from a
     little before `processed_at` to `window_s` after it; (None, why) if absent."""
     topic = row["output_topic"]
@@ -262,39 +265,54 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
         history.close()
 
 
-def _rows_for_source(settings: Settings, opts: Options, history: History, consumer: Consumer,
-                     out: TextIO) -> list[dict[str, Any]]:
+def _rows_for_source(
+    settings: Settings, opts: Options, history: History, consumer: Consumer, out: TextIO
+) -> list[dict[str, Any]]:
     source = opts.source
     assert source is not None
     rec = read_one(consumer, source, settings.startup_timeout_seconds)
     if rec is not None:
         # the record as the dataflow's source builds it, header_error included: a record
         # with a header name that is not UTF-8 fails before its event_id is read
-        record = SourceRecord(source.topic, source.partition, source.offset, rec.timestamp_ms, rec.key, rec.value,
-                              rec.headers, rec.header_error)
+        record = SourceRecord(
+            source.topic,
+            source.partition,
+            source.offset,
+            rec.timestamp_ms,
+            rec.key,
+            rec.value,
+            rec.headers,
+            rec.header_error,
+        )
         event_id, readable = event_id_of(record, settings.max_value_bytes)
         how = "read from its value" if readable else "its event_id can't be read: filed under its coordinates"
-        print(f"input record {source} at {format_ms(rec.timestamp_ms)}: event_id {show.text(event_id)} ({how})",
-              file=out)
+        print(
+            f"input record {source} at {format_ms(rec.timestamp_ms)}: event_id {show.text(event_id)} ({how})", file=out
+        )
         candidates = [event_id]
     else:
         print(f"input record {source} is not in Kafka (deleted by retention, or not written yet)", file=out)
         candidates = [str(source)]  # the fallback id, for records whose event_id could not be read
     rows = [r for eid in candidates for r in history.rows(eid)]
-    others = [r for r in rows if (r["source_topic"], r["source_partition"], r["source_offset"])
-              != (source.topic, source.partition, source.offset)]
+    others = [
+        r
+        for r in rows
+        if (r["source_topic"], r["source_partition"], r["source_offset"])
+        != (source.topic, source.partition, source.offset)
+    ]
     rows = [r for r in rows if r not in others]
     if others:
-        print(f"({len(others)} other history rows share this event_id: `ops trace {show.text(candidates[0])}` "
-              "shows them)", file=out)
+        print(
+            f"({len(others)} other history rows share this event_id: `ops trace {show.text(candidates[0])}` "
+            "shows them)",
+            file=out,
+        )
     if not rows and rec is None:
         if opts.full_scan:
-            print(f"searching {history.table} for the coordinates (ALLOW FILTERING: reads the whole table)",
-                  file=out)
+            print(f"searching {history.table} for the coordinates (ALLOW FILTERING: reads the whole table)", file=out)
             rows = history.rows_at(source)
         else:
-            print("no history row under the fallback event_id; --full-scan searches the whole history table",
-                  file=out)
+            print("no history row under the fallback event_id; --full-scan searches the whole history table", file=out)
     elif not rows:
         print(f"no history row for {source} in {history.table}: not processed yet?", file=out)
     return rows

@@ -102,9 +102,7 @@ def pom_version(pom: Path, prop: str) -> str:
 def java_bin() -> Path:
     java = JAVA_HOME / "bin" / "java"
     if not java.exists():
-        raise StackError(
-            f"no Java at {JAVA_HOME}; install OpenJDK 17 or set STACK_JAVA_HOME to a Java 17 home"
-        )
+        raise StackError(f"no Java at {JAVA_HOME}; install OpenJDK 17 or set STACK_JAVA_HOME to a Java 17 home")
     out = subprocess.run([str(java), "-version"], capture_output=True, text=True).stderr
     if 'version "17' not in out:
         raise StackError(
@@ -127,8 +125,14 @@ def fetch_jars(name: str, pom: Path) -> Path:
     tmp = lib.with_name("lib.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [
-        "mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={tmp}",
     ]
     env = dict(os.environ, JAVA_HOME=str(JAVA_HOME))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -140,13 +144,17 @@ def fetch_jars(name: str, pom: Path) -> Path:
     return lib
 
 
-def spawn(cmd: list[str], log: Path, pidfile: Path, env: dict[str, str] | None = None,
-          user: str | None = None) -> int:
+def spawn(cmd: list[str], log: Path, pidfile: Path, env: dict[str, str] | None = None, user: str | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env, user=user,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            user=user,
         )
     pidfile.write_text(str(proc.pid))
     return proc.pid
@@ -270,9 +278,16 @@ class Kafka(Server):
             "logger.state.name = state.change.logger\nlogger.state.level = WARN\n"
         )
         return [
-            str(java_bin()), f"-Xms{KAFKA_HEAP}", f"-Xmx{KAFKA_HEAP}", "-XX:+UseG1GC",
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
-            "-cp", f"{self.lib}/*", main, *args,
+            str(java_bin()),
+            f"-Xms{KAFKA_HEAP}",
+            f"-Xmx{KAFKA_HEAP}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{self.lib}/*",
+            main,
+            *args,
         ]
 
     def start(self) -> None:
@@ -282,7 +297,8 @@ class Kafka(Server):
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             res = subprocess.run(  # noqa: S603
                 self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)),
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
             if res.returncode != 0:
                 raise StackError(f"kafka: storage format failed:\n{res.stdout}{res.stderr}")
@@ -291,8 +307,7 @@ class Kafka(Server):
     def probe(self) -> str:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0,
-                             "logger": _quiet_logger()})
+        admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0, "logger": _quiet_logger()})
         md = admin.list_topics(timeout=3)
         if not md.brokers:
             raise RuntimeError("no brokers in metadata")
@@ -320,8 +335,7 @@ class Postgres(Server):
     @staticmethod
     def _find_bin() -> Path:
         def found() -> list[Path]:
-            return sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                          key=lambda p: int(p.parent.parent.name))
+            return sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
 
         if not found():
             if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -334,8 +348,10 @@ class Postgres(Server):
                 with conf.open("a") as f:
                     f.write("\ncreate_main_cluster = false\n")
             env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-            for cmd in (["apt-get", "update", "-q"],
-                        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]):
+            for cmd in (
+                ["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+            ):
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)  # noqa: S603
                 if res.returncode != 0:
                     raise StackError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
@@ -364,12 +380,23 @@ class Postgres(Server):
         data = self._data()
         if not (data / "PG_VERSION").exists():
             shutil.rmtree(data, ignore_errors=True)
-            res = self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres",
-                            "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")
+            res = self._run(
+                str(self.bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
             if res.returncode != 0:
                 raise StackError(f"postgres: initdb failed:\n{res.stdout}{res.stderr}")
-        opts = (f"-p {PG_PORT} -c listen_addresses={HOST} -k {self.dir} "
-                "-c max_connections=200 -c shared_buffers=128MB -c fsync=on")
+        opts = (
+            f"-p {PG_PORT} -c listen_addresses={HOST} -k {self.dir} "
+            "-c max_connections=200 -c shared_buffers=128MB -c fsync=on"
+        )
         self.log.touch()
         if self.user:
             shutil.chown(self.log, self.user, self.user)
@@ -402,8 +429,16 @@ class Postgres(Server):
         pid = self.pid()
         if pid is not None and (self._data() / "postmaster.pid").exists():
             # fast shutdown: roll back open transactions, checkpoint, exit
-            self._run(str(self._find_bin() / "pg_ctl"), "-D", str(self._data()), "-m", "fast",
-                      "-t", str(int(STOP_TIMEOUT)), "stop")
+            self._run(
+                str(self._find_bin() / "pg_ctl"),
+                "-D",
+                str(self._data()),
+                "-m",
+                "fast",
+                "-t",
+                str(int(STOP_TIMEOUT)),
+                "stop",
+            )
             if not pid_alive(pid):
                 say(f"{self.name}: stopped (pid {pid})")
                 self.pidfile.unlink(missing_ok=True)
@@ -413,20 +448,44 @@ class Postgres(Server):
 
 CASSANDRA_JVM_FLAGS = [
     "-Djdk.attach.allowAttachSelf=true",
-    *[f"--add-exports={m}=ALL-UNNAMED" for m in (
-        "java.base/jdk.internal.misc", "java.base/jdk.internal.ref", "java.base/sun.nio.ch",
-        "java.management.rmi/com.sun.jmx.remote.internal.rmi", "java.rmi/sun.rmi.registry",
-        "java.rmi/sun.rmi.server", "java.sql/java.sql", "java.base/java.lang.ref",
-        "jdk.unsupported/sun.misc", "jdk.compiler/com.sun.tools.javac.file",
-        "jdk.attach/sun.tools.attach")],
-    *[f"--add-opens={m}=ALL-UNNAMED" for m in (
-        "java.base/java.lang.module", "java.base/jdk.internal.loader", "java.base/jdk.internal.ref",
-        "java.base/jdk.internal.reflect", "java.base/jdk.internal.math",
-        "java.base/jdk.internal.module", "java.base/jdk.internal.util.jar",
-        "jdk.management/com.sun.management.internal", "java.base/sun.nio.ch", "java.base/java.io",
-        "java.base/java.nio", "java.base/java.lang.reflect", "jdk.compiler/com.sun.tools.javac",
-        "java.base/java.lang", "java.base/java.util", "java.base/java.util.concurrent",
-        "java.base/java.util.concurrent.atomic")],
+    *[
+        f"--add-exports={m}=ALL-UNNAMED"
+        for m in (
+            "java.base/jdk.internal.misc",
+            "java.base/jdk.internal.ref",
+            "java.base/sun.nio.ch",
+            "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+            "java.rmi/sun.rmi.registry",
+            "java.rmi/sun.rmi.server",
+            "java.sql/java.sql",
+            "java.base/java.lang.ref",
+            "jdk.unsupported/sun.misc",
+            "jdk.compiler/com.sun.tools.javac.file",
+            "jdk.attach/sun.tools.attach",
+        )
+    ],
+    *[
+        f"--add-opens={m}=ALL-UNNAMED"
+        for m in (
+            "java.base/java.lang.module",
+            "java.base/jdk.internal.loader",
+            "java.base/jdk.internal.ref",
+            "java.base/jdk.internal.reflect",
+            "java.base/jdk.internal.math",
+            "java.base/jdk.internal.module",
+            "java.base/jdk.internal.util.jar",
+            "jdk.management/com.sun.management.internal",
+            "java.base/sun.nio.ch",
+            "java.base/java.io",
+            "java.base/java.nio",
+            "java.base/java.lang.reflect",
+            "jdk.compiler/com.sun.tools.javac",
+            "java.base/java.lang",
+            "java.base/java.util",
+            "java.base/java.util.concurrent",
+            "java.base/java.util.concurrent.atomic",
+        )
+    ],
     "-Dio.netty.tryReflectionSetAccessible=true",
 ]
 
@@ -496,16 +555,30 @@ dynamic_snitch: false
         yaml, logback = self._config()
         jamm = next(self.lib.glob("jamm-*.jar"))
         cmd = [
-            str(java_bin()), f"-Xms{CASSANDRA_HEAP}", f"-Xmx{CASSANDRA_HEAP}", "-Xss512k",
-            "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-            f"-javaagent:{jamm}", *CASSANDRA_JVM_FLAGS,
-            "-Dcassandra-foreground=yes", f"-Dcassandra.config=file://{yaml}",
-            f"-Dcassandra.storagedir={self.dir}", f"-Dcassandra.logdir={self.dir}",
-            f"-Dcassandra.triggers_dir={self.dir}/triggers", f"-Dlogback.configurationFile={logback}",
-            f"-Djna.tmpdir={self.dir}/tmp", f"-Djava.io.tmpdir={self.dir}/tmp",
-            "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.load_ring_state=false",
-            "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.superuser_setup_delay_ms=0",
-            "-cp", f"{self.lib}/*", "org.apache.cassandra.service.CassandraDaemon",
+            str(java_bin()),
+            f"-Xms{CASSANDRA_HEAP}",
+            f"-Xmx{CASSANDRA_HEAP}",
+            "-Xss512k",
+            "-XX:+UseG1GC",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-javaagent:{jamm}",
+            *CASSANDRA_JVM_FLAGS,
+            "-Dcassandra-foreground=yes",
+            f"-Dcassandra.config=file://{yaml}",
+            f"-Dcassandra.storagedir={self.dir}",
+            f"-Dcassandra.logdir={self.dir}",
+            f"-Dcassandra.triggers_dir={self.dir}/triggers",
+            f"-Dlogback.configurationFile={logback}",
+            f"-Djna.tmpdir={self.dir}/tmp",
+            f"-Djava.io.tmpdir={self.dir}/tmp",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.load_ring_state=false",
+            "-Dcassandra.ring_delay_ms=1000",
+            "-Dcassandra.superuser_setup_delay_ms=0",
+            "-cp",
+            f"{self.lib}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
         ]
         for sub in ("triggers", "tmp"):
             (self.dir / sub).mkdir(exist_ok=True)
@@ -545,9 +618,7 @@ def wait_ready(servers: list[Server], started: dict[str, float]) -> None:
     while pending:
         for server in list(pending):
             if server.pid() is None:
-                raise StackError(
-                    f"{server.name} died during start; last lines of {server.log}:\n{tail(server.log)}"
-                )
+                raise StackError(f"{server.name} died during start; last lines of {server.log}:\n{tail(server.log)}")
             version = answers(server)
             if version:
                 took = time.monotonic() - started[server.name]
@@ -624,8 +695,10 @@ def cmd_status(_: argparse.Namespace) -> None:
         pid = server.pid()
         version = answers(server) if pid else None
         all_ok = all_ok and bool(version)
-        print(f"{server.name:<10} {server.address():<16} {pid or '-':<8} "
-              f"{rss_mb(pid) if pid else '-':<8} {('yes: ' + version) if version else 'no'}")
+        print(
+            f"{server.name:<10} {server.address():<16} {pid or '-':<8} "
+            f"{rss_mb(pid) if pid else '-':<8} {('yes: ' + version) if version else 'no'}"
+        )
     print("all servers answer" if all_ok else "not all servers answer: `make up` starts them")
 
 
@@ -646,7 +719,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     commands: dict[str, Callable[[argparse.Namespace], None]] = {
-        "up": cmd_up, "down": cmd_down, "status": cmd_status, "wipe": cmd_wipe, "fetch": cmd_fetch,
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "wipe": cmd_wipe,
+        "fetch": cmd_fetch,
     }
     for name in commands:
         cmd = sub.add_parser(name)

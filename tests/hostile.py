@@ -32,8 +32,19 @@ LIMIT = 4096  # MAX_VALUE_BYTES of the campaign
 INPUT_MAX = topic_sizes_to_create(LIMIT)[0]  # what the campaign's input topic accepts
 N_CUSTOMERS = 50
 CUSTOMERS = [sample.customer_id(i) for i in range(N_CUSTOMERS)]
-RESERVED = [b"source.topic", b"source.partition", b"source.offset", b"source.timestamp", b"error.code",
-            b"error.stage", b"error.message", b"error.field", b"error.omitted", b"failed_at", b"replay.of"]
+RESERVED = [
+    b"source.topic",
+    b"source.partition",
+    b"source.offset",
+    b"source.timestamp",
+    b"error.code",
+    b"error.stage",
+    b"error.message",
+    b"error.field",
+    b"error.omitted",
+    b"failed_at",
+    b"replay.of",
+]
 
 
 @dataclass(frozen=True)
@@ -70,23 +81,73 @@ def _utf8(data: bytes) -> bool:
 
 # every class of code point; surrogates (Cs) can't be encoded: they go in as JSON escapes
 # (json.dumps with ensure_ascii) or as the bytes "surrogatepass" makes (not UTF-8)
-hostile_text = st.text(st.characters(codec=None, categories=None), max_size=70) | st.sampled_from([
-    "\u0000", "X\u0000", "\u0000" * 64, "\x1b[2J", "a\r\nb", "\u202e", "e\u0301", "😀" * 16, "😀" * 17,
-    "\ud800", "\udfff", "\ud83d\ude00", "\ufeff", "\uffff", "' OR 1=1 --", "x" * 64, "x" * 65, "", " ",
-])
+hostile_text = st.text(st.characters(codec=None, categories=None), max_size=70) | st.sampled_from(
+    [
+        "\u0000",
+        "X\u0000",
+        "\u0000" * 64,
+        "\x1b[2J",
+        "a\r\nb",
+        "\u202e",
+        "e\u0301",
+        "😀" * 16,
+        "😀" * 17,
+        "\ud800",
+        "\udfff",
+        "\ud83d\ude00",
+        "\ufeff",
+        "\uffff",
+        "' OR 1=1 --",
+        "x" * 64,
+        "x" * 65,
+        "",
+        " ",
+    ]
+)
 offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
 moments = st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30), timezones=offsets)
-timestamps = st.sampled_from([
-    "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z",
-    "0001-01-01T13:59:59-14:00", "2024-02-30T00:00:00Z", "2024-01-01T00:00:00", "2024-01-01", "2024-01-01T24:00:00Z",
-    "2016-12-31T23:59:60Z", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00.1234567890Z", "", "now",
-]) | moments.map(lambda d: d.isoformat())
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | hostile_text | st.sampled_from(
-    [0.1000000000000000055511151231257827, 1e308, -0.0, 2**64, -(2**63)])
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    hostile_text, inner, max_size=3), max_leaves=8)
-raw_numbers = st.sampled_from([b"1E2", b"-0", b"0.1000000000000000055511151231257827", b"1e-400", b"1E+999",
-                               b"123456789012345678901234567890", b"-0.0e0"])
+timestamps = st.sampled_from(
+    [
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999Z",
+        "0001-01-01T13:59:59-14:00",
+        "2024-02-30T00:00:00Z",
+        "2024-01-01T00:00:00",
+        "2024-01-01",
+        "2024-01-01T24:00:00Z",
+        "2016-12-31T23:59:60Z",
+        "2024-01-01T00:00:00+24:00",
+        "2024-01-01T00:00:00.1234567890Z",
+        "",
+        "now",
+    ]
+) | moments.map(lambda d: d.isoformat())
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | hostile_text
+    | st.sampled_from([0.1000000000000000055511151231257827, 1e308, -0.0, 2**64, -(2**63)])
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner, max_size=3),
+    max_leaves=8,
+)
+raw_numbers = st.sampled_from(
+    [
+        b"1E2",
+        b"-0",
+        b"0.1000000000000000055511151231257827",
+        b"1e-400",
+        b"1E+999",
+        b"123456789012345678901234567890",
+        b"-0.0e0",
+    ]
+)
 spacing = st.sampled_from(["", " ", "\n", "\t\r\n "])
 
 
@@ -97,8 +158,7 @@ def dumps(value: Any, ascii_only: bool) -> bytes:
 
 def obj(members: list[tuple[str, bytes]], ws: str = "", ascii_only: bool = True) -> bytes:
     """An object from (name, value text) pairs, duplicates and member order as given."""
-    parts = [f"{ws}".encode() + dumps(name, ascii_only) + f"{ws}:{ws}".encode() + value
-             for name, value in members]
+    parts = [f"{ws}".encode() + dumps(name, ascii_only) + f"{ws}:{ws}".encode() + value for name, value in members]
     return b"{" + b",".join(parts) + ws.encode() + b"}"
 
 
@@ -112,33 +172,46 @@ def valid_record(draw: st.DrawFn, index: int = 0) -> Hostile:
     cid = draw(st.sampled_from(CUSTOMERS))
     ascii_only = draw(st.booleans())
     members: list[tuple[str, bytes]] = [
-        ("event_id", dumps(f"ok-{draw(st.integers(0, 10**9))}-{draw(hostile_text.filter(_encodable))}"[:128],
-                           ascii_only)),
+        (
+            "event_id",
+            dumps(f"ok-{draw(st.integers(0, 10**9))}-{draw(hostile_text.filter(_encodable))}"[:128], ascii_only),
+        ),
         ("event_type", dumps(draw(st.text(min_size=1, max_size=20).filter(_encodable)), ascii_only)),
         ("occurred_at", dumps(draw(moments).isoformat(), True)),
         ("customer_id", dumps(cid, ascii_only)),
     ]
     if draw(st.booleans()):
-        payload = st.dictionaries(st.text(max_size=8).filter(_encodable), json_values.filter(_encodable_value),
-                                  max_size=3)
+        payload = st.dictionaries(
+            st.text(max_size=8).filter(_encodable), json_values.filter(_encodable_value), max_size=3
+        )
         members.append(("payload", dumps(draw(payload), ascii_only)))
     for name in draw(st.lists(st.text(max_size=10).filter(_encodable), max_size=3, unique=True)):
         if name in {"event_id", "event_type", "occurred_at", "customer_id", "payload", "customer", "enriched_at"}:
             continue
-        members.append((name, draw(raw_numbers) if draw(st.booleans()) else dumps(
-            draw(json_values.filter(_encodable_value)), ascii_only)))
+        members.append(
+            (
+                name,
+                draw(raw_numbers)
+                if draw(st.booleans())
+                else dumps(draw(json_values.filter(_encodable_value)), ascii_only),
+            )
+        )
     if draw(st.booleans()):
-        members.append((draw(st.sampled_from(["customer", "enriched_at"])), dumps(draw(json_values.filter(
-            _encodable_value)), True)))
+        members.append(
+            (
+                draw(st.sampled_from(["customer", "enriched_at"])),
+                dumps(draw(json_values.filter(_encodable_value)), True),
+            )
+        )
     required = members[:4]
     draw(st.randoms()).shuffle(members)
     value = obj(members, draw(spacing), ascii_only)
     if len(value) > LIMIT:
         value = obj(required, "", ascii_only)
-    names = draw(st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12),
-                          max_size=3))
-    headers = [(n.encode(), draw(st.none() | st.binary(max_size=30))) for n in names
-               if n.encode() not in RESERVED]
+    names = draw(
+        st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12), max_size=3)
+    )
+    headers = [(n.encode(), draw(st.none() | st.binary(max_size=30))) for n in names if n.encode() not in RESERVED]
     key = draw(st.none() | st.binary(max_size=20))
     return Hostile(key, value, headers, valid=True, kind="valid")
 
@@ -160,8 +233,12 @@ def _encodable_value(value: Any) -> bool:
 
 
 def _event(draw: st.DrawFn, **fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"event_id": "h-1", "event_type": "t", "occurred_at": "2026-01-01T00:00:00Z",
-                            "customer_id": draw(st.sampled_from(CUSTOMERS))}
+    base: dict[str, Any] = {
+        "event_id": "h-1",
+        "event_type": "t",
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "customer_id": draw(st.sampled_from(CUSTOMERS)),
+    }
     base.update(fields)
     return base
 
@@ -169,16 +246,20 @@ def _event(draw: st.DrawFn, **fields: Any) -> dict[str, Any]:
 @st.composite
 def hostile_value(draw: st.DrawFn) -> tuple[bytes | None, str]:
     # hypothesis favours the first choices: the ones with most to explore come first
-    kind = draw(st.sampled_from(["id", "deep", "duplicate", "timestamp", "size", "replace", "field", "type", "bytes",
-                                 "empty", "null"]))
+    kind = draw(
+        st.sampled_from(
+            ["id", "deep", "duplicate", "timestamp", "size", "replace", "field", "type", "bytes", "empty", "null"]
+        )
+    )
     ascii_only = draw(st.booleans())
     if kind == "null":
         return None, kind
     if kind == "empty":
         return b"", kind
     if kind == "bytes":
-        return draw(st.binary(max_size=300) | st.sampled_from([b"\xef\xbb\xbf{}", b"\x00", b"{", b"null", b"[]",
-                                                                b"\xff" * 10])), kind
+        return draw(
+            st.binary(max_size=300) | st.sampled_from([b"\xef\xbb\xbf{}", b"\x00", b"{", b"null", b"[]", b"\xff" * 10])
+        ), kind
     if kind == "size":  # at and around the value limit: random bytes, or a valid event padded
         size = draw(st.sampled_from([LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + 2, 2 * LIMIT]))
         if draw(st.booleans()):
@@ -219,15 +300,21 @@ def hostile_value(draw: st.DrawFn) -> tuple[bytes | None, str]:
         return dumps(draw(json_values), ascii_only), kind
     # members the output sets itself, with values kept raw around them
     members = [(k, dumps(v, True)) for k, v in _event(draw).items()]
-    members.insert(draw(st.integers(0, len(members))), (draw(st.sampled_from(["customer", "enriched_at"])),
-                                                        draw(raw_numbers)))
+    members.insert(
+        draw(st.integers(0, len(members))), (draw(st.sampled_from(["customer", "enriched_at"])), draw(raw_numbers))
+    )
     return obj(members, draw(spacing)), kind
 
 
 @st.composite
 def hostile_headers(draw: st.DrawFn) -> list[tuple[bytes, bytes | None]]:
-    names = st.binary(max_size=24) | st.sampled_from(RESERVED) | st.sampled_from(
-        [b"\xff", b"a\x00b", b"\x00", b"\xc3", b"\xed\xa0\x80", b"\\x41", b"\\", b"", "é".encode(), b"trace-id"])
+    names = (
+        st.binary(max_size=24)
+        | st.sampled_from(RESERVED)
+        | st.sampled_from(
+            [b"\xff", b"a\x00b", b"\x00", b"\xc3", b"\xed\xa0\x80", b"\\x41", b"\\", b"", "é".encode(), b"trace-id"]
+        )
+    )
     values = st.none() | st.binary(max_size=40)
     headers = draw(st.lists(st.tuples(names, values), max_size=6))
     if draw(st.integers(0, 9)) == 0:  # a large header: the record near the input topic's limit
@@ -275,8 +362,10 @@ class Report:
 
     def line(self) -> str:
         codes = dict(sorted((self.codes or {}).items()))
-        return (f"{self.records} records: {self.enriched} enriched, failed by code {codes}"
-                f"; generated kinds {dict(sorted((self.kinds or {}).items()))}")
+        return (
+            f"{self.records} records: {self.enriched} enriched, failed by code {codes}"
+            f"; generated kinds {dict(sorted((self.kinds or {}).items()))}"
+        )
 
 
 def check(produced: list[tuple[Hostile, tuple[int, int]]], outcome: Any, customers: dict[str, Any]) -> Report:
@@ -332,8 +421,12 @@ def _check_enriched_deep(record: Hostile, out: Any, customers: dict[str, Any], w
     assert record.value is not None
     doc = json.loads(out.value)
     customer = customers[doc["customer_id"]]
-    assert doc["customer"] == {"name": customer.name, "segment": customer.segment, "country": customer.country,
-                               "status": customer.status}, where
+    assert doc["customer"] == {
+        "name": customer.name,
+        "segment": customer.segment,
+        "country": customer.country,
+        "status": customer.status,
+    }, where
     spans = member_spans(record.value, raw_members(record.value))
     for name, start, end in spans:  # every input member's text, byte for byte
         if name not in ("customer", "enriched_at"):

@@ -43,9 +43,17 @@ class _VU(ctypes.Structure):
 class _Message(ctypes.Structure):
     """The head of rd_kafka_message_t, as a delivery report sees it."""
 
-    _fields_ = [("err", c_int), ("rkt", c_void_p), ("partition", c_int32), ("payload", c_void_p),
-                ("len", c_size_t), ("key", c_void_p), ("key_len", c_size_t), ("offset", c_int64),
-                ("opaque", c_void_p)]
+    _fields_ = [
+        ("err", c_int),
+        ("rkt", c_void_p),
+        ("partition", c_int32),
+        ("payload", c_void_p),
+        ("len", c_size_t),
+        ("key", c_void_p),
+        ("key_len", c_size_t),
+        ("offset", c_int64),
+        ("opaque", c_void_p),
+    ]
 
 
 _DR_CB = CFUNCTYPE(None, c_void_p, POINTER(_Message), c_void_p)
@@ -111,8 +119,7 @@ class RawProducer:
         self._callback = _DR_CB(self._on_delivery)  # kept referenced for the handle's lifetime
         conf = self._lib.rd_kafka_conf_new()
         errstr = ctypes.create_string_buffer(512)
-        settings = {"bootstrap.servers": bootstrap, "enable.idempotence": "true", "acks": "all",
-                    **(extra_conf or {})}
+        settings = {"bootstrap.servers": bootstrap, "enable.idempotence": "true", "acks": "all", **(extra_conf or {})}
         for name, value in settings.items():
             if self._lib.rd_kafka_conf_set(conf, name.encode(), str(value).encode(), errstr, len(errstr)) != 0:
                 self._lib.rd_kafka_conf_destroy(conf)
@@ -128,8 +135,9 @@ class RawProducer:
         ident = int(m.opaque or 0)
         self._reports[ident] = (m.err, self._topics.get(ident, "?"), m.partition, m.offset)
 
-    def produce(self, topic: str, partition: int | None, key: bytes | None, value: bytes | None,
-                headers: Headers = ()) -> None:
+    def produce(
+        self, topic: str, partition: int | None, key: bytes | None, value: bytes | None, headers: Headers = ()
+    ) -> None:
         """Queue one record; `partition` None lets the partitioner choose; a None key or
         value is a null one; a header value None is a null value. Names and values are
         taken byte for byte (NUL bytes included)."""
@@ -141,8 +149,12 @@ class RawProducer:
         ident = self._next_id
         self._next_id += 1
         keep: list[Any] = [ctypes.c_char_p(topic.encode())]  # alive until produceva returns
-        items = [_vu(_TOPIC, c_void_p(ctypes.cast(keep[0], c_void_p).value)), _vu(_HEADERS, c_void_p(hdrs)),
-                 _vu(_MSGFLAGS, c_int(_MSG_F_COPY)), _vu(_OPAQUE, c_void_p(ident))]
+        items = [
+            _vu(_TOPIC, c_void_p(ctypes.cast(keep[0], c_void_p).value)),
+            _vu(_HEADERS, c_void_p(hdrs)),
+            _vu(_MSGFLAGS, c_int(_MSG_F_COPY)),
+            _vu(_OPAQUE, c_void_p(ident)),
+        ]
         if partition is not None:
             items.append(_vu(_PARTITION, c_int32(partition)))
         for vtype, data in ((_VALUE, value), (_KEY, key)):
@@ -186,6 +198,7 @@ class RawProducer:
     def __enter__(self) -> RawProducer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -61,8 +61,9 @@ def main() -> int:
     cluster = connect(settings)
     session = cluster.connect()
     ensure_schema(session, settings)
-    records = list(sample.events(N_EVENTS, N_CUSTOMERS, bad_ratio=0.02, seed=42,
-                                 max_value_bytes=settings.max_value_bytes))
+    records = list(
+        sample.events(N_EVENTS, N_CUSTOMERS, bad_ratio=0.02, seed=42, max_value_bytes=settings.max_value_bytes)
+    )
     expected = Counter(r.expect for r in records)
     produce_all(settings, settings.input_topic, records)
     print(f"demo: produced {len(records)} events to {settings.input_topic}: {dict(sorted(expected.items()))}")
@@ -74,8 +75,9 @@ def main() -> int:
     started = time.monotonic()
     run_started = dt.datetime.now(dt.UTC).replace(microsecond=0)  # history rows written by this run
     with open(log_path, "wb") as log:
-        proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow"], cwd=ROOT, env=env,
-                              stderr=log, stdout=log, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bytewax.run", "dataflow"], cwd=ROOT, env=env, stderr=log, stdout=log, timeout=600
+        )
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         print(f"demo: the dataflow exited with status {proc.returncode}; last lines of {log_path}:")
@@ -88,7 +90,8 @@ def main() -> int:
     rows = session.execute(  # the keyspace is a validated identifier; values are bound
         f"SELECT count(*) FROM {settings.scylla_keyspace}.{TABLE} "  # noqa: S608
         "WHERE source_topic = %s AND processed_at >= %s ALLOW FILTERING",
-        (settings.input_topic, run_started), timeout=60,
+        (settings.input_topic, run_started),
+        timeout=60,
     ).one()[0]
     cluster.shutdown()
     final = [line for line in log_path.read_text(errors="replace").splitlines() if '"final progress"' in line]
@@ -102,16 +105,22 @@ def main() -> int:
         print(f"             {code:<26} {n:>5}")
     print(f"history    {settings.scylla_keyspace}.{TABLE:<12} {rows:>7} rows written by this run")
     print(f"cache hit ratio  {ratio}")
-    print(f"elapsed          {elapsed:.1f}s for the dataflow run (start-up included), "
-          f"{len(records) / elapsed:,.0f} records/s")
+    print(
+        f"elapsed          {elapsed:.1f}s for the dataflow run (start-up included), "
+        f"{len(records) / elapsed:,.0f} records/s"
+    )
     if enriched:
         sample_msg = enriched[0]
         print("\none enriched event (key, headers, value):")
         print(f"  key     {sample_msg.key()!r}")
         print(f"  headers {[(k, v.decode()) for k, v in sample_msg.headers() or []]}")
         print("  value   " + json.dumps(json.loads(sample_msg.value()), indent=2).replace("\n", "\n  "))
-    ok = (len(enriched) == expected["enriched"] and len(failed) == len(records) - expected["enriched"]
-          and all(codes[c] == n for c, n in expected.items() if c != "enriched") and rows == len(records))
+    ok = (
+        len(enriched) == expected["enriched"]
+        and len(failed) == len(records) - expected["enriched"]
+        and all(codes[c] == n for c, n in expected.items() if c != "enriched")
+        and rows == len(records)
+    )
     print(f"\naccounting: {'every record accounted for' if ok else 'MISMATCH against what was produced'}")
     return 0 if ok else 1
 

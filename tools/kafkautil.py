@@ -13,14 +13,21 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from flows.settings import Settings
 
 
-def produce_all(settings: Settings, topic: str, records: Iterable[Any], extra: dict[str, Any] | None = None,
-                on_progress: Any = None) -> int:
+def produce_all(
+    settings: Settings, topic: str, records: Iterable[Any], extra: dict[str, Any] | None = None, on_progress: Any = None
+) -> int:
     """Produce (key, value, headers) of each record (attributes or 3-tuples); raises if any
     delivery fails. Returns the count."""
     errors: list[str] = []
-    conf = {**settings.kafka_common(), "enable.idempotence": True, "acks": "all", "linger.ms": 20,
-            "message.max.bytes": settings.max_value_bytes + 64 * 1024, "partitioner": "murmur2_random",
-            **(extra or {})}
+    conf = {
+        **settings.kafka_common(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "message.max.bytes": settings.max_value_bytes + 64 * 1024,
+        "partitioner": "murmur2_random",
+        **(extra or {}),
+    }
     producer = Producer(conf)
 
     def cb(err: KafkaError | None, _msg: Message) -> None:
@@ -49,8 +56,14 @@ def produce_all(settings: Settings, topic: str, records: Iterable[Any], extra: d
 
 def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[Message]:
     """Every message of `topic` from the beginning up to the end offsets seen at the start."""
-    consumer = Consumer({**settings.kafka_common(), "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "enable.partition.eof": False})
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
     try:
         md = consumer.list_topics(topic, timeout=10).topics[topic]
         if md.error is not None:

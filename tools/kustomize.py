@@ -35,8 +35,7 @@ def ensure() -> Path:
     print(f"building kustomize {VERSION} into {path.parent} (go install, about a minute)", file=sys.stderr)
     env = {**os.environ, "GOBIN": str(path.parent)}
     env.setdefault("HOME", str(Path.home()))  # go needs it for its module and build caches
-    res = subprocess.run([go, "install", f"{MODULE}@{VERSION}"], env=env, capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run([go, "install", f"{MODULE}@{VERSION}"], env=env, capture_output=True, text=True, timeout=900)
     if res.returncode != 0 or not path.exists():
         raise RuntimeError(f"go install {MODULE}@{VERSION} failed:\n{res.stdout}{res.stderr}")
     return path

@@ -32,8 +32,16 @@ def addresses(processes: int, base_port: int, host: str = "127.0.0.1") -> list[s
     return [f"{host}:{base_port + i}" for i in range(processes)]
 
 
-def commands(processes: int, workers: int, base_port: int, recovery: Path | None, snapshot_s: int,
-             backup_s: int, flow: str = "dataflow", separate: bool = False) -> list[list[str]]:
+def commands(
+    processes: int,
+    workers: int,
+    base_port: int,
+    recovery: Path | None,
+    snapshot_s: int,
+    backup_s: int,
+    flow: str = "dataflow",
+    separate: bool = False,
+) -> list[list[str]]:
     """One `bytewax.run` command line per process; `separate`: a recovery directory per
     process (`<recovery>/process-<i>`), as a volume per pod in Kubernetes."""
     cmds = []
@@ -101,27 +109,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-w", "--workers", type=int, default=1, help="workers per process")
     parser.add_argument("--base-port", type=int, default=2101, help="process i listens on base-port + i")
     parser.add_argument("--api-port", type=int, default=3030, help="dataflow API of process i on api-port + i")
-    parser.add_argument("-r", "--recovery-directory", type=Path, default=ROOT / "recovery" / "local",
-                        help="shared by the processes; 'none' turns recovery off")
-    parser.add_argument("--separate-recovery", action="store_true",
-                        help="a recovery directory per process (<dir>/process-<i>), as a volume per pod")
+    parser.add_argument(
+        "-r",
+        "--recovery-directory",
+        type=Path,
+        default=ROOT / "recovery" / "local",
+        help="shared by the processes; 'none' turns recovery off",
+    )
+    parser.add_argument(
+        "--separate-recovery",
+        action="store_true",
+        help="a recovery directory per process (<dir>/process-<i>), as a volume per pod",
+    )
     parser.add_argument("-s", "--snapshot-interval", type=int, default=10)
     parser.add_argument("-b", "--backup-interval", type=int, default=0)
-    parser.add_argument("--stop-timeout", type=float, default=None,
-                        help="after a failure, seconds before the others are killed (default "
-                             "SHUTDOWN_TIMEOUT_SECONDS + 10)")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=None,
+        help="after a failure, seconds before the others are killed (default SHUTDOWN_TIMEOUT_SECONDS + 10)",
+    )
     parser.add_argument("--flow", default="dataflow", help="import string of the flow")
     args = parser.parse_args(argv)
     if args.processes < 1 or args.workers < 1:
         parser.error("--processes and --workers must be at least 1")
     recovery = None if str(args.recovery_directory) == "none" else args.recovery_directory
-    cmds = commands(args.processes, args.workers, args.base_port, recovery, args.snapshot_interval,
-                    args.backup_interval, args.flow, args.separate_recovery)
+    cmds = commands(
+        args.processes,
+        args.workers,
+        args.base_port,
+        recovery,
+        args.snapshot_interval,
+        args.backup_interval,
+        args.flow,
+        args.separate_recovery,
+    )
     stop_timeout = args.stop_timeout
     if stop_timeout is None:
         stop_timeout = float(os.environ.get("SHUTDOWN_TIMEOUT_SECONDS") or 60) + 10
-    print(f"run_local: {args.processes} process(es) x {args.workers} worker(s), recovery "
-          f"{recovery or 'off'}; Ctrl-C stops them all", file=sys.stderr)
+    print(
+        f"run_local: {args.processes} process(es) x {args.workers} worker(s), recovery "
+        f"{recovery or 'off'}; Ctrl-C stops them all",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(prefix="enrichment-api-") as api_cache:
         cluster = Cluster(cmds, os.environ, args.api_port, api_cache)
         signal.signal(signal.SIGINT, cluster.on_signal)

@@ -37,19 +37,32 @@ class SampleRecord:
 
 def good_event(rng: random.Random, i: int, cid: str, pad: int = 0) -> dict[str, object]:
     occurred = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i)
-    payload: dict[str, object] = {"amount": round(rng.uniform(1, 500), 2), "currency": "EUR",
-                                  "items": rng.randint(1, 9)}
+    payload: dict[str, object] = {
+        "amount": round(rng.uniform(1, 500), 2),
+        "currency": "EUR",
+        "items": rng.randint(1, 9),
+    }
     if pad:
         payload["note"] = "x" * pad
-    return {"event_id": f"evt-{i:09d}", "event_type": EVENT_TYPES[i % 5],
-            "occurred_at": occurred.isoformat().replace("+00:00", "Z"), "customer_id": cid,
-            "payload": payload, "source": "sample", "schema_version": 1}
+    return {
+        "event_id": f"evt-{i:09d}",
+        "event_type": EVENT_TYPES[i % 5],
+        "occurred_at": occurred.isoformat().replace("+00:00", "Z"),
+        "customer_id": cid,
+        "payload": payload,
+        "source": "sample",
+        "schema_version": 1,
+    }
 
 
 def bad_record(i: int, kind: int, max_value_bytes: int) -> SampleRecord:
     """One bad record of each kind in turn; `i` keeps ids unique."""
-    good = {"event_id": f"evt-{i:09d}", "event_type": "login", "occurred_at": "2026-01-01T00:00:00Z",
-            "customer_id": customer_id(1)}
+    good = {
+        "event_id": f"evt-{i:09d}",
+        "event_type": "login",
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "customer_id": customer_id(1),
+    }
     key = f"bad-{i}".encode()
     cases: list[tuple[bytes | None, str]] = [
         (None, "empty_value"),
@@ -71,8 +84,16 @@ def bad_record(i: int, kind: int, max_value_bytes: int) -> SampleRecord:
 BAD_KINDS = 11
 
 
-def events(n: int, n_customers: int, bad_ratio: float = 0.01, seed: int = 7, zipf: float | None = 1.1,
-           max_value_bytes: int = 1048576, pad: int = 0, large: bool = True) -> Iterator[SampleRecord]:
+def events(
+    n: int,
+    n_customers: int,
+    bad_ratio: float = 0.01,
+    seed: int = 7,
+    zipf: float | None = 1.1,
+    max_value_bytes: int = 1048576,
+    pad: int = 0,
+    large: bool = True,
+) -> Iterator[SampleRecord]:
     """`n` records; customers Zipf-distributed (hit-heavy) or uniform when `zipf` is None.
     Every `1/bad_ratio`-th record is bad, cycling through every failure kind; `large=False`
     leaves out the over-the-limit record (it is big to produce)."""
@@ -80,7 +101,7 @@ def events(n: int, n_customers: int, bad_ratio: float = 0.01, seed: int = 7, zip
     every = int(1 / bad_ratio) if bad_ratio > 0 else 0
     cum = None
     if zipf is not None:
-        cum = list(itertools.accumulate(1 / (k ** zipf) for k in range(1, n_customers + 1)))
+        cum = list(itertools.accumulate(1 / (k**zipf) for k in range(1, n_customers + 1)))
     ids = range(n_customers)
     bad_seen = 0
     chunk: list[int] = []
@@ -93,8 +114,9 @@ def events(n: int, n_customers: int, bad_ratio: float = 0.01, seed: int = 7, zip
             yield bad_record(i, kind, max_value_bytes)
             continue
         if not chunk:
-            chunk = rng.choices(ids, cum_weights=cum, k=4096) if cum else \
-                [rng.randrange(n_customers) for _ in range(4096)]
+            chunk = (
+                rng.choices(ids, cum_weights=cum, k=4096) if cum else [rng.randrange(n_customers) for _ in range(4096)]
+            )
         cid = customer_id(chunk.pop())
         key = None if i % 3 == 0 else cid.encode()  # some without key: the output key defaults
         value = json.dumps(good_event(rng, i, cid, pad), separators=(",", ":")).encode()

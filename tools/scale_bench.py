@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def output_span(settings: Settings, topics: list[str], partitions: int) -> tuple[int, float]:
     """(messages, seconds between the first and last message timestamp) over `topics`."""
-    consumer = Consumer({**settings.kafka_common(), "group.id": f"scale-bench-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {**settings.kafka_common(), "group.id": f"scale-bench-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
     first, last, count = float("inf"), 0.0, 0
     try:
         for topic in topics:
@@ -52,9 +53,31 @@ def output_span(settings: Settings, topics: list[str], partitions: int) -> tuple
 
 def run_shape(env: dict[str, str], processes: int, workers: int, recovery: Path, base_port: int) -> float:
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "tools.run_local", "-p", str(processes), "-w", str(workers),
-                          "-r", str(recovery), "-s", "10", "-b", "0", "--base-port", str(base_port)],
-                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=1800)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.run_local",
+            "-p",
+            str(processes),
+            "-w",
+            str(workers),
+            "-r",
+            str(recovery),
+            "-s",
+            "10",
+            "-b",
+            "0",
+            "--base-port",
+            str(base_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"{processes}x{workers} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return time.monotonic() - started
@@ -69,13 +92,19 @@ def main() -> int:
     parser.add_argument("--base-port", type=int, default=2201)
     args = parser.parse_args()
     base = f"scale_{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "INPUT_TOPIC": f"{base}.events", "SCYLLA_KEYSPACE": "enrichment_scale",
-           "STOP_AT_END": "true", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "INPUT_TOPIC": f"{base}.events",
+        "SCYLLA_KEYSPACE": "enrichment_scale",
+        "STOP_AT_END": "true",
+        "LOG_LEVEL": "WARNING",
+    }
     settings = Settings.from_env({**env, "OUTPUT_TOPIC": "x.out", "FAILURE_TOPIC": "x.failed"})
     provision.ensure_topics(settings, [settings.input_topic], args.partitions)
     provision.seed_customers(settings, sample.customers(args.customers))
-    produce_all(settings, settings.input_topic, sample.events(args.records, args.customers, bad_ratio=0.02,
-                                                              large=False))
+    produce_all(
+        settings, settings.input_topic, sample.events(args.records, args.customers, bad_ratio=0.02, large=False)
+    )
     results = []
     for shape in args.shapes.split(","):
         processes, workers = (int(x) for x in shape.split("x"))
@@ -85,13 +114,19 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
             wall = run_shape(shape_env, processes, workers, Path(tmp) / "recovery", args.base_port)
         count, span = output_span(settings, [out, failed], args.partitions)
-        row = {"shape": f"{processes}x{workers}", "records": count, "wall_s": round(wall, 2),
-               "wall_records_per_s": round(count / wall), "steady_s": round(span, 2),
-               "steady_records_per_s": round(count / span)}
+        row = {
+            "shape": f"{processes}x{workers}",
+            "records": count,
+            "wall_s": round(wall, 2),
+            "wall_records_per_s": round(count / wall),
+            "steady_s": round(span, 2),
+            "steady_records_per_s": round(count / span),
+        }
         print(json.dumps(row), flush=True)
         results.append(row)
-    provision.delete_topics(settings, [settings.input_topic] + [f"{base}.{r['shape']}.{k}" for r in results
-                                                              for k in ("enriched", "failed")])
+    provision.delete_topics(
+        settings, [settings.input_topic] + [f"{base}.{r['shape']}.{k}" for r in results for k in ("enriched", "failed")]
+    )
     return 0
 
 

@@ -29,6 +29,7 @@ from flows.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class App:
     """What every worker of a process (or a Lambda container) builds its parts from."""
@@ -38,7 +39,8 @@ class App:
     retries: Retries
     failures: FailureLog = field(default_factory=FailureLog)
     fallbacks: FailureLog = field(
-        default_factory=lambda: FailureLog(first="delivery fallback", summary="delivery fallbacks"))
+        default_factory=lambda: FailureLog(first="delivery fallback", summary="delivery fallbacks")
+    )
 
     def lookups(self, client: str) -> list[Resolver]:
         """The enrichment's lookups, each with its own cache (one set per worker)."""
@@ -50,21 +52,40 @@ class App:
         s = self.settings
 
         def kafka(shared: Shared) -> KafkaWriter:
-            return shared.get("kafka", lambda: KafkaWriter(
-                s, client, max_bytes=max(limits.output, limits.failure) if limits else None,
-                batch_bytes=min(limits.output, limits.failure) if limits else None, retries=self.retries),
-                KafkaWriter.close)
+            return shared.get(
+                "kafka",
+                lambda: KafkaWriter(
+                    s,
+                    client,
+                    max_bytes=max(limits.output, limits.failure) if limits else None,
+                    batch_bytes=min(limits.output, limits.failure) if limits else None,
+                    retries=self.retries,
+                ),
+                KafkaWriter.close,
+            )
 
         def history(shared: Shared) -> HistoryWriter:
             return shared.get("cql", lambda: HistoryWriter(s, self.retries, self.metrics), HistoryWriter.close)
 
         return [
             Output("history", everything, lambda sh: HistoryOutput(history(sh))),
-            Output("enriched", enriched, lambda sh: EnrichedMessages(kafka(sh), s.failure_topic, self.metrics,
-                                                                       self.fallbacks)),
-            Output("failed", failed, lambda sh: DeadLetters(kafka(sh), s.failure_topic,
-                                                             limits.failure if limits else None, self.retries,
-                                                             self.metrics, self.fallbacks)),
+            Output(
+                "enriched",
+                enriched,
+                lambda sh: EnrichedMessages(kafka(sh), s.failure_topic, self.metrics, self.fallbacks),
+            ),
+            Output(
+                "failed",
+                failed,
+                lambda sh: DeadLetters(
+                    kafka(sh),
+                    s.failure_topic,
+                    limits.failure if limits else None,
+                    self.retries,
+                    self.metrics,
+                    self.fallbacks,
+                ),
+            ),
         ]
 
     def enricher(self, limits: TopicLimits | None, client: str) -> Enricher:
@@ -98,10 +119,15 @@ def customers(settings: Settings, lookup: Lookup) -> Resolver:
     when there is no row."""
     s = settings
     return Resolver(
-        name="customers", member="customer", key=lambda event: event.customer_id, field="$.customer_id",
-        not_found=Code.CUSTOMER_NOT_FOUND, lookup=lookup,
+        name="customers",
+        member="customer",
+        key=lambda event: event.customer_id,
+        field="$.customer_id",
+        not_found=Code.CUSTOMER_NOT_FOUND,
+        lookup=lookup,
         cache=TtlCache(s.cache_ttl_seconds, s.cache_negative_ttl_seconds, s.cache_max_size, s.cache_negative_max_size),
-        batch_size=s.lookup_batch_size)
+        batch_size=s.lookup_batch_size,
+    )
 
 
 def decode_batch(records: Sequence[SourceRecord], max_bytes: int) -> list[Decoded | Failure]:

@@ -39,8 +39,12 @@ def lambda_checks(settings: Settings) -> TopicLimits:
     check_kafka(settings, [settings.output_topic, settings.failure_topic])
     sizes = topic_sizes(settings, {"OUTPUT_TOPIC": settings.output_topic, "FAILURE_TOPIC": settings.failure_topic})
     need = value_fits(settings.max_value_bytes) + ADDED_ROOM_BYTES
-    small = [f"{s.describe()}, needs {need} (a value of MAX_VALUE_BYTES={settings.max_value_bytes} plus "
-             f"{ADDED_ROOM_BYTES} for what the pipeline adds)" for s in sizes.values() if s.max_bytes < need]
+    small = [
+        f"{s.describe()}, needs {need} (a value of MAX_VALUE_BYTES={settings.max_value_bytes} plus "
+        f"{ADDED_ROOM_BYTES} for what the pipeline adds)"
+        for s in sizes.values()
+        if s.max_bytes < need
+    ]
     if small:
         raise PreflightError("topic sizes do not fit: " + "; ".join(small))
     check_postgres(settings)

@@ -31,8 +31,14 @@ class TtlCache:
     """Values found (for `ttl` seconds, at most `max_size`) and keys not found (for
     `negative_ttl`, at most `negative_max_size`); `None` values remember "not found"."""
 
-    def __init__(self, ttl: float, negative_ttl: float, max_size: int, negative_max_size: int | None = None,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        negative_ttl: float,
+        max_size: int,
+        negative_max_size: int | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self._clock = clock

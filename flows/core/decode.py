@@ -30,8 +30,10 @@ _WS = b" \t\r\n"
 
 
 def _too_deep() -> str:
-    return (f"the value is not JSON this pipeline can read: nested deeper than the decoder accepts "
-            f"(about {sys.getrecursionlimit()} levels)")
+    return (
+        f"the value is not JSON this pipeline can read: nested deeper than the decoder accepts "
+        f"(about {sys.getrecursionlimit()} levels)"
+    )
 
 
 def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
@@ -41,7 +43,9 @@ def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
         return Failure(record, Code.EMPTY_VALUE, Stage.DECODE, "the record has no value (null or empty)")
     if len(value) > max_bytes:
         return Failure(
-            record, Code.PAYLOAD_TOO_LARGE, Stage.DECODE,
+            record,
+            Code.PAYLOAD_TOO_LARGE,
+            Stage.DECODE,
             f"the value is {len(value)} bytes, over the limit of {max_bytes} bytes",
         )
     if record.header_error is not None:
@@ -51,8 +55,9 @@ def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
         # to the output, so the whole value must be valid UTF-8
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Failure(record, Code.INVALID_JSON, Stage.DECODE, f"the value is not UTF-8: {exc.reason} "
-                       f"at byte {exc.start}")
+        return Failure(
+            record, Code.INVALID_JSON, Stage.DECODE, f"the value is not UTF-8: {exc.reason} at byte {exc.start}"
+        )
     try:
         return _decode_json(record, value)
     except RecursionError:
@@ -75,8 +80,13 @@ def _decode_json(record: SourceRecord, value: bytes) -> Decoded | Failure:
     members = raw_members(value)  # the same document again: it decodes
     duplicate = duplicate_name(value, members)
     if duplicate is not None:
-        return Failure(record, Code.SCHEMA_VIOLATION, Stage.VALIDATE,
-                       f"the member name {_shown(duplicate)} appears more than once", field=member_path(duplicate))
+        return Failure(
+            record,
+            Code.SCHEMA_VIOLATION,
+            Stage.VALIDATE,
+            f"the member name {_shown(duplicate)} appears more than once",
+            field=member_path(duplicate),
+        )
     return Decoded(record, event, members)
 
 

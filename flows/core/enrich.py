@@ -122,7 +122,6 @@ class Enricher:
         # the members the output sets itself (an input's own are replaced)
         self.added_members = frozenset({*(r.member for r in self.resolvers), "enriched_at"})
 
-
     def process(self, items: Sequence[Decoded | Failure]) -> list[Outcome]:
         """One outcome per item, in order; an unexpected exception fails its item alone."""
         resolved = [r.resolve(items, self.observer) for r in self.resolvers]
@@ -143,8 +142,7 @@ class Enricher:
             out.append(result)
         return out
 
-    def _enrich(self, item: Decoded, resolved: list[dict[str, object]], now: dt.datetime,
-                enriched_at: str) -> Outcome:
+    def _enrich(self, item: Decoded, resolved: list[dict[str, object]], now: dt.datetime, enriched_at: str) -> Outcome:
         fragments: list[bytes] = []
         for resolver, answers in zip(self.resolvers, resolved, strict=True):
             key = resolver.key(item.event)

@@ -25,9 +25,11 @@ def escape_name(raw: bytes) -> str:
 
 def invalid_names_message(count: int) -> str:
     """The `invalid_headers` failure message."""
-    return (f"{count} header name{'s are' if count != 1 else ' is'} not UTF-8 (Kafka header names are "
-            "strings); the dead letter carries such names escaped (\\xNN for each byte that is not UTF-8, "
-            "\\\\ for a backslash)")
+    return (
+        f"{count} header name{'s are' if count != 1 else ' is'} not UTF-8 (Kafka header names are "
+        "strings); the dead letter carries such names escaped (\\xNN for each byte that is not UTF-8, "
+        "\\\\ for a backslash)"
+    )
 
 
 def escape_nul(name: str) -> str:
@@ -54,5 +56,3 @@ def from_pairs(pairs: list[tuple[bytes, bytes | None]]) -> tuple[Headers, str | 
                 text = escape_nul(text)
         headers.append((text, value))
     return headers, invalid_names_message(bad) if bad else None
-
-

@@ -114,4 +114,4 @@ def member_path(name: str) -> str:
         return f"$.{name}"
     shown = name if len(name) <= MAX_PATH_CHARS else name[:MAX_PATH_CHARS]
     quoted = msgspec.json.encode(shown).decode()
-    return f"$[{quoted[:-1]}…\"]" if len(name) > MAX_PATH_CHARS else f"$[{quoted}]"
+    return f'$[{quoted[:-1]}…"]' if len(name) > MAX_PATH_CHARS else f"$[{quoted}]"

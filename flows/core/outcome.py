@@ -25,10 +25,20 @@ from flows.core.model import (
     Stage,
 )
 
-RESERVED_HEADERS = frozenset({
-    "source.topic", "source.partition", "source.offset", "source.timestamp",
-    "error.code", "error.stage", "error.message", "error.field", "error.omitted", "failed_at",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "source.topic",
+        "source.partition",
+        "source.offset",
+        "source.timestamp",
+        "error.code",
+        "error.stage",
+        "error.message",
+        "error.field",
+        "error.omitted",
+        "failed_at",
+    }
+)
 OMITTED_HEADER = "error.omitted"
 MAX_ERROR_MESSAGE = 1024
 _WS = b" \t\r\n"
@@ -63,8 +73,12 @@ def _source_headers(record: SourceRecord) -> Headers:
     ]
 
 
-def enriched_value(decoded: Decoded, fragments: Sequence[bytes], enriched_at: str,
-                   added: frozenset[str] = frozenset({"customer", "enriched_at"})) -> bytes:
+def enriched_value(
+    decoded: Decoded,
+    fragments: Sequence[bytes],
+    enriched_at: str,
+    added: frozenset[str] = frozenset({"customer", "enriched_at"}),
+) -> bytes:
     """The input value, its bytes kept, with the lookups' members and `enriched_at` added.
     An input that has members of the `added` names is rebuilt from its other members'
     text, byte for byte (only the whitespace between members changes)."""
@@ -86,8 +100,14 @@ def _joined(fragments: Sequence[bytes]) -> list[bytes]:
     return out
 
 
-def success(decoded: Decoded, fragments: Sequence[bytes], output_topic: str, now: dt.datetime,
-            enriched_at: str, added: frozenset[str] = frozenset({"customer", "enriched_at"})) -> Outcome:
+def success(
+    decoded: Decoded,
+    fragments: Sequence[bytes],
+    output_topic: str,
+    now: dt.datetime,
+    enriched_at: str,
+    added: frozenset[str] = frozenset({"customer", "enriched_at"}),
+) -> Outcome:
     """The enriched message and the `enriched` history row; `added` are the members the
     output sets (an input's own members of those names are replaced)."""
     record, event = decoded.record, decoded.event
@@ -162,16 +182,26 @@ def not_found(decoded: Decoded, member: str, field: str, key: str, code: Code) -
 
 def output_too_large(decoded: Decoded, size: int, limit: int, output_topic: str) -> Failure:
     """The enriched message would not fit the output topic (contract: payload_too_large)."""
-    return _enrich_failure(decoded, Code.PAYLOAD_TOO_LARGE,
-                           f"the enriched message would be {size} bytes; the output topic {output_topic} "
-                           f"accepts {limit} (max.message.bytes)")
+    return _enrich_failure(
+        decoded,
+        Code.PAYLOAD_TOO_LARGE,
+        f"the enriched message would be {size} bytes; the output topic {output_topic} "
+        f"accepts {limit} (max.message.bytes)",
+    )
 
 
 def _enrich_failure(decoded: Decoded, code: Code, message: str, field: str | None = None) -> Failure:
     event = decoded.event
     return Failure(
-        decoded.record, code, Stage.ENRICH, message, field=field, event_id=event.event_id,
-        event_type=event.event_type, customer_id=event.customer_id, occurred_at=event.occurred_at,
+        decoded.record,
+        code,
+        Stage.ENRICH,
+        message,
+        field=field,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        customer_id=event.customer_id,
+        occurred_at=event.occurred_at,
         payload=bytes(event.payload).decode(),
     )
 
@@ -183,8 +213,14 @@ def internal_error(record: SourceRecord, exc: BaseException, decoded: Decoded | 
         return Failure(record, Code.INTERNAL_ERROR, Stage.INTERNAL, message)
     event = decoded.event
     return Failure(
-        record, Code.INTERNAL_ERROR, Stage.INTERNAL, message, event_id=event.event_id,
-        event_type=event.event_type, customer_id=event.customer_id, occurred_at=event.occurred_at,
+        record,
+        Code.INTERNAL_ERROR,
+        Stage.INTERNAL,
+        message,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        customer_id=event.customer_id,
+        occurred_at=event.occurred_at,
     )
 
 
@@ -192,10 +228,17 @@ def refused_by_output(routed: Outcome, reason: str, failure_topic: str, now: dt.
     """An enriched message the output topic refused at run time (its size limit lowered
     under the running flow): the record goes to the failure topic as `payload_too_large`."""
     h = routed.history
-    fail = Failure(routed.record, Code.PAYLOAD_TOO_LARGE, Stage.ENRICH,
-                   f"the output topic {routed.message.topic} refused the enriched message: {reason}",
-                   event_id=h.event_id, event_type=h.event_type, customer_id=h.customer_id,
-                   occurred_at=h.occurred_at, payload=h.payload)
+    fail = Failure(
+        routed.record,
+        Code.PAYLOAD_TOO_LARGE,
+        Stage.ENRICH,
+        f"the output topic {routed.message.topic} refused the enriched message: {reason}",
+        event_id=h.event_id,
+        event_type=h.event_type,
+        customer_id=h.customer_id,
+        occurred_at=h.occurred_at,
+        payload=h.payload,
+    )
     return failure(fail, failure_topic, now)
 
 
@@ -210,5 +253,6 @@ def trimmed(message: OutMessage, note: str, omit: tuple[str, ...]) -> OutMessage
     original = next((v for k, v in message.headers if k == "error.message"), None) or b""
     text = f"{note} Reason the record failed: {original.decode('utf-8', 'replace')}"
     headers += [("error.message", truncate_utf8(text).encode()), (OMITTED_HEADER, ",".join(omit).encode())]
-    return OutMessage(message.topic, None if "key" in omit else message.key,
-                      None if "value" in omit else message.value, headers)
+    return OutMessage(
+        message.topic, None if "key" in omit else message.key, None if "value" in omit else message.value, headers
+    )

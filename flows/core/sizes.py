@@ -75,13 +75,17 @@ def size_problems(max_value_bytes: int, input_topic: TopicSize, output: TopicSiz
     problems: list[str] = []
     need_in = value_fits(max_value_bytes)
     if input_topic.max_bytes < need_in:
-        problems.append(f"{input_topic.describe()}, needs {need_in} to take a value of MAX_VALUE_BYTES="
-                        f"{max_value_bytes} (lower MAX_VALUE_BYTES or raise the topic's max.message.bytes)")
+        problems.append(
+            f"{input_topic.describe()}, needs {need_in} to take a value of MAX_VALUE_BYTES="
+            f"{max_value_bytes} (lower MAX_VALUE_BYTES or raise the topic's max.message.bytes)"
+        )
     need_out = max(input_topic.max_bytes, need_in) + ADDED_ROOM_BYTES
     for topic, what in ((failure, "the failure headers"), (output, "what enrichment adds")):
         if topic.max_bytes < need_out:
-            problems.append(f"{topic.describe()}, needs {need_out} (what {input_topic.setting} {input_topic.topic} "
-                            f"accepts, or a value of MAX_VALUE_BYTES, plus {ADDED_ROOM_BYTES} for {what})")
+            problems.append(
+                f"{topic.describe()}, needs {need_out} (what {input_topic.setting} {input_topic.topic} "
+                f"accepts, or a value of MAX_VALUE_BYTES, plus {ADDED_ROOM_BYTES} for {what})"
+            )
     return problems
 
 

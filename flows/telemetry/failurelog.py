@@ -26,16 +26,26 @@ EXAMPLES_PER_CODE = 3
 def _fields(r: Outcome) -> dict[str, Any]:
     h = r.history
     coordinates = f"{h.source_topic}:{h.source_partition}:{h.source_offset}"
-    return {"topic": h.source_topic, "partition": h.source_partition, "offset": h.source_offset,
-            "event_id": None if h.event_id == coordinates else h.event_id}
+    return {
+        "topic": h.source_topic,
+        "partition": h.source_partition,
+        "offset": h.source_offset,
+        "event_id": None if h.event_id == coordinates else h.event_id,
+    }
 
 
 class FailureLog:
     """Thread-safe: the workers of a process share one."""
 
-    def __init__(self, examples_per_code: int = EXAMPLES_PER_CODE, clock: Callable[[], float] = time.monotonic,
-                 logger: logging.Logger = log, first: str = "record failed", summary: str = "records failed",
-                 level: int = logging.WARNING) -> None:
+    def __init__(
+        self,
+        examples_per_code: int = EXAMPLES_PER_CODE,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+        first: str = "record failed",
+        summary: str = "records failed",
+        level: int = logging.WARNING,
+    ) -> None:
         self.examples_per_code = examples_per_code
         self._first, self._summary, self._level = first, summary, level
         self._clock = clock
@@ -72,7 +82,15 @@ class FailureLog:
             self._since = now
         if not counts:
             return
-        self._log.log(self._level, self._summary, extra={"fields": {
-            "interval_s": round(now - since, 3), "failed_total": sum(counts.values()),
-            "failed": dict(sorted(counts.items())),
-            "examples": {code: found for code, found in sorted(examples.items()) if found}}})
+        self._log.log(
+            self._level,
+            self._summary,
+            extra={
+                "fields": {
+                    "interval_s": round(now - since, 3),
+                    "failed_total": sum(counts.values()),
+                    "failed": dict(sorted(counts.items())),
+                    "examples": {code: found for code, found in sorted(examples.items()) if found},
+                }
+            },
+        )

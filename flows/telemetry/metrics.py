@@ -25,13 +25,34 @@ from prometheus_client.registry import Collector
 from flows.core.model import Code, Outcome
 
 PREFIX = "enrichment"
-FALLBACK_KINDS = ("output_refused", "dead_letter_compressed", "dead_letter_without_headers",
-                  "dead_letter_without_value")
+FALLBACK_KINDS = (
+    "output_refused",
+    "dead_letter_compressed",
+    "dead_letter_without_headers",
+    "dead_letter_without_value",
+)
 # a lookup is one query per batch of distinct keys (about a millisecond on a local server);
 # an output's write is one batch (tens of milliseconds); both may take seconds while a
 # dependency is retried
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                   60.0, 180.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    180.0,
+)
 
 
 class Metrics:
@@ -54,12 +75,20 @@ class Metrics:
         self._lookup_seconds: Histogram | None = None
         self._write_seconds: Histogram | None = None
         if registry is not None:
-            self._lookup_seconds = Histogram(f"{PREFIX}_lookup_duration_seconds",
-                                             "Duration of one lookup fetch, retries included", ("lookup",),
-                                             buckets=LATENCY_BUCKETS, registry=registry)
-            self._write_seconds = Histogram(f"{PREFIX}_output_write_duration_seconds",
-                                            "Duration of writing one batch to an output, retries included",
-                                            ("output",), buckets=LATENCY_BUCKETS, registry=registry)
+            self._lookup_seconds = Histogram(
+                f"{PREFIX}_lookup_duration_seconds",
+                "Duration of one lookup fetch, retries included",
+                ("lookup",),
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
+            self._write_seconds = Histogram(
+                f"{PREFIX}_output_write_duration_seconds",
+                "Duration of writing one batch to an output, retries included",
+                ("output",),
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
             registry.register(_Collector(self))
 
     def add_input(self, n: int) -> None:
@@ -133,14 +162,22 @@ class Metrics:
             elapsed = max(time.monotonic() - self.started, 1e-9)
             failed = {code: n for code, n in self.failed.items() if n}
             out: dict[str, Any] = {
-                "records_in": self.records_in, "enriched": self.enriched, "failed": failed,
-                "failed_total": sum(failed.values()), "cache_hits": hits, "cache_misses": misses,
+                "records_in": self.records_in,
+                "enriched": self.enriched,
+                "failed": failed,
+                "failed_total": sum(failed.values()),
+                "cache_hits": hits,
+                "cache_misses": misses,
                 "cache_hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
                 "lookup_queries": sum(self.lookup_queries.values()),
-                "elapsed_s": round(elapsed, 3), "records_per_s": round(self.records_in / elapsed, 1),
+                "elapsed_s": round(elapsed, 3),
+                "records_per_s": round(self.records_in / elapsed, 1),
             }
-            extra = {"delivery_fallbacks": {k: n for k, n in self.fallbacks.items() if n},
-                     "lookup_refused": sum(self.lookup_refused.values()), "degraded": dict(self.degraded)}
+            extra = {
+                "delivery_fallbacks": {k: n for k, n in self.fallbacks.items() if n},
+                "lookup_refused": sum(self.lookup_refused.values()),
+                "degraded": dict(self.degraded),
+            }
         out.update({k: v for k, v in extra.items() if v})
         return out
 
@@ -159,19 +196,28 @@ class _Collector(Collector):
             yield _counter("records_failed", "Records bound for the failure topic, by error.code", m.failed, "code")
             yield _counter("cache_hits", "Lookups answered by the per-worker cache", m.cache_hits, "lookup")
             yield _counter("cache_misses", "Lookups the cache could not answer", m.cache_misses, "lookup")
-            yield _counter("lookup_queries", "Lookup fetches (one per chunk of distinct keys)", m.lookup_queries,
-                           "lookup")
-            yield _counter("lookup_refused", "Keys a lookup's store refused (answered as not found)",
-                           m.lookup_refused, "lookup")
-            yield _counter("output_written", "Items acknowledged by an output (history rows, messages)",
-                           m.written, "output")
-            yield _counter("output_degraded", "Items an output's store refused whole and took in part",
-                           m.degraded, "output")
-            yield _counter("delivery_fallbacks", "Messages a topic refused at run time and delivered another "
-                           "way, by kind", m.fallbacks, "kind")
+            yield _counter(
+                "lookup_queries", "Lookup fetches (one per chunk of distinct keys)", m.lookup_queries, "lookup"
+            )
+            yield _counter(
+                "lookup_refused", "Keys a lookup's store refused (answered as not found)", m.lookup_refused, "lookup"
+            )
+            yield _counter(
+                "output_written", "Items acknowledged by an output (history rows, messages)", m.written, "output"
+            )
+            yield _counter(
+                "output_degraded", "Items an output's store refused whole and took in part", m.degraded, "output"
+            )
+            yield _counter(
+                "delivery_fallbacks",
+                "Messages a topic refused at run time and delivered another way, by kind",
+                m.fallbacks,
+                "kind",
+            )
             in_flight = max(0, m.records_in - m.delivered)
-        yield GaugeMetricFamily(f"{PREFIX}_records_in_flight", "Records read and not yet delivered to every output",
-                                value=in_flight)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_records_in_flight", "Records read and not yet delivered to every output", value=in_flight
+        )
 
 
 def _counter(name: str, doc: str, value: int | Counter[str], label: str | None = None) -> CounterMetricFamily:

@@ -52,8 +52,12 @@ def pg_conninfo() -> str:
 def cql() -> Iterator[Session]:
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     # the fault-injection tests stop Cassandra: come back within seconds, as the dataflow does
-    cluster = Cluster([CQL_HOST], port=CQL_PORT, protocol_version=4,
-                      reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=5.0))
+    cluster = Cluster(
+        [CQL_HOST],
+        port=CQL_PORT,
+        protocol_version=4,
+        reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=5.0),
+    )
     try:
         session = cluster.connect()
     except Exception as exc:  # pragma: no cover

@@ -34,8 +34,12 @@ class Topics:
     @property
     def env(self) -> dict[str, str]:
         return {
-            "INPUT_TOPIC": self.input, "OUTPUT_TOPIC": self.output, "FAILURE_TOPIC": self.failure,
-            "SCYLLA_KEYSPACE": self.keyspace, "PROGRESS_INTERVAL_SECONDS": "1", **self.extra_env,
+            "INPUT_TOPIC": self.input,
+            "OUTPUT_TOPIC": self.output,
+            "FAILURE_TOPIC": self.failure,
+            "SCYLLA_KEYSPACE": self.keyspace,
+            "PROGRESS_INTERVAL_SECONDS": "1",
+            **self.extra_env,
         }
 
     @property
@@ -55,8 +59,9 @@ def run_dataflow(
     env: dict[str, str], timeout: float = 180, args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Run to completion (pass STOP_AT_END=true in `env`); stdout/stderr captured as text."""
-    return subprocess.run(dataflow_cmd(*args), cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        dataflow_cmd(*args), cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_dataflow(env: dict[str, str], log: Path, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:

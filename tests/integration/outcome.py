@@ -44,8 +44,9 @@ class Outcome:
         return None if out is None else out.header("error.code")
 
 
-def collect(settings: Settings, cql: Session, keyspace: str, input_topic: str, output_topic: str,
-            failure_topic: str) -> Outcome:
+def collect(
+    settings: Settings, cql: Session, keyspace: str, input_topic: str, output_topic: str, failure_topic: str
+) -> Outcome:
     outcome = Outcome()
     for topic, into in ((output_topic, outcome.enriched), (failure_topic, outcome.failed)):
         for msg in read_topic(settings, topic, timeout=180):
@@ -55,8 +56,11 @@ def collect(settings: Settings, cql: Session, keyspace: str, input_topic: str, o
             if at in outcome.enriched or at in outcome.failed:
                 outcome.duplicates[at] += 1
             into[at] = Out(topic, msg.key(), msg.value(), headers)
-    rows = cql.execute(f"SELECT * FROM {keyspace}.{TABLE} WHERE source_topic = %s ALLOW FILTERING",  # noqa: S608
-                       (input_topic,), timeout=120)
+    rows = cql.execute(
+        f"SELECT * FROM {keyspace}.{TABLE} WHERE source_topic = %s ALLOW FILTERING",  # noqa: S608
+        (input_topic,),
+        timeout=120,
+    )
     for row in rows:
         outcome.history[(row.source_partition, row.source_offset)] = row
     return outcome

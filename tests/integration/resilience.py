@@ -28,8 +28,9 @@ N_CUSTOMERS = 2000
 
 def stack(action: str, server: str) -> None:
     """Stop or start one server of the local stack (same STACK_* environment as the tests)."""
-    res = subprocess.run([sys.executable, str(ROOT / "stack" / "stack.py"), action, server],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "stack" / "stack.py"), action, server], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, f"stack {action} {server}: {res.stdout}{res.stderr}"
 
 
@@ -45,9 +46,11 @@ class Accounting:
     codes: Counter[str] = field(default_factory=Counter)
 
     def report(self, name: str) -> str:
-        return (f"[{name}] inputs={self.inputs} outputs={self.outputs} distinct={self.distinct} "
-                f"duplicates={self.duplicates} lost={self.lost} history_rows={self.history_rows} "
-                f"history_missing={self.history_missing} failed_by_code={dict(self.codes)}")
+        return (
+            f"[{name}] inputs={self.inputs} outputs={self.outputs} distinct={self.distinct} "
+            f"duplicates={self.duplicates} lost={self.lost} history_rows={self.history_rows} "
+            f"history_missing={self.history_missing} failed_by_code={dict(self.codes)}"
+        )
 
 
 class Scenario:
@@ -68,8 +71,7 @@ class Scenario:
 
     def start(self, stop_at_end: bool) -> subprocess.Popen[bytes]:
         out = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
-        return subprocess.Popen(dataflow_cmd(*self.args()), cwd=ROOT, env=self.env(stop_at_end),
-                                stdout=out, stderr=out)
+        return subprocess.Popen(dataflow_cmd(*self.args()), cwd=ROOT, env=self.env(stop_at_end), stdout=out, stderr=out)
 
     def run_to_end(self, timeout: float = 240) -> int:
         proc = self.start(stop_at_end=True)
@@ -113,9 +115,14 @@ class Scenario:
         deadline = time.monotonic() + 60
         while True:
             try:
-                return list(cql.execute(
-                    f"SELECT source_partition, source_offset FROM {self.topics.keyspace}.{TABLE} "
-                    f"WHERE source_topic = %s ALLOW FILTERING", (self.topics.input,), timeout=120))
+                return list(
+                    cql.execute(
+                        f"SELECT source_partition, source_offset FROM {self.topics.keyspace}.{TABLE} "
+                        f"WHERE source_topic = %s ALLOW FILTERING",
+                        (self.topics.input,),
+                        timeout=120,
+                    )
+                )
             except NoHostAvailable:
                 if time.monotonic() > deadline:
                     raise
@@ -124,20 +131,24 @@ class Scenario:
     def account(self, cql: Session) -> Accounting:
         s = self.settings
         inputs = {(m.partition(), m.offset()) for m in read_topic(s, self.topics.input, timeout=120)}
-        outs = list(read_topic(s, self.topics.output, timeout=120)) + \
-            list(read_topic(s, self.topics.failure, timeout=120))
-        seen = Counter((int(header(m, "source.partition") or -1), int(header(m, "source.offset") or -1))
-                       for m in outs)
+        outs = list(read_topic(s, self.topics.output, timeout=120)) + list(
+            read_topic(s, self.topics.failure, timeout=120)
+        )
+        seen = Counter((int(header(m, "source.partition") or -1), int(header(m, "source.offset") or -1)) for m in outs)
         rows = self._history(cql)
         history = {(r.source_partition, r.source_offset) for r in rows}
         # by distinct input offset: a duplicate after a crash is not a second failure
-        code_of = {(header(m, "source.partition"), header(m, "source.offset")): header(m, "error.code")
-                   for m in outs}
+        code_of = {(header(m, "source.partition"), header(m, "source.offset")): header(m, "error.code") for m in outs}
         codes = Counter(c for c in code_of.values() if c)
         return Accounting(
-            inputs=len(inputs), outputs=len(outs), distinct=len(set(seen) & inputs),
-            duplicates=sum(n - 1 for n in seen.values()), lost=len(inputs - set(seen)),
-            history_rows=len(history & inputs), history_missing=len(inputs - history), codes=codes,
+            inputs=len(inputs),
+            outputs=len(outs),
+            distinct=len(set(seen) & inputs),
+            duplicates=sum(n - 1 for n in seen.values()),
+            lost=len(inputs - set(seen)),
+            history_rows=len(history & inputs),
+            history_missing=len(inputs - history),
+            codes=codes,
         )
 
 
@@ -153,8 +164,15 @@ class SteadyProducer(threading.Thread):
 
     def run(self) -> None:
         s = self.scenario.settings
-        producer = Producer({**s.kafka_common(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                             "message.timeout.ms": 120000})
+        producer = Producer(
+            {
+                **s.kafka_common(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": 120000,
+            }
+        )
         failures: list[str] = []
 
         def cb(err, _msg) -> None:  # type: ignore[no-untyped-def]
@@ -170,8 +188,9 @@ class SteadyProducer(threading.Thread):
                 producer.poll(min(0.01, max(0.0, due - time.monotonic())))
             while True:
                 try:
-                    producer.produce(self.scenario.topics.input, rec.value, rec.key, headers=rec.headers,
-                                     on_delivery=cb)
+                    producer.produce(
+                        self.scenario.topics.input, rec.value, rec.key, headers=rec.headers, on_delivery=cb
+                    )
                     break
                 except BufferError:
                     producer.poll(0.1)

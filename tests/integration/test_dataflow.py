@@ -23,16 +23,19 @@ def seeded(pg_conninfo: str) -> dict[str, tuple[str, str, str, str]]:
     topics = Topics()
     provision.seed_customers(topics.settings, sample.customers(N_CUSTOMERS))
     with psycopg.connect(pg_conninfo) as conn:
-        rows = conn.execute("SELECT customer_id, name, segment, country, status FROM customers "
-                            "WHERE customer_id = ANY(%s)", ([sample.customer_id(i) for i in range(N_CUSTOMERS)],))
+        rows = conn.execute(
+            "SELECT customer_id, name, segment, country, status FROM customers WHERE customer_id = ANY(%s)",
+            ([sample.customer_id(i) for i in range(N_CUSTOMERS)],),
+        )
         return {r[0]: r[1:] for r in rows}
 
 
 def test_mixed_batch_end_to_end(seeded, cql: Session, pg_conninfo: str) -> None:
     topics = Topics(partitions=3).create()
     settings = topics.settings
-    records = list(sample.events(1200, N_CUSTOMERS, bad_ratio=0.05, seed=3, large=True,
-                                 max_value_bytes=settings.max_value_bytes))
+    records = list(
+        sample.events(1200, N_CUSTOMERS, bad_ratio=0.05, seed=3, large=True, max_value_bytes=settings.max_value_bytes)
+    )
     produce_all(settings, topics.input, records)
     inputs = {(m.partition(), m.offset()): m for m in read_topic(settings, topics.input)}
     assert len(inputs) == len(records)
@@ -71,9 +74,13 @@ def test_mixed_batch_end_to_end(seeded, cql: Session, pg_conninfo: str) -> None:
     injected = [m for m in failed if m.value() and b"OR 1=1" in m.value()]
     assert injected and {header(m, "error.code") for m in injected} == {"customer_not_found"}
 
-    rows = list(cql.execute(
-        f"SELECT event_id, source_partition, source_offset, status, error_code, output_topic "
-        f"FROM {topics.keyspace}.{TABLE} WHERE source_topic = %s ALLOW FILTERING", (topics.input,)))
+    rows = list(
+        cql.execute(
+            f"SELECT event_id, source_partition, source_offset, status, error_code, output_topic "
+            f"FROM {topics.keyspace}.{TABLE} WHERE source_topic = %s ALLOW FILTERING",
+            (topics.input,),
+        )
+    )
     assert len(rows) == len(records)
     by_offset = {(r.source_partition, r.source_offset): r for r in rows}
     assert set(by_offset) == set(inputs)
@@ -85,8 +92,10 @@ def test_mixed_batch_end_to_end(seeded, cql: Session, pg_conninfo: str) -> None:
         assert (row.status, row.error_code, row.output_topic) == ("enriched", None, topics.output)
         assert row.event_id == json.loads(m.value())["event_id"]
     with psycopg.connect(pg_conninfo) as conn:  # the injection attempt changed nothing
-        assert conn.execute("SELECT count(*) FROM customers WHERE customer_id = ANY(%s)",
-                            ([sample.customer_id(i) for i in range(N_CUSTOMERS)],)).fetchone() == (N_CUSTOMERS,)
+        assert conn.execute(
+            "SELECT count(*) FROM customers WHERE customer_id = ANY(%s)",
+            ([sample.customer_id(i) for i in range(N_CUSTOMERS)],),
+        ).fetchone() == (N_CUSTOMERS,)
     assert '"final progress"' in run.stderr and "hunter" not in run.stderr
 
 
@@ -97,12 +106,18 @@ def _one_error_line(run) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(("env", "needle"), [
-    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "Kafka at 127.0.0.1:1 unreachable"),
-    ({"PG_DSN": "postgresql://postgres:s3cret@127.0.0.1:1/enrichment"}, "PostgreSQL at postgresql://postgres:****@"),
-    ({"SCYLLA_PORT": "1"}, "ScyllaDB/Cassandra at 127.0.0.1:1 unreachable"),
-    ({"INPUT_TOPIC": "no.such.topic.anywhere"}, "Kafka topic 'no.such.topic.anywhere' does not exist"),
-])
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "Kafka at 127.0.0.1:1 unreachable"),
+        (
+            {"PG_DSN": "postgresql://postgres:s3cret@127.0.0.1:1/enrichment"},
+            "PostgreSQL at postgresql://postgres:****@",
+        ),
+        ({"SCYLLA_PORT": "1"}, "ScyllaDB/Cassandra at 127.0.0.1:1 unreachable"),
+        ({"INPUT_TOPIC": "no.such.topic.anywhere"}, "Kafka topic 'no.such.topic.anywhere' does not exist"),
+    ],
+)
 def test_unreachable_dependency_exits_2_with_one_line(env: dict[str, str], needle: str, admin) -> None:
     topics = Topics(partitions=1).create()
     run = run_dataflow({**topics.env, "STOP_AT_END": "true", "STARTUP_TIMEOUT_SECONDS": "3", **env}, timeout=60)

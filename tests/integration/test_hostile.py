@@ -50,16 +50,22 @@ def campaign() -> tuple[Topics, list[tuple[Hostile, tuple[int, int]]]]:
     producer = RawProducer(BOOTSTRAP, {"linger.ms": "5", "batch.size": "16384", "message.max.bytes": "2000000"})
 
     # generation only: a failure here is a generator bug, and shrinking would produce again
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )
     @given(batch=batches())
     def feed(batch: list[Hostile]) -> None:
         for record in batch:
             producer.produce(topics.input, None, record.key, record.value, record.headers)
         delivered = producer.flush(60)
         assert len(delivered) == len(batch)
-        produced.extend((record, (partition, offset)) for record, (_, partition, offset) in zip(batch, delivered,
-                                                                                                 strict=True))
+        produced.extend(
+            (record, (partition, offset)) for record, (_, partition, offset) in zip(batch, delivered, strict=True)
+        )
 
     started = time.monotonic()
     try:
@@ -111,13 +117,21 @@ def aws_event(topic: str, records: list[tuple[Hostile, tuple[int, int]]]) -> dic
     groups: dict[str, list[dict[str, Any]]] = {}
     for record, (partition, offset) in records:
         item: dict[str, Any] = {
-            "topic": topic, "partition": partition, "offset": offset, "timestamp": 1_700_000_000_000,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp": 1_700_000_000_000,
             "timestampType": "CREATE_TIME",
             "key": None if record.key is None else base64.b64encode(record.key).decode(),
             "value": None if record.value is None else base64.b64encode(record.value).decode(),
-            "headers": [{name.decode("utf-8", "surrogateescape"):
-                         None if value is None else [b - 256 if b > 127 else b for b in value]}
-                        for name, value in record.headers],
+            "headers": [
+                {
+                    name.decode("utf-8", "surrogateescape"): None
+                    if value is None
+                    else [b - 256 if b > 127 else b for b in value]
+                }
+                for name, value in record.headers
+            ],
         }
         groups.setdefault(f"{topic}-{partition}", []).append(item)
     return {"eventSource": "SelfManagedKafka", "bootstrapServers": BOOTSTRAP, "records": groups}

@@ -38,8 +38,9 @@ def test_a_nul_in_customer_id_fails_only_its_record_end_to_end(seeded: Settings,
     topics = Topics(partitions=1, prefix="nul").create()
 
     def event(i: int, cid: str) -> bytes:
-        return json.dumps({"event_id": f"n-{i}", "event_type": "t", "occurred_at": "2026-01-01T00:00:00Z",
-                           "customer_id": cid}).encode()
+        return json.dumps(
+            {"event_id": f"n-{i}", "event_type": "t", "occurred_at": "2026-01-01T00:00:00Z", "customer_id": cid}
+        ).encode()
 
     ids = [sample.customer_id(1), "X\u0000", sample.customer_id(2), "\u0000", sample.customer_id(3)]
     produce_all(topics.settings, topics.input, [(b"k", event(i, cid), []) for i, cid in enumerate(ids)])
@@ -75,14 +76,26 @@ def test_ids_the_database_refuses_are_found_by_halving_the_batch(latin1_dsn: str
         found = lookup.fetch(ids)
         assert sorted(found) == known[:4]
         assert metrics.lookup_refused["customers"] == 2  # the emoji and the Cyrillic id; the NUL is never sent
-        assert lookup.fetch(known) .keys() == set(known), "the pool is healthy after the refusals"
+        assert lookup.fetch(known).keys() == set(known), "the pool is healthy after the refusals"
     finally:
         lookup.close()
 
 
 def row(i: int, payload: str | None) -> HistoryRow:
-    return HistoryRow(f"iso-{uuid.uuid4().hex}-{i}", "iso.topic", 0, i, "failed", "invalid_json", None, None, None,
-                      NOW, "iso.dlq", payload)
+    return HistoryRow(
+        f"iso-{uuid.uuid4().hex}-{i}",
+        "iso.topic",
+        0,
+        i,
+        "failed",
+        "invalid_json",
+        None,
+        None,
+        None,
+        NOW,
+        "iso.dlq",
+        payload,
+    )
 
 
 def test_a_history_row_the_store_refuses_is_written_without_its_payload(cql: Session) -> None:

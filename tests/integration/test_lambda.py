@@ -36,11 +36,22 @@ N_CUSTOMERS = 40
 # small, so the over-the-limit record is small to produce and to carry in an event
 EXTRA_ENV = {"MAX_VALUE_BYTES": "4096"}
 # header names the pipeline sets (contract: Success and Failure message); inputs' own are dropped
-RESERVED = {"source.topic", "source.partition", "source.offset", "source.timestamp", "error.code",
-            "error.stage", "error.message", "error.field", "failed_at"}
+RESERVED = {
+    "source.topic",
+    "source.partition",
+    "source.offset",
+    "source.timestamp",
+    "error.code",
+    "error.stage",
+    "error.message",
+    "error.field",
+    "failed_at",
+}
 RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-ROW_COLUMNS = ("event_id, source_topic, source_partition, source_offset, status, error_code, event_type, "
-               "customer_id, occurred_at, processed_at, output_topic, payload")
+ROW_COLUMNS = (
+    "event_id, source_topic, source_partition, source_offset, status, error_code, event_type, "
+    "customer_id, occurred_at, processed_at, output_topic, payload"
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +59,10 @@ def customers(pg_conninfo: str) -> dict[str, dict[str, str]]:
     """Seeded customers as PostgreSQL holds them (what an enriched event must carry)."""
     provision.seed_customers(Topics().settings, sample.customers(N_CUSTOMERS))
     with psycopg.connect(pg_conninfo) as conn:
-        rows = conn.execute("SELECT customer_id, name, segment, country, status FROM customers "
-                            "WHERE customer_id = ANY(%s)", ([sample.customer_id(i) for i in range(N_CUSTOMERS)],))
+        rows = conn.execute(
+            "SELECT customer_id, name, segment, country, status FROM customers WHERE customer_id = ANY(%s)",
+            ([sample.customer_id(i) for i in range(N_CUSTOMERS)],),
+        )
         return {r[0]: {"name": r[1], "segment": r[2], "country": r[3], "status": r[4]} for r in rows}
 
 
@@ -97,9 +110,18 @@ def input_records() -> list[sample.SampleRecord]:
 
     records += [
         sample.SampleRecord(None, None, [], "empty_value"),
-        sample.SampleRecord(b"\x00\xffbin", event(9001, note="zażółć 🚀"),
-                            [("bin", bytes([0, 195, 171, 255])), ("empty", b""), ("none", None),  # type: ignore[list-item]
-                             ("error.code", b"spoofed"), ("source.topic", b"spoofed")], "enriched"),
+        sample.SampleRecord(
+            b"\x00\xffbin",
+            event(9001, note="zażółć 🚀"),
+            [
+                ("bin", bytes([0, 195, 171, 255])),
+                ("empty", b""),
+                ("none", None),  # type: ignore[list-item]
+                ("error.code", b"spoofed"),
+                ("source.topic", b"spoofed"),
+            ],
+            "enriched",
+        ),
         sample.SampleRecord(None, event(9002, customer="stale", enriched_at="stale"), [], "enriched"),
         sample.SampleRecord(b"k", event(9003, customer_id="NOPE-404"), [("trace-id", b"\xfe")], "customer_not_found"),
     ]
@@ -125,11 +147,16 @@ def aws_event(messages: list[Message], source: str) -> dict[str, Any]:
     for m in messages:
         ts_type, ts = m.timestamp()
         rec: dict[str, Any] = {
-            "topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "timestamp": ts,
-            "timestampType": {TIMESTAMP_CREATE_TIME: "CREATE_TIME", TIMESTAMP_LOG_APPEND_TIME: "LOG_APPEND_TIME"}
-            .get(ts_type, "NO_TIMESTAMP_TYPE"),
-            "headers": [{k: None if v is None else [b - 256 if b > 127 else b for b in v]}
-                        for k, v in m.headers() or []],
+            "topic": m.topic(),
+            "partition": m.partition(),
+            "offset": m.offset(),
+            "timestamp": ts,
+            "timestampType": {TIMESTAMP_CREATE_TIME: "CREATE_TIME", TIMESTAMP_LOG_APPEND_TIME: "LOG_APPEND_TIME"}.get(
+                ts_type, "NO_TIMESTAMP_TYPE"
+            ),
+            "headers": [
+                {k: None if v is None else [b - 256 if b > 127 else b for b in v]} for k, v in m.headers() or []
+            ],
         }
         for name, raw in (("key", m.key()), ("value", m.value())):
             if raw is not None:
@@ -152,18 +179,25 @@ def coordinates(m: Message) -> tuple[int, int]:
 
 
 def history(cql: Session, topics: Topics) -> list[Any]:
-    return list(cql.execute(f"SELECT {ROW_COLUMNS} FROM {topics.keyspace}.{TABLE} WHERE source_topic = %s "
-                            "ALLOW FILTERING", (topics.input,)))
+    return list(
+        cql.execute(
+            f"SELECT {ROW_COLUMNS} FROM {topics.keyspace}.{TABLE} WHERE source_topic = %s ALLOW FILTERING",
+            (topics.input,),
+        )
+    )
 
 
 @pytest.mark.parametrize("source", ["aws:kafka", "aws:SelfManagedKafka"])
-def test_handler_enriches_dead_letters_and_records_history(source: str, customers, cql: Session, topics_made,
-                                                           lambda_env) -> None:
+def test_handler_enriches_dead_letters_and_records_history(
+    source: str, customers, cql: Session, topics_made, lambda_env
+) -> None:
     topics = new_topics(topics_made, "itlam")
     records = input_records()
     messages = produce(topics, records)
-    expect = {(m.partition(), m.offset()): r.expect
-              for m, r in zip(messages, _in_produced_order(messages, records), strict=True)}
+    expect = {
+        (m.partition(), m.offset()): r.expect
+        for m, r in zip(messages, _in_produced_order(messages, records), strict=True)
+    }
     lambda_env(topics)
 
     # two invocations, as the mapping would send them: the second reuses the first's clients
@@ -176,8 +210,9 @@ def test_handler_enriches_dead_letters_and_records_history(source: str, customer
     codes = Counter(expect.values())
     assert first["records"] + second["records"] == len(records)
     assert first["enriched"] + second["enriched"] == codes["enriched"]
-    assert Counter(first["failed_by_code"]) + Counter(second["failed_by_code"]) == \
-        Counter({c: n for c, n in codes.items() if c != "enriched"})
+    assert Counter(first["failed_by_code"]) + Counter(second["failed_by_code"]) == Counter(
+        {c: n for c, n in codes.items() if c != "enriched"}
+    )
 
     settings = topics.settings
     inputs = {(m.partition(), m.offset()): m for m in messages}
@@ -192,12 +227,15 @@ def test_handler_enriches_dead_letters_and_records_history(source: str, customer
         doc, original = json.loads(m.value()), json.loads(src.value())
         assert doc["customer"] == customers[original["customer_id"]]
         assert RFC3339_MS.fullmatch(doc["enriched_at"])
-        assert {k: v for k, v in doc.items() if k not in ("customer", "enriched_at")} == \
-            {k: v for k, v in original.items() if k not in ("customer", "enriched_at")}
+        assert {k: v for k, v in doc.items() if k not in ("customer", "enriched_at")} == {
+            k: v for k, v in original.items() if k not in ("customer", "enriched_at")
+        }
         assert m.key() == (src.key() if src.key() is not None else original["customer_id"].encode())
         assert m.headers() == [(k, v) for k, v in src.headers() or [] if k not in RESERVED] + [
-            ("source.topic", topics.input.encode()), ("source.partition", str(src.partition()).encode()),
-            ("source.offset", str(src.offset()).encode())]
+            ("source.topic", topics.input.encode()),
+            ("source.partition", str(src.partition()).encode()),
+            ("source.offset", str(src.offset()).encode()),
+        ]
     spliced = [m for m in enriched if "zażółć".encode() in m.value()]
     assert len(spliced) == 1 and spliced[0].value().startswith(inputs[coordinates(spliced[0])].value()[:-1])
     assert dict(spliced[0].headers())["bin"] == bytes([0, 195, 171, 255]) and dict(spliced[0].headers())["none"] is None
@@ -209,12 +247,28 @@ def test_handler_enriches_dead_letters_and_records_history(source: str, customer
         names = [k for k, _ in m.headers()]
         own = [k for k, _ in src.headers() or [] if k not in RESERVED]
         field = ["error.field"] if header(m, "error.field") else []
-        assert names == own + ["error.code", "error.stage", "error.message", *field, "source.topic",
-                               "source.partition", "source.offset", "source.timestamp", "failed_at"]
+        assert names == own + [
+            "error.code",
+            "error.stage",
+            "error.message",
+            *field,
+            "source.topic",
+            "source.partition",
+            "source.offset",
+            "source.timestamp",
+            "failed_at",
+        ]
         assert header(m, "error.code") == code
-        assert header(m, "error.stage") == {"empty_value": "decode", "payload_too_large": "decode",
-                                            "invalid_json": "decode", "schema_violation": "validate",
-                                            "customer_not_found": "enrich"}[code]
+        assert (
+            header(m, "error.stage")
+            == {
+                "empty_value": "decode",
+                "payload_too_large": "decode",
+                "invalid_json": "decode",
+                "schema_violation": "validate",
+                "customer_not_found": "enrich",
+            }[code]
+        )
         assert 0 < len(header(m, "error.message").encode()) <= 1024
         assert header(m, "source.topic") == topics.input
         assert header(m, "source.timestamp") == str(src.timestamp()[1])
@@ -227,8 +281,11 @@ def test_handler_enriches_dead_letters_and_records_history(source: str, customer
     for m in enriched:
         row, doc = rows[coordinates(m)], json.loads(m.value())
         assert (row.status, row.error_code, row.output_topic) == ("enriched", None, topics.output)
-        assert (row.event_id, row.customer_id, row.event_type) == \
-            (doc["event_id"], doc["customer_id"], doc["event_type"])
+        assert (row.event_id, row.customer_id, row.event_type) == (
+            doc["event_id"],
+            doc["customer_id"],
+            doc["event_type"],
+        )
         assert json.loads(row.payload) == doc["payload"]
     for m in failed:
         row, (p, o) = rows[coordinates(m)], coordinates(m)
@@ -246,8 +303,9 @@ def _in_produced_order(messages: list[Message], records: list[sample.SampleRecor
     return [pool[(m.key(), m.value(), tuple(m.headers() or []))].pop() for m in messages]
 
 
-def test_a_retried_batch_rewrites_history_rows_and_may_repeat_messages(customers, cql: Session, topics_made,
-                                                                       lambda_env) -> None:
+def test_a_retried_batch_rewrites_history_rows_and_may_repeat_messages(
+    customers, cql: Session, topics_made, lambda_env
+) -> None:
     """What a Lambda retry re-does: the same event processed twice (a failure after the
     outputs were written) leaves one history row per record and every message at most
     twice, each copy with the same source.* headers, so consumers can deduplicate."""
@@ -263,14 +321,18 @@ def test_a_retried_batch_rewrites_history_rows_and_may_repeat_messages(customers
 
 
 def set_max_message_bytes(admin_client: AdminClient, topic: str, limit: int) -> None:
-    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)])
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry("max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)],
+    )
     for fut in admin_client.incremental_alter_configs([resource]).values():
         fut.result(timeout=30)
 
 
 def test_a_topic_that_refuses_a_dead_letter_at_run_time_does_not_fail_the_batch(
-        customers, cql: Session, topics_made, lambda_env, admin) -> None:
+    customers, cql: Session, topics_made, lambda_env, admin
+) -> None:
     """The failure topic's size limit lowered under a warm container: the over-the-limit
     dead letter is refused, and so is the produce batch that holds it, other dead letters
     too. A bad record never fails the batch (Lambda would retry it forever): the others go
@@ -293,15 +355,21 @@ def test_a_topic_that_refuses_a_dead_letter_at_run_time_does_not_fail_the_batch(
     assert len(history(cql, topics)) == len(records)
 
 
-@pytest.mark.parametrize(("env", "error", "needle"), [
-    ({"PG_DSN": "postgresql://postgres:s3cret@127.0.0.1:1/enrichment"}, PreflightError,
-     "PostgreSQL at postgresql://postgres:****@127.0.0.1:1/enrichment unreachable"),
-    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, PreflightError, "Kafka at 127.0.0.1:1 unreachable"),
-    ({"SCYLLA_PORT": "1"}, DependencyUnavailable, "cassandra: still failing after"),
-])
+@pytest.mark.parametrize(
+    ("env", "error", "needle"),
+    [
+        (
+            {"PG_DSN": "postgresql://postgres:s3cret@127.0.0.1:1/enrichment"},
+            PreflightError,
+            "PostgreSQL at postgresql://postgres:****@127.0.0.1:1/enrichment unreachable",
+        ),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, PreflightError, "Kafka at 127.0.0.1:1 unreachable"),
+        ({"SCYLLA_PORT": "1"}, DependencyUnavailable, "cassandra: still failing after"),
+    ],
+)
 def test_an_unreachable_dependency_fails_the_invocation_and_writes_nothing(
-        env: dict[str, str], error: type[Exception], needle: str, customers, cql: Session, topics_made,
-        lambda_env) -> None:
+    env: dict[str, str], error: type[Exception], needle: str, customers, cql: Session, topics_made, lambda_env
+) -> None:
     """Lambda retries a failed invocation; nothing is dead-lettered for a dependency's sake."""
     topics = new_topics(topics_made, "itlamdown", partitions=1)
     settings = topics.settings  # the real addresses, for reading back
@@ -315,8 +383,9 @@ def test_an_unreachable_dependency_fails_the_invocation_and_writes_nothing(
     assert history(cql, topics) == []
 
 
-def normalised_messages(messages: list[Message], topics: Topics, inputs: list[Message],
-                        success: bool) -> dict[tuple[int, int], Any]:
+def normalised_messages(
+    messages: list[Message], topics: Topics, inputs: list[Message], success: bool
+) -> dict[tuple[int, int], Any]:
     """Key, value and headers by source coordinates, with what must differ between two runs
     replaced by placeholders after checking it: `enriched_at` (the value's processing time,
     success only), `failed_at` (the failure's processing time), `source.topic` (each run has
@@ -361,7 +430,7 @@ def normalised_rows(rows: list[Any], topics: Topics) -> dict[tuple[int, int], di
         row["source_topic"] = "<input topic>"
         row["output_topic"] = roles[row["output_topic"]]
         if row["event_id"].startswith(f"{topics.input}:"):
-            row["event_id"] = "<input topic>" + row["event_id"][len(topics.input):]
+            row["event_id"] = "<input topic>" + row["event_id"][len(topics.input) :]
         out[(r.source_partition, r.source_offset)] = row
     return out
 
@@ -371,9 +440,9 @@ def test_parity_with_the_dataflow(customers, cql: Session, topics_made, lambda_e
     via_lambda = new_topics(topics_made, "itlamparity")
     via_dataflow = new_topics(topics_made, "itdfparity")
     lambda_in, dataflow_in = produce(via_lambda, records), produce(via_dataflow, records)
-    assert [(m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in lambda_in] == \
-        [(m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in dataflow_in], \
-        "the same records at the same coordinates in both input topics"
+    assert [(m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in lambda_in] == [
+        (m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in dataflow_in
+    ], "the same records at the same coordinates in both input topics"
 
     run = run_dataflow({**via_dataflow.env, "STOP_AT_END": "true"})
     assert run.returncode == 0, run.stderr[-3000:]
@@ -382,10 +451,12 @@ def test_parity_with_the_dataflow(customers, cql: Session, topics_made, lambda_e
     assert summary["records"] == len(records)
 
     for topic_of, success in ((lambda t: t.output, True), (lambda t: t.failure, False)):
-        got = normalised_messages(list(read_topic(via_lambda.settings, topic_of(via_lambda))), via_lambda,
-                                  lambda_in, success)
-        want = normalised_messages(list(read_topic(via_dataflow.settings, topic_of(via_dataflow))), via_dataflow,
-                                   dataflow_in, success)
+        got = normalised_messages(
+            list(read_topic(via_lambda.settings, topic_of(via_lambda))), via_lambda, lambda_in, success
+        )
+        want = normalised_messages(
+            list(read_topic(via_dataflow.settings, topic_of(via_dataflow))), via_dataflow, dataflow_in, success
+        )
         assert got and got == want
     assert summary["enriched"] == len(list(read_topic(via_dataflow.settings, via_dataflow.output)))
 

@@ -53,9 +53,16 @@ def wait_for(port: int, name: str, value: float, timeout: float) -> dict[str, fl
 
 def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
     port = free_port()
-    topics = Topics(partitions=3, prefix="metrics", extra_env={
-        "STOP_AT_END": "false", "BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port),
-        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path)}).create()
+    topics = Topics(
+        partitions=3,
+        prefix="metrics",
+        extra_env={
+            "STOP_AT_END": "false",
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(port),
+            "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
+        },
+    ).create()
     settings = topics.settings
     provision.seed_customers(settings, sample.customers(N_CUSTOMERS))
     records = list(sample.events(N, N_CUSTOMERS, bad_ratio=0.05, seed=19, large=False))
@@ -86,8 +93,14 @@ def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
     # counters against what was fed and what is on the topics
     assert m["enrichment_records_in_total"] == N
     assert m["enrichment_records_enriched_total"] == len(enriched)
-    for code in ("empty_value", "payload_too_large", "invalid_json", "schema_violation", "customer_not_found",
-                 "internal_error"):
+    for code in (
+        "empty_value",
+        "payload_too_large",
+        "invalid_json",
+        "schema_violation",
+        "customer_not_found",
+        "internal_error",
+    ):
         assert m[f'enrichment_records_failed_total{{code="{code}"}}'] == produced_codes.get(code, 0), code
     # each output by its label: every record's row, every message on its topic
     assert m['enrichment_output_written_total{output="history"}'] == N

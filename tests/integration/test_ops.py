@@ -62,14 +62,21 @@ class World:
     n_input: int
 
 
-def ops(world: World, *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = ROOT,
-        unset: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+def ops(
+    world: World,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path = ROOT,
+    unset: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
     """`python -m ops ARGS` as an operator runs it, from `cwd`, with `unset` not exported."""
     full = {**os.environ, **world.env, **(env or {}), "PYTHONPATH": str(ROOT)}
     for name in unset:
         full.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "ops", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full)
+    return subprocess.run(
+        [sys.executable, "-m", "ops", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full
+    )
 
 
 def run_flow(world: World) -> None:
@@ -156,8 +163,11 @@ def state_row(world: World, cql: Session, target: str) -> tuple[str | None, str 
         cluster = scan.cluster_id(consumer, 10)
     finally:
         consumer.close()
-    row = cql.execute(f"SELECT state, owner FROM {world.settings.scylla_keyspace}.replay_state WHERE cluster_id = %s "
-                      "AND failure_topic = %s AND target_topic = %s", (cluster, world.topics.failure, target)).one()
+    row = cql.execute(
+        f"SELECT state, owner FROM {world.settings.scylla_keyspace}.replay_state WHERE cluster_id = %s "
+        "AND failure_topic = %s AND target_topic = %s",
+        (cluster, world.topics.failure, target),
+    ).one()
     return None if row is None else (row.state, row.owner)
 
 
@@ -253,8 +263,9 @@ def test_replay_refuses_a_topic_of_enriched_messages_without_output_topic_set(wo
     for cmd in (("replay", "--to", world.topics.output), ("replay", "--to", world.topics.output, "--dry-run")):
         done = ops(world, *cmd, unset=("OUTPUT_TOPIC",))
         assert done.returncode == 2, done.stdout + done.stderr
-        assert done.stderr.startswith(f"ops replay: error: refusing to replay into {world.topics.output}: its record "
-                                      f"{world.topics.output}:")
+        assert done.stderr.startswith(
+            f"ops replay: error: refusing to replay into {world.topics.output}: its record {world.topics.output}:"
+        )
         assert "carries source.topic + source.partition + source.offset headers" in done.stderr
         assert done.stderr.count("\n") == 1 and done.stdout == ""
     assert total_records(world.settings, world.topics.output) == before
@@ -345,11 +356,15 @@ def test_replay_settles_a_chunk_left_in_flight_by_a_killed_run(world: World, cql
     state = ReplayState(cluster, world.topics.failure, topic_id, target)
     state.begin([coords(m) for m in chunk], int(time.time() * 1000))
     written_us = int((time.time() - 120) * 1_000_000)
-    cql.execute(f"UPDATE {world.settings.scylla_keyspace}.replay_state USING TIMESTAMP %s SET state = %s "
-                "WHERE cluster_id = %s AND failure_topic = %s AND target_topic = %s",
-                (written_us, state.dumps(), cluster, world.topics.failure, target))
-    delivered = [(m.key(), m.value(), [("replay.of", f"{world.topics.failure}:{m.partition()}:{m.offset()}".encode())])
-                 for m in chunk[:2]]
+    cql.execute(
+        f"UPDATE {world.settings.scylla_keyspace}.replay_state USING TIMESTAMP %s SET state = %s "
+        "WHERE cluster_id = %s AND failure_topic = %s AND target_topic = %s",
+        (written_us, state.dumps(), cluster, world.topics.failure, target),
+    )
+    delivered = [
+        (m.key(), m.value(), [("replay.of", f"{world.topics.failure}:{m.partition()}:{m.offset()}".encode())])
+        for m in chunk[:2]
+    ]
     produce_all(world.settings, target, delivered)
 
     done = ops(world, "replay", "--to", target)
@@ -376,8 +391,10 @@ def test_replay_imports_a_legacy_state_file_once(world: World, tmp_path: Path, c
 
     done = ops(world, "replay", "--to", target, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"imported legacy state file .ops-state/{path.name} into {world.settings.scylla_keyspace}.replay_state " \
-           f"(3 dead letters replayed); renamed it to {path.name}{MIGRATED}" in done.stdout
+    assert (
+        f"imported legacy state file .ops-state/{path.name} into {world.settings.scylla_keyspace}.replay_state "
+        f"(3 dead letters replayed); renamed it to {path.name}{MIGRATED}" in done.stdout
+    )
     assert f"replayed {len(failed) - 3} records" in done.stdout
     assert not path.exists() and path.with_name(path.name + MIGRATED).exists()
     refs = Counter(header(m, "replay.of") for m in read_topic(world.settings, target))
@@ -429,8 +446,9 @@ def test_replay_after_fixing_the_cause(world: World, tmp_path: Path) -> None:
 
 def test_trace_by_event_id(world: World) -> None:
     event_id = world.good_ids[3]
-    out = next(m for m in read_topic(world.settings, world.topics.output)
-               if json.loads(m.value())["event_id"] == event_id)
+    out = next(
+        m for m in read_topic(world.settings, world.topics.output) if json.loads(m.value())["event_id"] == event_id
+    )
     done = ops(world, "trace", event_id)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "history row 1 of 1:" in done.stdout and "-> enriched" in done.stdout

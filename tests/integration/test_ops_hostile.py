@@ -35,8 +35,16 @@ BIG = 1 << 20  # the default MAX_VALUE_BYTES
 
 
 def event(event_id: str, customer: str, **extra: object) -> bytes:
-    return json.dumps({"event_id": event_id, "event_type": "login", "occurred_at": "2026-01-01T00:00:00Z",
-                       "customer_id": customer, "payload": {"note": ESC + FORGED}, **extra}).encode()
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "event_type": "login",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "customer_id": customer,
+            "payload": {"note": ESC + FORGED},
+            **extra,
+        }
+    ).encode()
 
 
 @dataclass
@@ -58,8 +66,11 @@ def hostile(admin: AdminClient) -> Iterator[Hostile]:
     assert len(escaped_id) <= 128
     records: list[tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]] = [
         (b"k1", event("hostile-bad-name", known), [(b"trace-id", b"1"), (b"bad\xff\xfe" + ESC.encode(), b"v")]),
-        (ESC.encode() + b"\xff", event(escaped_id, known),
-         [(f"name{FORGED}".encode(), (ESC + FORGED).encode()), (BIDI.encode(), None), (b"nul\x00name", b"\x00\x01")]),
+        (
+            ESC.encode() + b"\xff",
+            event(escaped_id, known),
+            [(f"name{FORGED}".encode(), (ESC + FORGED).encode()), (BIDI.encode(), None), (b"nul\x00name", b"\x00\x01")],
+        ),
         (None, None, [(b"only\xc3", None)]),
         (None, b"", [(b"\\xff", b"a backslash, not a byte")]),
         (b"big", b"\x1b[31m" + b"x" * (BIG - 100) + b"\r\n\xff", [(b"h", ESC.encode())]),
@@ -79,15 +90,31 @@ def hostile(admin: AdminClient) -> Iterator[Hostile]:
     # what no pipeline writes, but any producer can
     in_topic = topics.input.encode()
     forged_out = [
-        (b"k", b"{}", [(b"source.topic", in_topic), (b"source.partition", b"0"), (b"source.offset", b"100000"),
-                       (b"x\xff" + ESC.encode(), FORGED.encode())]),
+        (
+            b"k",
+            b"{}",
+            [
+                (b"source.topic", in_topic),
+                (b"source.partition", b"0"),
+                (b"source.offset", b"100000"),
+                (b"x\xff" + ESC.encode(), FORGED.encode()),
+            ],
+        ),
         (None, None, [(b"source.topic", in_topic), (b"source.partition", FORGED.encode()), (b"source.offset", b"-")]),
         (b"\xff", b"\xfe" * 100, [(b"source.topic", b"\xff\xfe"), (b"\xff", None)]),
     ]
     forged_dead = [
-        (ESC.encode(), b"\xff" + ESC.encode(), [(b"error.code", b"invalid_json"), (b"trace\xfe", ESC.encode()),
-                                                (b"source.topic", in_topic), (b"source.partition", b"1"),
-                                                (b"source.offset", b"x\r\n")]),
+        (
+            ESC.encode(),
+            b"\xff" + ESC.encode(),
+            [
+                (b"error.code", b"invalid_json"),
+                (b"trace\xfe", ESC.encode()),
+                (b"source.topic", in_topic),
+                (b"source.partition", b"1"),
+                (b"source.offset", b"x\r\n"),
+            ],
+        ),
         (None, None, [(b"error.code", (ESC + FORGED).encode())]),
         (b"k", b"v", [(b"error.code", b"\xff\xfe"), (b"replay.of", FORGED.encode())]),
     ]
@@ -105,8 +132,15 @@ def hostile(admin: AdminClient) -> Iterator[Hostile]:
 
 
 def ops(world: Hostile, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "ops", *args, "-q"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **world.env}, errors="surrogateescape")
+    done = subprocess.run(
+        [sys.executable, "-m", "ops", *args, "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **world.env},
+        errors="surrogateescape",
+    )
     assert "Traceback" not in done.stderr, done.stderr
     assert invisible(done.stdout) == [] and invisible(done.stderr) == [], (done.stdout + done.stderr)[:3000]
     return done
@@ -154,8 +188,10 @@ def test_trace_by_an_event_id_full_of_control_characters(hostile: Hostile) -> No
     assert "-> enriched" in done.stdout
     assert "history row 1 of 1:" in done.stdout
     shown = next(line for line in done.stdout.splitlines() if line.startswith("  event_id "))
-    assert shown.endswith("-\\x1b[2J\\x1b[H\\x1b]0;owned\\x07\\r\\nhistory row 9 of 9: forged -> enriched\\r\\n"
-                          "\\u202etxt.exe\\u202c \\u2066x\\u2069 \\u2028 \\u0085")
+    assert shown.endswith(
+        "-\\x1b[2J\\x1b[H\\x1b]0;owned\\x07\\r\\nhistory row 9 of 9: forged -> enriched\\r\\n"
+        "\\u202etxt.exe\\u202c \\u2066x\\u2069 \\u2028 \\u0085"
+    )
     assert "    header  name\\r\\nhistory row 9 of 9: forged -> enriched\\r\\n: \\x1b[2J" in done.stdout
     # (the name is cut at its NUL byte on the way out: confluent-kafka's producer takes C strings)
     lines = done.stdout.splitlines()

@@ -44,10 +44,21 @@ def topics(admin: AdminClient) -> Iterator[Topics]:
     """A failure topic holding N_DEAD dead letters (as the dataflow writes them)."""
     topics = Topics(prefix="itlease", partitions=3).create()
     settings = topics.settings
-    dead = [(f"k{i}".encode(), f'{{"n":{i}}}'.encode(),
-             [("trace-id", f"t-{i}".encode()), ("error.code", b"invalid_json"), ("error.stage", b"decode"),
-              ("source.topic", topics.input.encode()), ("source.partition", b"0"), ("source.offset", str(i).encode())])
-            for i in range(N_DEAD)]
+    dead = [
+        (
+            f"k{i}".encode(),
+            f'{{"n":{i}}}'.encode(),
+            [
+                ("trace-id", f"t-{i}".encode()),
+                ("error.code", b"invalid_json"),
+                ("error.stage", b"decode"),
+                ("source.topic", topics.input.encode()),
+                ("source.partition", b"0"),
+                ("source.offset", str(i).encode()),
+            ],
+        )
+        for i in range(N_DEAD)
+    ]
     produce_all(settings, topics.failure, dead)
     yield topics
     base = topics.input.split(".")[0]
@@ -62,14 +73,26 @@ def _env(topics: Topics) -> dict[str, str]:
 
 def start_replay(topics: Topics, target: str, cwd: Path) -> subprocess.Popen[str]:
     cwd.mkdir(exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "ops", "replay", "--to", target, "--chunk-size", CHUNK, "-q"],
-                            cwd=cwd, env=_env(topics), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops", "replay", "--to", target, "--chunk-size", CHUNK, "-q"],
+        cwd=cwd,
+        env=_env(topics),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_replay(topics: Topics, target: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "ops", "replay", "--to", target, "--chunk-size", CHUNK, "-q"],
-                          cwd=cwd, env=_env(topics), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ops", "replay", "--to", target, "--chunk-size", CHUNK, "-q"],
+        cwd=cwd,
+        env=_env(topics),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def replay_refs(settings: Settings, target: str) -> Counter[str]:
@@ -108,8 +131,9 @@ def assert_refused_by_lease(done: subprocess.CompletedProcess[str] | tuple[int, 
     assert stderr.count("\n") == 1
 
 
-def test_two_concurrent_replays_from_two_directories_produce_each_dead_letter_once(topics: Topics,
-                                                                                   tmp_path: Path) -> None:
+def test_two_concurrent_replays_from_two_directories_produce_each_dead_letter_once(
+    topics: Topics, tmp_path: Path
+) -> None:
     target = new_target(topics, "concurrent")
     first = start_replay(topics, target, tmp_path / "alice")
     second = start_replay(topics, target, tmp_path / "bob")
@@ -131,8 +155,9 @@ def test_two_concurrent_replays_from_two_directories_produce_each_dead_letter_on
     assert replay_refs(topics.settings, target) == every_dead_letter_once(topics)
 
 
-def test_a_killed_replay_holds_its_lease_until_it_expires_then_a_rerun_completes_it(topics: Topics,
-                                                                                   tmp_path: Path) -> None:
+def test_a_killed_replay_holds_its_lease_until_it_expires_then_a_rerun_completes_it(
+    topics: Topics, tmp_path: Path
+) -> None:
     """SIGKILL mid-run: a rerun from another directory is refused while the dead run's
     lease lasts (naming it), then settles its chunk in flight and produces the rest:
     nothing twice, nothing missing."""
@@ -176,8 +201,11 @@ def test_a_run_that_lost_its_lease_can_not_write_the_state(topics: Topics, cql: 
             state.begin([(0, 1)], int(time.time() * 1000))
             state.commit()
             table = f"{topics.settings.scylla_keyspace}.replay_state"
-            taken = cql.execute(f"UPDATE {table} SET owner = 'elsewhere:1:x' WHERE cluster_id = %s AND "
-                                "failure_topic = %s AND target_topic = %s IF owner = %s", (*key.params(), lease.owner))
+            taken = cql.execute(
+                f"UPDATE {table} SET owner = 'elsewhere:1:x' WHERE cluster_id = %s AND "
+                "failure_topic = %s AND target_topic = %s IF owner = %s",
+                (*key.params(), lease.owner),
+            )
             assert taken.was_applied
             before = store.read(key).state
 
@@ -197,19 +225,27 @@ def test_a_keyspace_that_does_not_exist_is_refused_not_created(topics: Topics, t
     everything again: refused before anything is produced."""
     target = new_target(topics, "nokeyspace")
     keyspace = f"nope_{uuid.uuid4().hex[:10]}"
-    done = subprocess.run([sys.executable, "-m", "ops", "replay", "--to", target], cwd=tmp_path,
-                          env={**_env(topics), "SCYLLA_KEYSPACE": keyspace}, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ops", "replay", "--to", target],
+        cwd=tmp_path,
+        env={**_env(topics), "SCYLLA_KEYSPACE": keyspace},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith(f"ops replay: error: keyspace {keyspace} does not exist on ")
     assert done.stderr.count("\n") == 1
     assert records_in(topics.settings, target) == 0
-    assert cql.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
-                       (keyspace,)).one() is None
+    assert (
+        cql.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)).one()
+        is None
+    )
 
 
-def test_records_the_target_refuses_are_reported_and_not_recorded_as_replayed(topics: Topics, tmp_path: Path,
-                                                                              admin: AdminClient) -> None:
+def test_records_the_target_refuses_are_reported_and_not_recorded_as_replayed(
+    topics: Topics, tmp_path: Path, admin: AdminClient
+) -> None:
     """A dead letter too large for the target: the others are replayed (once), it is
     listed, not recorded as replayed, and the run exits 3; a rerun produces nothing twice."""
     failure = f"{topics.input}.failed-sizes"
@@ -217,17 +253,27 @@ def test_records_the_target_refuses_are_reported_and_not_recorded_as_replayed(to
     flows_admin.ensure_topics(topics.settings, [failure], 1)
     for fut in admin.create_topics([NewTopic(target, 1, 1, config={"max.message.bytes": "2000"})]).values():
         fut.result(timeout=30)
-    dead = [(b"s1", b"small", [("error.code", b"invalid_json")]),
-            (b"big", b"x" * 5000, [("error.code", b"invalid_json")]),
-            (b"s2", b"small", [("error.code", b"invalid_json")])]
+    dead = [
+        (b"s1", b"small", [("error.code", b"invalid_json")]),
+        (b"big", b"x" * 5000, [("error.code", b"invalid_json")]),
+        (b"s2", b"small", [("error.code", b"invalid_json")]),
+    ]
     produce_all(topics.settings, failure, dead)
     env = {**_env(topics), "FAILURE_TOPIC": failure}
     for attempt in range(2):
-        done = subprocess.run([sys.executable, "-m", "ops", "replay", "--to", target, "-q"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "ops", "replay", "--to", target, "-q"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 3, done.stdout + done.stderr
         assert f"replayed {2 if attempt == 0 else 0} records" in done.stdout
         assert f"refused by {target}, not replayed: 1 (partition 0: 1)" in done.stdout
-        assert done.stderr == f"ops replay: {target} refused 1 record (too large for it, or invalid there); they " \
-                              "are not recorded as replayed: see the report\n"
+        assert (
+            done.stderr == f"ops replay: {target} refused 1 record (too large for it, or invalid there); they "
+            "are not recorded as replayed: see the report\n"
+        )
     assert replay_refs(topics.settings, target) == Counter({f"{failure}:0:0": 1, f"{failure}:0:2": 1})

@@ -123,8 +123,10 @@ def test_dependency_down_past_the_deadline_exits_3_then_resumes(tmp_path: Path, 
     sc = Scenario(tmp_path, partitions=2, RETRY_DEADLINE_SECONDS="5", STARTUP_TIMEOUT_SECONDS="2")
     first = list(sample.events(500, 100, bad_ratio=0, seed=1))  # customers 0..99, then cached
     rng = rnd.Random(2)
-    later = [(None, json.dumps(sample.good_event(rng, 10_000 + i, sample.customer_id(1000 + i))).encode(), [])
-             for i in range(300)]  # customers never seen: each needs PostgreSQL
+    later = [
+        (None, json.dumps(sample.good_event(rng, 10_000 + i, sample.customer_id(1000 + i))).encode(), [])
+        for i in range(300)
+    ]  # customers never seen: each needs PostgreSQL
     produce_all(sc.settings, sc.topics.input, first)
     proc = sc.start(stop_at_end=False)
     try:

@@ -49,15 +49,32 @@ def free_base_port(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def run_cluster(sc: Scenario, processes: int, workers: int, timeout: float = 300, separate: bool = False,
-                **env: str) -> int:
-    cmd = [sys.executable, "-m", "tools.run_local", "-p", str(processes), "-w", str(workers),
-           "-r", str(sc.recovery), "-s", "1", "-b", "0", "--base-port", str(free_base_port(processes))]
+def run_cluster(
+    sc: Scenario, processes: int, workers: int, timeout: float = 300, separate: bool = False, **env: str
+) -> int:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.run_local",
+        "-p",
+        str(processes),
+        "-w",
+        str(workers),
+        "-r",
+        str(sc.recovery),
+        "-s",
+        "1",
+        "-b",
+        "0",
+        "--base-port",
+        str(free_base_port(processes)),
+    ]
     if separate:
         cmd.append("--separate-recovery")
     with open(sc.log, "ab") as out:
-        return subprocess.run(cmd, cwd=ROOT, env={**sc.env(stop_at_end=True), **env}, stdout=out, stderr=out,
-                              timeout=timeout).returncode
+        return subprocess.run(
+            cmd, cwd=ROOT, env={**sc.env(stop_at_end=True), **env}, stdout=out, stderr=out, timeout=timeout
+        ).returncode
 
 
 def outcomes(settings: Settings, sc: Scenario) -> dict[str, str]:
@@ -94,8 +111,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, cql: Session) -> tuple[Ac
 
 
 @pytest.mark.parametrize(("processes", "workers"), [(2, 1), (1, 2)])
-def test_same_accounting_as_one_worker(processes: int, workers: int, baseline, tmp_path: Path,
-                                       cql: Session) -> None:
+def test_same_accounting_as_one_worker(processes: int, workers: int, baseline, tmp_path: Path, cql: Session) -> None:
     base_acc, base_outcomes = baseline
     sc = Scenario(tmp_path, partitions=4)
     produce_all(sc.settings, sc.topics.input, sc.records(N, seed=SEED))
@@ -138,8 +154,10 @@ def test_recovery_directory_per_process(tmp_path: Path, cql: Session) -> None:
     produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED))
     assert run_cluster(sc, 2, 1, separate=True) == 0, sc.log.read_text()[-3000:]
     dirs = [sc.recovery / f"process-{i}" for i in range(2)]
-    assert [sorted(p.name for p in d.glob("part-*.sqlite3")) for d in dirs] == \
-        [["part-0.sqlite3", "part-2.sqlite3"], ["part-1.sqlite3", "part-3.sqlite3"]]
+    assert [sorted(p.name for p in d.glob("part-*.sqlite3")) for d in dirs] == [
+        ["part-0.sqlite3", "part-2.sqlite3"],
+        ["part-1.sqlite3", "part-3.sqlite3"],
+    ]
     produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED + 1))
     sc.log.write_text("")
     assert run_cluster(sc, 2, 1, separate=True) == 0, sc.log.read_text()[-3000:]

@@ -35,8 +35,16 @@ BIG = Customer("BIG-NAME", "N" * 20_000, "retail", "DE", "active")  # enrichment
 
 
 def valid(i: int, cid: str = "C0000001", pad: int = 0) -> bytes:
-    return json.dumps({"event_id": f"s-{i}", "event_type": "t", "occurred_at": "2026-01-01T00:00:00Z",
-                       "customer_id": cid, "payload": {"pad": "p" * pad}}, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "event_id": f"s-{i}",
+            "event_type": "t",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "customer_id": cid,
+            "payload": {"pad": "p" * pad},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def padded_to(size: int, i: int, cid: str = "C0000001") -> bytes:
@@ -69,8 +77,12 @@ def test_records_at_and_over_the_limits_are_routed_whole(cql: Session) -> None:
     produce_all(s, topics.input, [(k, v, h) for k, v, h, _ in cases])
     # a record that arrived compressed: far over what the topics take uncompressed
     compressible = json.dumps({"event_id": "z", "note": "zz" * 1_500_000}).encode()
-    produce_all(s, topics.input, [(b"z", compressible, [("h", b"1")])],
-                extra={"compression.type": "zstd", "message.max.bytes": 10_000_000})
+    produce_all(
+        s,
+        topics.input,
+        [(b"z", compressible, [("h", b"1")])],
+        extra={"compression.type": "zstd", "message.max.bytes": 10_000_000},
+    )
     produce_all(s, topics.input, [(b"n3", valid(6), [], "x")])
     expected = [c[3] for c in cases] + ["payload_too_large", "enriched"]
     values = [c[1] for c in cases] + [compressible, valid(6)]
@@ -112,8 +124,13 @@ def test_a_large_value_limit_of_the_topics_and_a_small_one_of_the_flow(cql: Sess
 
 def _alter(topic: str, **configs: str) -> None:
     client = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
-        ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()
+        ],
+    )
     for fut in client.incremental_alter_configs([resource]).values():
         fut.result(30)
 
@@ -156,8 +173,10 @@ def test_topics_shrunk_under_the_running_flow_neither_stop_it_nor_lose_a_record(
 def _wait_for(s, cql: Session, topics: Topics, n: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        rows = cql.execute(f"SELECT source_offset FROM {topics.keyspace}.event_history WHERE source_topic = %s "
-                           "ALLOW FILTERING", (topics.input,))
+        rows = cql.execute(
+            f"SELECT source_offset FROM {topics.keyspace}.event_history WHERE source_topic = %s ALLOW FILTERING",
+            (topics.input,),
+        )
         if len(list(rows)) >= n:
             time.sleep(1)  # the messages are acknowledged right after the rows
             return
@@ -167,8 +186,10 @@ def _wait_for(s, cql: Session, topics: Topics, n: int, timeout: float = 120) -> 
 
 def _create(names_configs: dict[str, dict[str, str]]) -> None:
     client = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    futures = client.create_topics([NewTopic(n, num_partitions=1, replication_factor=1, config=c)
-                                    for n, c in names_configs.items()], operation_timeout=30)
+    futures = client.create_topics(
+        [NewTopic(n, num_partitions=1, replication_factor=1, config=c) for n, c in names_configs.items()],
+        operation_timeout=30,
+    )
     for fut in futures.values():
         fut.result(30)
 
@@ -177,8 +198,13 @@ def test_topics_that_break_the_size_rule_stop_the_flow_at_start_naming_each() ->
     base = unique("rule")
     names = {"INPUT_TOPIC": f"{base}.in", "OUTPUT_TOPIC": f"{base}.out", "FAILURE_TOPIC": f"{base}.dlq"}
     # the output topic takes the broker's default (the local stack's: 2 MiB)
-    _create({names["INPUT_TOPIC"]: {"max.message.bytes": "3000000"}, names["OUTPUT_TOPIC"]: {},
-             names["FAILURE_TOPIC"]: {"max.message.bytes": "3000000"}})
+    _create(
+        {
+            names["INPUT_TOPIC"]: {"max.message.bytes": "3000000"},
+            names["OUTPUT_TOPIC"]: {},
+            names["FAILURE_TOPIC"]: {"max.message.bytes": "3000000"},
+        }
+    )
     run = run_dataflow({**names, "STOP_AT_END": "true", "SCYLLA_KEYSPACE": "enrichment_it"}, timeout=120)
     assert run.returncode == 2, run.stderr[-2000:]
     errors = [line for line in run.stderr.splitlines() if '"level":"ERROR"' in line]

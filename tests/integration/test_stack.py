@@ -26,7 +26,10 @@ def test_kafka_three_partitions_keys_and_headers(admin: AdminClient) -> None:
     producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "acks": "all"})
     for i in range(30):
         producer.produce(
-            topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=i % 3,
+            topic,
+            key=f"k{i}".encode(),
+            value=f"v{i}".encode(),
+            partition=i % 3,
             headers=[("h", f"x{i}".encode())],
             on_delivery=lambda err, msg: delivered.append((msg.partition(), msg.offset())) if err is None else None,
         )
@@ -50,9 +53,7 @@ def test_kafka_three_partitions_keys_and_headers(admin: AdminClient) -> None:
 
 def test_cassandra_keyspace_table_prepared(cql: Session) -> None:
     ks = unique("stack_ks")
-    cql.execute(
-        f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
-    )
+    cql.execute(f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
     try:
         cql.execute(f"CREATE TABLE {ks}.t (id text, n int, v text, PRIMARY KEY ((id), n))")
         insert = cql.prepare(f"INSERT INTO {ks}.t (id, n, v) VALUES (?, ?, ?)")
@@ -81,13 +82,15 @@ def test_postgres_through_pool(pg_conninfo: str) -> None:
 
 
 def _up() -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "stack" / "stack.py"), "up"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stack" / "stack.py"), "up"], capture_output=True, text=True, timeout=300
+    )
 
 
 def _pids() -> dict[str, str]:
-    out = subprocess.run([sys.executable, str(ROOT / "stack" / "stack.py"), "status"],
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "stack" / "stack.py"), "status"], capture_output=True, text=True, timeout=60
+    ).stdout
     rows = [line.split() for line in out.splitlines()[1:] if line.split() and line.split()[0] != "all"]
     return {r[0]: r[2] for r in rows if len(r) > 2}
 

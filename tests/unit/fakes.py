@@ -10,8 +10,7 @@ from flows.core.outcome import member_fragment
 
 def member(customer: Customer) -> dict[str, str]:
     """The `customer` member an enriched event carries for this customer."""
-    return {"name": customer.name, "segment": customer.segment, "country": customer.country,
-            "status": customer.status}
+    return {"name": customer.name, "segment": customer.segment, "country": customer.country, "status": customer.status}
 
 
 class MemoryLookup:
@@ -39,12 +38,20 @@ class FakeClock:
         return self.now
 
 
-def record(value: bytes | None, key: bytes | None = b"k", offset: int = 0, partition: int = 0,
-           headers: list[tuple[str, bytes | None]] | None = None, topic: str = "events") -> SourceRecord:
+def record(
+    value: bytes | None,
+    key: bytes | None = b"k",
+    offset: int = 0,
+    partition: int = 0,
+    headers: list[tuple[str, bytes | None]] | None = None,
+    topic: str = "events",
+) -> SourceRecord:
     return SourceRecord(topic, partition, offset, 1_700_000_000_000, key, value, headers or [])
 
 
-GOOD = (b'{"event_id":"e1","event_type":"login","occurred_at":"2024-05-01T12:00:00+02:00",'
-        b'"customer_id":"C1","payload":{"a":1},"extra":{"nested":[1,2]}}')
+GOOD = (
+    b'{"event_id":"e1","event_type":"login","occurred_at":"2024-05-01T12:00:00+02:00",'
+    b'"customer_id":"C1","payload":{"a":1},"extra":{"nested":[1,2]}}'
+)
 ALICE = Customer("C1", "Alice", "retail", "DE", "active")
 ALICE_MEMBER = member_fragment("customer", member(ALICE))

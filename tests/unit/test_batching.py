@@ -25,10 +25,22 @@ def plan(rows: list[tuple[object, ...]], **kwargs: object) -> list[list[tuple[ob
 
 
 def row(i: int, payload: str = "{}", event_id: str | None = None) -> tuple[object, ...]:
-    return msgspec.structs.astuple(HistoryRow(
-        event_id=event_id or f"evt-{i}", source_topic="events", source_partition=i % 3, source_offset=i,
-        status="enriched", error_code=None, event_type="login", customer_id="C1", occurred_at=NOW,
-        processed_at=NOW, output_topic="events.enriched", payload=payload))
+    return msgspec.structs.astuple(
+        HistoryRow(
+            event_id=event_id or f"evt-{i}",
+            source_topic="events",
+            source_partition=i % 3,
+            source_offset=i,
+            status="enriched",
+            error_code=None,
+            event_type="login",
+            customer_id="C1",
+            occurred_at=NOW,
+            processed_at=NOW,
+            output_topic="events.enriched",
+            payload=payload,
+        )
+    )
 
 
 def test_rows_bind_in_column_order() -> None:
@@ -73,24 +85,43 @@ def test_no_rows_no_batches() -> None:
 
 def driver_bytes(row: tuple[object, ...]) -> list[bytes | None]:
     """What PreparedStatement.bind() would send, from the driver's own serializers."""
-    types = {"varchar": cqltypes.UTF8Type, "int": cqltypes.Int32Type, "bigint": cqltypes.LongType,
-             "timestamp": cqltypes.DateType}
+    types = {
+        "varchar": cqltypes.UTF8Type,
+        "int": cqltypes.Int32Type,
+        "bigint": cqltypes.LongType,
+        "timestamp": cqltypes.DateType,
+    }
     return [None if v is None else types[t].serialize(v, 4) for v, t in zip(row, CQL_TYPES, strict=True)]
 
 
-@pytest.mark.parametrize("moment", [
-    NOW,
-    dt.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
-    dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),  # before the epoch, sub-millisecond
-    dt.datetime(1, 1, 1, tzinfo=dt.UTC),
-    dt.datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC),
-    dt.datetime(2026, 1, 1, 0, 0, 0, 500),  # naive: UTC, as the driver reads it
-])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        NOW,
+        dt.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),  # before the epoch, sub-millisecond
+        dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 1, 0, 0, 0, 500),  # naive: UTC, as the driver reads it
+    ],
+)
 def test_encode_row_matches_the_driver(moment: dt.datetime) -> None:
-    r = msgspec.structs.astuple(HistoryRow(
-        event_id="évt-ü-🚀", source_topic="events", source_partition=2**31 - 1, source_offset=2**63 - 1,
-        status="failed", error_code="schema_violation", event_type=None, customer_id=None, occurred_at=moment,
-        processed_at=moment, output_topic="events.failed", payload=None))
+    r = msgspec.structs.astuple(
+        HistoryRow(
+            event_id="évt-ü-🚀",
+            source_topic="events",
+            source_partition=2**31 - 1,
+            source_offset=2**63 - 1,
+            status="failed",
+            error_code="schema_violation",
+            event_type=None,
+            customer_id=None,
+            occurred_at=moment,
+            processed_at=moment,
+            output_topic="events.failed",
+            payload=None,
+        )
+    )
     assert encode_row(r) == driver_bytes(r)
     assert encode_row(row(3)) == driver_bytes(row(3))
 

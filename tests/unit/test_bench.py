@@ -82,22 +82,54 @@ def test_ratio() -> None:
 def _report(**over: object) -> dict:
     report = {
         "run_id": "20260101-000000",
-        "config": {"records": 200_000, "workload": "zipf", "customer_space": 100_000, "customers_seeded": 100_000,
-                   "partitions": 4, "event_bytes_mean": 402.0},
+        "config": {
+            "records": 200_000,
+            "workload": "zipf",
+            "customer_space": 100_000,
+            "customers_seeded": 100_000,
+            "partitions": 4,
+            "event_bytes_mean": 402.0,
+        },
         "variants": {
-            "passthrough": {"records_processed": 200_000, "rate_rps": 40_000.0, "latency_ms": {"p50": 1.0, "p99": 2.0},
-                            "cpu_s_per_1k": 0.004, "peak_rss_mb": 80.0, "gate": {"ok": True, "problems": []}},
-            "dataflow": {"records_processed": 200_000, "rate_rps": 12_000.0, "latency_ms": {"p50": 5.0, "p99": 9.0},
-                         "cpu_s_per_1k": 0.05, "peak_rss_mb": 120.0, "gate": {"ok": True, "problems": []}},
-            "naive": {"records_processed": 14_000, "rate_rps": 250.0, "latency_ms": {"p50": 5.0, "p99": 9.0},
-                      "cpu_s_per_1k": 0.9, "peak_rss_mb": 70.0, "note": "bounded run",
-                      "gate": {"ok": False, "problems": ["3 history rows missing"]}},
+            "passthrough": {
+                "records_processed": 200_000,
+                "rate_rps": 40_000.0,
+                "latency_ms": {"p50": 1.0, "p99": 2.0},
+                "cpu_s_per_1k": 0.004,
+                "peak_rss_mb": 80.0,
+                "gate": {"ok": True, "problems": []},
+            },
+            "dataflow": {
+                "records_processed": 200_000,
+                "rate_rps": 12_000.0,
+                "latency_ms": {"p50": 5.0, "p99": 9.0},
+                "cpu_s_per_1k": 0.05,
+                "peak_rss_mb": 120.0,
+                "gate": {"ok": True, "problems": []},
+            },
+            "naive": {
+                "records_processed": 14_000,
+                "rate_rps": 250.0,
+                "latency_ms": {"p50": 5.0, "p99": 9.0},
+                "cpu_s_per_1k": 0.9,
+                "peak_rss_mb": 70.0,
+                "note": "bounded run",
+                "gate": {"ok": False, "problems": ["3 history rows missing"]},
+            },
         },
         "ratios": {"dataflow_vs_passthrough": 0.3, "dataflow_vs_naive": 48.0},
-        "latency_run": {"rate": 8400.0, "rate_rps": 8390.0, "records_processed": 250_000,
-                        "latency_ms": {"p50": 30.0, "p99": 300.0}, "gate": {"ok": True, "problems": []}},
-        "soak": {"minutes": 2, "rate": 5000.0, "rss": {"rss_after_warmup_mb": 100, "rss_end_mb": 103,
-                                                         "growth_pct": 3.0}},
+        "latency_run": {
+            "rate": 8400.0,
+            "rate_rps": 8390.0,
+            "records_processed": 250_000,
+            "latency_ms": {"p50": 30.0, "p99": 300.0},
+            "gate": {"ok": True, "problems": []},
+        },
+        "soak": {
+            "minutes": 2,
+            "rate": 5000.0,
+            "rss": {"rss_after_warmup_mb": 100, "rss_end_mb": 103, "growth_pct": 3.0},
+        },
     }
     report.update(over)
     return report
@@ -154,8 +186,7 @@ def test_profile_categories_first_match_from_the_root() -> None:
         "garbage",
     ]
     threads = profile.parse(raw)
-    assert threads["MainThread"] == {"history: execute + wait for acks": 30, "decode + validate": 10,
-                                     profile.OTHER: 10}
+    assert threads["MainThread"] == {"history: execute + wait for acks": 30, "decode + validate": 10, profile.OTHER: 10}
     assert threads["event_loop"] == {"CQL driver I/O (event loop)": 5}
 
 
@@ -163,13 +194,16 @@ def test_profile_summary_per_record(tmp_path: object) -> None:
     from pathlib import Path
 
     path = Path(str(tmp_path)) / "raw.txt"
-    path.write_text("thread (1): MainThread;a;HistoryWriter._write_once (x) 100\n"
-                    "thread (1): MainThread;a;decode_batch (x) 100\n")
+    path.write_text(
+        "thread (1): MainThread;a;HistoryWriter._write_once (x) 100\nthread (1): MainThread;a;decode_batch (x) 100\n"
+    )
     summary = profile.summarize(path, records=1000, rate_hz=100)
     main = summary["threads"]["MainThread"]
     assert main["us_per_record"] == 2000.0  # 200 samples at 100 Hz over 1,000 records
     assert {c["name"]: c["share"] for c in main["categories"]} == {
-        "history: execute + wait for acks": 0.5, "decode + validate": 0.5}
+        "history: execute + wait for acks": 0.5,
+        "decode + validate": 0.5,
+    }
     assert "MainThread: 2000.0 us" in profile.format_summary(summary)
 
 

@@ -21,11 +21,15 @@ values = st.one_of(
     st.none(),
     st.binary(max_size=300),
     json_like.map(lambda v: __import__("json").dumps(v).encode()),
-    st.fixed_dictionaries({
-        "event_id": st.text(max_size=130), "event_type": st.text(max_size=3),
-        "occurred_at": st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01", "x", ""]),
-        "customer_id": st.sampled_from(["C1", "", "' OR 1=1 --", "C2"]),
-    }, optional={"payload": json_like}).map(lambda d: __import__("json").dumps(d).encode()),
+    st.fixed_dictionaries(
+        {
+            "event_id": st.text(max_size=130),
+            "event_type": st.text(max_size=3),
+            "occurred_at": st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01", "x", ""]),
+            "customer_id": st.sampled_from(["C1", "", "' OR 1=1 --", "C2"]),
+        },
+        optional={"payload": json_like},
+    ).map(lambda d: __import__("json").dumps(d).encode()),
 )
 headers = st.lists(st.tuples(st.text(max_size=12), st.binary(max_size=12)), max_size=4)
 

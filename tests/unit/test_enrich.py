@@ -13,8 +13,16 @@ from .fakes import ALICE, GOOD, FakeClock, MemoryLookup, record
 
 def resolver(lookup: MemoryLookup, cache: TtlCache | None = None, batch: int = 1000) -> Resolver:
     """The customers resolver, as flows.app.compose builds it, over a fake lookup."""
-    return Resolver("customers", "customer", lambda e: e.customer_id, "$.customer_id", Code.CUSTOMER_NOT_FOUND, lookup,
-                    cache if cache is not None else TtlCache(60, 5, 100, clock=FakeClock()), batch)
+    return Resolver(
+        "customers",
+        "customer",
+        lambda e: e.customer_id,
+        "$.customer_id",
+        Code.CUSTOMER_NOT_FOUND,
+        lookup,
+        cache if cache is not None else TtlCache(60, 5, 100, clock=FakeClock()),
+        batch,
+    )
 
 
 def items(*customer_ids: str) -> list[Decoded | Failure]:
@@ -29,8 +37,9 @@ def items(*customer_ids: str) -> list[Decoded | Failure]:
 
 def enricher(lookup: MemoryLookup, clock: FakeClock | None = None, batch: int = 1000) -> Enricher:
     cache = TtlCache(60, 5, 100, clock=clock or FakeClock())
-    return Enricher([resolver(lookup, cache, batch)], "out", "dlq",
-                    wallclock=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    return Enricher(
+        [resolver(lookup, cache, batch)], "out", "dlq", wallclock=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    )
 
 
 def test_one_query_per_batch_of_distinct_missing_ids() -> None:
@@ -110,8 +119,15 @@ def test_a_second_lookup_adds_its_member_and_its_own_not_found_code() -> None:
         def close(self) -> None:
             pass
 
-    segments = Resolver("event_types", "event_type_info", lambda e: e.event_type, "$.event_type",
-                        Code.CUSTOMER_NOT_FOUND, Segments(), TtlCache(60, 5, 100))  # type: ignore[arg-type]
+    segments = Resolver(
+        "event_types",
+        "event_type_info",
+        lambda e: e.event_type,
+        "$.event_type",
+        Code.CUSTOMER_NOT_FOUND,
+        Segments(),
+        TtlCache(60, 5, 100),
+    )  # type: ignore[arg-type]
     e = Enricher([resolver(MemoryLookup({"C1": ALICE})), segments], "out", "dlq")
     [good] = e.process(items("C1"))
     assert good.ok and b'"customer":{"name":"Alice"' in (good.message.value or b"")

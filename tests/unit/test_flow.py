@@ -13,8 +13,9 @@ from flows.settings import Settings
 
 from .fakes import ALICE, GOOD, MemoryLookup, record
 
-SETTINGS = Settings.from_env({"INPUT_TOPIC": "events", "OUTPUT_TOPIC": "out", "FAILURE_TOPIC": "dlq",
-                              "MAX_VALUE_BYTES": "2000"})
+SETTINGS = Settings.from_env(
+    {"INPUT_TOPIC": "events", "OUTPUT_TOPIC": "out", "FAILURE_TOPIC": "dlq", "MAX_VALUE_BYTES": "2000"}
+)
 
 
 def run(records: list[SourceRecord], customers: dict[str, Customer] | None = None):

@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 from flows.core.jsonmembers import duplicate_name, member_path, member_spans, raw_members
 
 names = st.text(min_size=0, max_size=6)
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \
-    st.text(max_size=8)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3),
-                      max_leaves=6)
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3), max_leaves=6
+)
 spacing = st.sampled_from(["", " ", "\n  ", "\t"])
 
 

@@ -69,9 +69,18 @@ def container(sts: dict[str, Any], name: str, init: bool = False) -> dict[str, A
 
 def test_bytewax_reads_what_the_manifests_set() -> None:
     names = bytewax_env_names()
-    for name in ("BYTEWAX_POD_NAME", "BYTEWAX_STATEFULSET_NAME", "BYTEWAX_HOSTFILE_PATH", "BYTEWAX_WORKERS_PER_PROCESS",
-                 "BYTEWAX_RECOVERY_DIRECTORY", "BYTEWAX_SNAPSHOT_INTERVAL", "BYTEWAX_RECOVERY_BACKUP_INTERVAL",
-                 "BYTEWAX_DATAFLOW_API_ENABLED", "BYTEWAX_DATAFLOW_API_PORT", "BYTEWAX_DATAFLOW_API_CACHE_PATH"):
+    for name in (
+        "BYTEWAX_POD_NAME",
+        "BYTEWAX_STATEFULSET_NAME",
+        "BYTEWAX_HOSTFILE_PATH",
+        "BYTEWAX_WORKERS_PER_PROCESS",
+        "BYTEWAX_RECOVERY_DIRECTORY",
+        "BYTEWAX_SNAPSHOT_INTERVAL",
+        "BYTEWAX_RECOVERY_BACKUP_INTERVAL",
+        "BYTEWAX_DATAFLOW_API_ENABLED",
+        "BYTEWAX_DATAFLOW_API_PORT",
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH",
+    ):
         assert name in names
 
 
@@ -172,19 +181,24 @@ def hostfile_lines(sts: dict[str, Any], tmp_path: Path) -> list[str]:
     return (tmp_path / "hostfile.txt").read_text().splitlines()
 
 
-def test_process_ids_and_addresses_from_pod_names(rendered: list[dict[str, Any]], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_process_ids_and_addresses_from_pod_names(
+    rendered: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sts, svc = one(rendered, "StatefulSet"), one(rendered, "Service")
     name, ns, replicas = sts["metadata"]["name"], sts["metadata"]["namespace"], sts["spec"]["replicas"]
     lines = hostfile_lines(sts, tmp_path)
-    assert lines == [f"{name}-{i}.{svc['metadata']['name']}.{ns}.svc.cluster.local:{CLUSTER_PORT}"
-                     for i in range(replicas)]
+    assert lines == [
+        f"{name}-{i}.{svc['metadata']['name']}.{ns}.svc.cluster.local:{CLUSTER_PORT}" for i in range(replicas)
+    ]
     env = env_of(container(sts, "dataflow"))
     from bytewax.run import _parse_args
 
     for i in range(replicas):
-        pod_env = {"BYTEWAX_POD_NAME": f"{name}-{i}", "BYTEWAX_STATEFULSET_NAME": env["BYTEWAX_STATEFULSET_NAME"],
-                   "BYTEWAX_HOSTFILE_PATH": str(tmp_path / "hostfile.txt")}
+        pod_env = {
+            "BYTEWAX_POD_NAME": f"{name}-{i}",
+            "BYTEWAX_STATEFULSET_NAME": env["BYTEWAX_STATEFULSET_NAME"],
+            "BYTEWAX_HOSTFILE_PATH": str(tmp_path / "hostfile.txt"),
+        }
         # what bytewax.run itself derives ...
         for k, v in pod_env.items():
             monkeypatch.setenv(k, v)
@@ -197,6 +211,7 @@ def test_process_ids_and_addresses_from_pod_names(rendered: list[dict[str, Any]]
 
 
 # --- Dockerfile and docker-compose.yml
+
 
 def dockerfile() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
@@ -256,8 +271,12 @@ def test_compose_wiring_matches_the_settings(compose: dict[str, Any]) -> None:
     # PostgreSQL: host, port, database, user and password of the server
     dsn = urlsplit(settings.pg_dsn.get())
     pg = services["postgres"]["environment"]
-    assert (dsn.hostname, dsn.port, dsn.path.lstrip("/"), dsn.username) == \
-        ("postgres", 5432, pg["POSTGRES_DB"], pg["POSTGRES_USER"])
+    assert (dsn.hostname, dsn.port, dsn.path.lstrip("/"), dsn.username) == (
+        "postgres",
+        5432,
+        pg["POSTGRES_DB"],
+        pg["POSTGRES_USER"],
+    )
     assert settings.pg_password.get() == pg["POSTGRES_PASSWORD"]
     # ScyllaDB: service name and CQL port
     assert settings.scylla_hosts == ("scylla",) and settings.scylla_port == 9042
@@ -269,8 +288,9 @@ def test_compose_wiring_matches_the_settings(compose: dict[str, Any]) -> None:
     assert grace > settings.shutdown_timeout_seconds
     # the init service runs real code of ours
     init = services["init"]
-    assert {k: str(v) for k, v in init["environment"].items()} == \
-        {k: v for k, v in env.items() if k in init["environment"]}
+    assert {k: str(v) for k, v in init["environment"].items()} == {
+        k: v for k, v in env.items() if k in init["environment"]
+    }
     compile(init["command"][-1].replace("; ", "\n"), "init", "exec")
     for name in re.findall(r"provision\.(\w+)", init["command"][-1]):
         from tools import provision

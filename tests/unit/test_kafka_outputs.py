@@ -78,11 +78,13 @@ def dead(size: int, offset: int = 5) -> Outcome:
 
 def delivery(kafka: FakeKafka, history: FakeHistory, failure_limit: int | None = None) -> Delivery:
     retries = Retries(10)
-    return Delivery([
-        (Output("history", everything, lambda _: history), history),
-        (Output("enriched", enriched, lambda _: None), EnrichedMessages(kafka, "dlq", wallclock=lambda: NOW)),  # type: ignore[arg-type, return-value]
-        (Output("failed", failed, lambda _: None), DeadLetters(kafka, "dlq", failure_limit, retries)),  # type: ignore[arg-type, return-value]
-    ])
+    return Delivery(
+        [
+            (Output("history", everything, lambda _: history), history),
+            (Output("enriched", enriched, lambda _: None), EnrichedMessages(kafka, "dlq", wallclock=lambda: NOW)),  # type: ignore[arg-type, return-value]
+            (Output("failed", failed, lambda _: None), DeadLetters(kafka, "dlq", failure_limit, retries)),  # type: ignore[arg-type, return-value]
+        ]
+    )
 
 
 def test_an_enriched_message_the_output_topic_refuses_becomes_a_dead_letter_and_its_row_says_so() -> None:
@@ -95,7 +97,10 @@ def test_an_enriched_message_the_output_topic_refuses_becomes_a_dead_letter_and_
     assert rerouted.value == GOOD and rerouted.key == b"k"
     # the first row, then its correction: the upsert of the same row, written after
     assert [(h.source_offset, h.status, h.error_code) for h in history.rows] == [
-        (42, "enriched", None), (5, "failed", "invalid_json"), (42, "failed", "payload_too_large")]
+        (42, "enriched", None),
+        (5, "failed", "invalid_json"),
+        (42, "failed", "payload_too_large"),
+    ]
     assert history.rows[2].event_id == "e1" and history.rows[2].output_topic == "dlq"
 
 
@@ -105,8 +110,9 @@ def test_a_dead_letter_too_large_goes_compressed_then_without_headers_then_witho
     assert [len(m.value or b"") for m in kafka.compressed] == [5000]
     assert [len(m.value or b"") for m in kafka.written] == [10]
     kafka = FakeKafka({"out": 10_000, "dlq": 2_000})
-    big_headers = outcome.failure(Failure(record(b"v" * 100, headers=[("h", b"x" * 3000)]), Code.INVALID_JSON,
-                                          Stage.DECODE, "m"), "dlq", NOW)
+    big_headers = outcome.failure(
+        Failure(record(b"v" * 100, headers=[("h", b"x" * 3000)]), Code.INVALID_JSON, Stage.DECODE, "m"), "dlq", NOW
+    )
     delivery(kafka, history, failure_limit=2_000).write([big_headers])
     [kept] = kafka.written
     assert kept.value == b"v" * 100 and dict(kept.headers)["error.omitted"] == b"headers"

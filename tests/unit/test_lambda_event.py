@@ -17,8 +17,9 @@ from flows.runtime.awslambda.event import KafkaBatch, MalformedEvent, parse_even
 
 from .fakes import ALICE_MEMBER
 
-GOOD = (b'{"event_id":"e1","event_type":"login","occurred_at":"2024-05-01T12:00:00Z",'
-        b'"customer_id":"C1","payload":{"a":1}}')
+GOOD = (
+    b'{"event_id":"e1","event_type":"login","occurred_at":"2024-05-01T12:00:00Z","customer_id":"C1","payload":{"a":1}}'
+)
 NOW = dt.datetime(2024, 6, 1, 8, 30, tzinfo=dt.UTC)
 
 
@@ -27,9 +28,16 @@ def b64(raw: bytes) -> str:
 
 
 def aws_record(topic: str = "events", partition: int = 0, offset: int = 0, **fields: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset,
-                           "timestamp": 1_700_000_000_123, "timestampType": "CREATE_TIME",
-                           "key": b64(b"k"), "value": b64(GOOD), "headers": []}
+    rec: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": 1_700_000_000_123,
+        "timestampType": "CREATE_TIME",
+        "key": b64(b"k"),
+        "value": b64(GOOD),
+        "headers": [],
+    }
     rec.update(fields)
     return rec
 
@@ -65,11 +73,13 @@ def test_both_event_sources_become_the_records_the_dataflow_sees(source: str) ->
 def test_missing_or_null_key_and_value_are_null_and_empty_stays_empty() -> None:
     missing = aws_record(offset=0)
     del missing["key"], missing["value"]
-    records = parse_event(aws_event(
-        missing,
-        aws_record(offset=1, key=None, value=None),  # a tombstone
-        aws_record(offset=2, key="", value=""),
-    )).records
+    records = parse_event(
+        aws_event(
+            missing,
+            aws_record(offset=1, key=None, value=None),  # a tombstone
+            aws_record(offset=2, key="", value=""),
+        )
+    ).records
     assert [(r.key, r.value) for r in records] == [(None, None), (None, None), (b"", b"")]
 
 
@@ -81,15 +91,21 @@ def test_binary_key_and_value_survive_byte_for_byte() -> None:
 
 def test_header_bytes_signed_or_unsigned_and_order_and_duplicates_kept() -> None:
     headers = [
-        {"name": [104, 105, -61, -85]},    # "hië" as Java's signed bytes
-        {"name": [104, 105, 195, 171]},    # the same, unsigned
+        {"name": [104, 105, -61, -85]},  # "hië" as Java's signed bytes
+        {"name": [104, 105, 195, 171]},  # the same, unsigned
         {"empty": []},
-        {"nothing": None},                 # a header with a null value stays null
-        {"a": [1], "b": [2]},              # two names in one map: both, in order
+        {"nothing": None},  # a header with a null value stays null
+        {"a": [1], "b": [2]},  # two names in one map: both, in order
     ]
     (rec,) = parse_event(aws_event(aws_record(headers=headers))).records
-    assert rec.headers == [("name", "hië".encode()), ("name", "hië".encode()), ("empty", b""),
-                           ("nothing", None), ("a", b"\x01"), ("b", b"\x02")]
+    assert rec.headers == [
+        ("name", "hië".encode()),
+        ("name", "hië".encode()),
+        ("empty", b""),
+        ("nothing", None),
+        ("a", b"\x01"),
+        ("b", b"\x02"),
+    ]
 
 
 def test_missing_headers_and_timestamp() -> None:
@@ -114,35 +130,43 @@ def _without(name: str) -> dict[str, Any]:
     return aws_event(rec)
 
 
-@pytest.mark.parametrize(("event", "message"), [
-    ([], "the event is a list, not an object"),
-    (None, "the event is null, not an object"),
-    ({"records": {}},
-     "eventSource is None; this handler takes 'aws:kafka' or 'SelfManagedKafka' or 'aws:SelfManagedKafka'"),
-    ({"eventSource": "aws:sqs", "records": {}}, "eventSource is 'aws:sqs'"),
-    ({"eventSource": "aws:kafka"}, "the event has no 'records'"),
-    ({"eventSource": "aws:kafka", "records": None}, "the event has no 'records'"),
-    ({"eventSource": "aws:kafka", "records": [aws_record()]}, "'records' is a list, not an object"),
-    ({"eventSource": "aws:kafka", "records": {"events-0": aws_record()}}, "records['events-0'] is a dict, not a list"),
-    ({"eventSource": "aws:kafka", "records": {"events-0": ["x"]}}, "records['events-0'][0] is a str, not a record"),
-    (_with(value="not base64!"), "records['events-0'][0].value is not valid base64"),
-    (_with(value="abc"), "records['events-0'][0].value is not valid base64"),  # bad padding
-    (_with(key="a2V5\n"), "records['events-0'][0].key is not valid base64"),
-    (_with(key="ключ"), "records['events-0'][0].key is not valid base64"),
-    (_with(value=[1, 2]), "records['events-0'][0].value is a list, not a base64 string"),
-    (_with(partition="0"), "records['events-0'][0].partition is '0', not an integer"),
-    (_with(partition=True), "partition is True, not an integer"),
-    (_with(offset=1.5), "records['events-0'][0].offset is 1.5, not an integer"),
-    (_without("offset"), "records['events-0'][0].offset is None, not an integer"),
-    (_with(timestamp="yesterday"), "timestamp is 'yesterday', not an integer"),
-    (_without("topic"), "records['events-0'][0].topic is None, not a topic name"),
-    (_with(headers={"a": [1]}), "records['events-0'][0].headers is a dict, not a list"),
-    (_with(headers=[["a", [1]]]), "records['events-0'][0].headers[0] is a list, not a {name: [bytes]} object"),
-    (_with(headers=[{"a": "aGk="}]), "records['events-0'][0].headers[0]['a'] is not a list of byte values"),
-    (_with(headers=[{"a": [256]}]), "headers[0]['a'] is not a list of byte values (-128..255)"),
-    (_with(headers=[{"a": [-129]}]), "headers[0]['a'] is not a list of byte values"),
-    (_with(headers=[{"a": [1, "2"]}]), "headers[0]['a'] is not a list of byte values"),
-])
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ([], "the event is a list, not an object"),
+        (None, "the event is null, not an object"),
+        (
+            {"records": {}},
+            "eventSource is None; this handler takes 'aws:kafka' or 'SelfManagedKafka' or 'aws:SelfManagedKafka'",
+        ),
+        ({"eventSource": "aws:sqs", "records": {}}, "eventSource is 'aws:sqs'"),
+        ({"eventSource": "aws:kafka"}, "the event has no 'records'"),
+        ({"eventSource": "aws:kafka", "records": None}, "the event has no 'records'"),
+        ({"eventSource": "aws:kafka", "records": [aws_record()]}, "'records' is a list, not an object"),
+        (
+            {"eventSource": "aws:kafka", "records": {"events-0": aws_record()}},
+            "records['events-0'] is a dict, not a list",
+        ),
+        ({"eventSource": "aws:kafka", "records": {"events-0": ["x"]}}, "records['events-0'][0] is a str, not a record"),
+        (_with(value="not base64!"), "records['events-0'][0].value is not valid base64"),
+        (_with(value="abc"), "records['events-0'][0].value is not valid base64"),  # bad padding
+        (_with(key="a2V5\n"), "records['events-0'][0].key is not valid base64"),
+        (_with(key="ключ"), "records['events-0'][0].key is not valid base64"),
+        (_with(value=[1, 2]), "records['events-0'][0].value is a list, not a base64 string"),
+        (_with(partition="0"), "records['events-0'][0].partition is '0', not an integer"),
+        (_with(partition=True), "partition is True, not an integer"),
+        (_with(offset=1.5), "records['events-0'][0].offset is 1.5, not an integer"),
+        (_without("offset"), "records['events-0'][0].offset is None, not an integer"),
+        (_with(timestamp="yesterday"), "timestamp is 'yesterday', not an integer"),
+        (_without("topic"), "records['events-0'][0].topic is None, not a topic name"),
+        (_with(headers={"a": [1]}), "records['events-0'][0].headers is a dict, not a list"),
+        (_with(headers=[["a", [1]]]), "records['events-0'][0].headers[0] is a list, not a {name: [bytes]} object"),
+        (_with(headers=[{"a": "aGk="}]), "records['events-0'][0].headers[0]['a'] is not a list of byte values"),
+        (_with(headers=[{"a": [256]}]), "headers[0]['a'] is not a list of byte values (-128..255)"),
+        (_with(headers=[{"a": [-129]}]), "headers[0]['a'] is not a list of byte values"),
+        (_with(headers=[{"a": [1, "2"]}]), "headers[0]['a'] is not a list of byte values"),
+    ],
+)
 def test_malformed_events_raise_a_clear_error(event: Any, message: str) -> None:
     with pytest.raises(MalformedEvent) as err:
         parse_event(event)
@@ -162,8 +186,9 @@ def test_a_bad_setting_fails_the_invocation_naming_it_before_any_connection(monk
     assert not lambda_handler.CLIENTS.built
 
 
-@pytest.mark.parametrize(("topic", "setting"), [("events.enriched", "OUTPUT_TOPIC"),
-                                                 ("events.failed", "FAILURE_TOPIC")])
+@pytest.mark.parametrize(
+    ("topic", "setting"), [("events.enriched", "OUTPUT_TOPIC"), ("events.failed", "FAILURE_TOPIC")]
+)
 def test_a_mapping_on_the_pipelines_own_output_is_refused(topic: str, setting: str) -> None:
     batch = parse_event(aws_event(aws_record(topic="events"), aws_record(topic=topic)))
     with pytest.raises(SettingsError, match=f"^{setting}='{topic}': .* in a loop"):
@@ -176,8 +201,9 @@ def test_summary_counts_by_outcome_and_failure_code() -> None:
     fragment = [ALICE_MEMBER]
     results = []
     for rec, value in zip(batch.records, [GOOD, GOOD, b"", b"{", b"[]"], strict=True):
-        item = decode_record(SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key,
-                                          value, rec.headers), 1024)
+        item = decode_record(
+            SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, value, rec.headers), 1024
+        )
         if isinstance(item, Decoded):
             results.append(route.success(item, fragment, "out", NOW, route.rfc3339(NOW)))
         else:
@@ -185,7 +211,10 @@ def test_summary_counts_by_outcome_and_failure_code() -> None:
             results.append(route.failure(item, "dlq", NOW))
     results.append(route.failure(Failure(batch.records[0], Code.CUSTOMER_NOT_FOUND, Stage.ENRICH, "no"), "dlq", NOW))
     assert summarise(batch, results) == {
-        "event_source": "aws:kafka", "records": 6, "enriched": 2, "failed": 4,
+        "event_source": "aws:kafka",
+        "records": 6,
+        "enriched": 2,
+        "failed": 4,
         "failed_by_code": {"customer_not_found": 1, "empty_value": 1, "invalid_json": 1, "schema_violation": 1},
     }
 
@@ -196,8 +225,15 @@ def test_the_lambda_runtime_imports_no_bytewax() -> None:
     import sys
     from pathlib import Path
 
-    code = ("import sys; sys.modules['bytewax'] = None; import aws_lambda.handler; "
-            "assert not [m for m in sys.modules if m.startswith('bytewax.')]")
-    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                         text=True, timeout=60)
+    code = (
+        "import sys; sys.modules['bytewax'] = None; import aws_lambda.handler; "
+        "assert not [m for m in sys.modules if m.startswith('bytewax.')]"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr

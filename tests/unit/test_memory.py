@@ -35,8 +35,15 @@ print(json.dumps({"applied": applied, "rss": rss}))
 
 
 def churn(mode: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", CHURN, mode], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", CHURN, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
     result: dict[str, object] = json.loads(out.stdout)
     return result
 

@@ -38,8 +38,7 @@ def test_prometheus_and_the_progress_line_read_the_same_counters() -> None:
     m.add_lookups("customers", hits=2, misses=3, queries=1)
     m.observe_lookup("customers", 0.002)
     ok = outcome.success(decoded(), [ALICE_MEMBER], "out", NOW, "t")
-    m.add_results([ok, ok, failed(Code.INVALID_JSON), failed(Code.CUSTOMER_NOT_FOUND),
-                   failed(Code.CUSTOMER_NOT_FOUND)])
+    m.add_results([ok, ok, failed(Code.INVALID_JSON), failed(Code.CUSTOMER_NOT_FOUND), failed(Code.CUSTOMER_NOT_FOUND)])
     assert value(registry, "enrichment_records_in_total") == 5
     assert value(registry, "enrichment_records_enriched_total") == 2
     assert value(registry, "enrichment_records_failed_total", code="customer_not_found") == 2
@@ -59,7 +58,11 @@ def test_prometheus_and_the_progress_line_read_the_same_counters() -> None:
     m.add_fallbacks(["dead_letter_compressed"])
     snap = m.snapshot()
     assert (snap["records_in"], snap["enriched"], snap["failed"], snap["cache_hit_ratio"]) == (
-        5, 2, {"customer_not_found": 2, "invalid_json": 1}, 0.4)
+        5,
+        2,
+        {"customer_not_found": 2, "invalid_json": 1},
+        0.4,
+    )
     assert snap["delivery_fallbacks"] == {"dead_letter_compressed": 1}
 
 

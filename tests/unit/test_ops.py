@@ -41,15 +41,19 @@ NOW_MS = int(NOW.timestamp() * 1000)
 
 # --- offset ranges
 
-@pytest.mark.parametrize(("text", "span"), [
-    ("0:100-200", OffsetSpan(0, 100, 200)),
-    ("2:100-", OffsetSpan(2, 100, None)),
-    ("1:-50", OffsetSpan(1, None, 50)),
-    ("3:7", OffsetSpan(3, 7, 7)),
-    ("10-20", OffsetSpan(None, 10, 20)),
-    ("5", OffsetSpan(None, 5, 5)),
-    ("-9", OffsetSpan(None, None, 9)),
-])
+
+@pytest.mark.parametrize(
+    ("text", "span"),
+    [
+        ("0:100-200", OffsetSpan(0, 100, 200)),
+        ("2:100-", OffsetSpan(2, 100, None)),
+        ("1:-50", OffsetSpan(1, None, 50)),
+        ("3:7", OffsetSpan(3, 7, 7)),
+        ("10-20", OffsetSpan(None, 10, 20)),
+        ("5", OffsetSpan(None, 5, 5)),
+        ("-9", OffsetSpan(None, None, 9)),
+    ],
+)
 def test_parse_span(text: str, span: OffsetSpan) -> None:
     assert parse_span(text) == span
 
@@ -108,16 +112,20 @@ def test_range_set_add_merge_contains() -> None:
 
 # --- times
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2026-03-01T10:00:00Z", NOW_MS - 2 * 3600_000),
-    ("2026-03-01T12:00:00+02:00", NOW_MS - 2 * 3600_000),
-    ("2026-03-01", NOW_MS - 12 * 3600_000),
-    ("90s", NOW_MS - 90_000),
-    ("15m", NOW_MS - 15 * 60_000),
-    ("2h", NOW_MS - 2 * 3600_000),
-    ("1d", NOW_MS - 86400_000),
-    ("1767225600000", 1767225600000),
-])
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-01T10:00:00Z", NOW_MS - 2 * 3600_000),
+        ("2026-03-01T12:00:00+02:00", NOW_MS - 2 * 3600_000),
+        ("2026-03-01", NOW_MS - 12 * 3600_000),
+        ("90s", NOW_MS - 90_000),
+        ("15m", NOW_MS - 15 * 60_000),
+        ("2h", NOW_MS - 2 * 3600_000),
+        ("1d", NOW_MS - 86400_000),
+        ("1767225600000", 1767225600000),
+    ],
+)
 def test_parse_time(text: str, expected: int) -> None:
     assert parse_time(text, NOW) == expected
 
@@ -135,6 +143,7 @@ def test_format_ms_is_rfc3339_utc() -> None:
 
 # --- replay selection and headers
 
+
 def test_selection_by_code_time_and_offsets() -> None:
     everything = Selection()
     assert everything.matches(0, 5, NOW_MS, "invalid_json")
@@ -151,19 +160,35 @@ def test_selection_by_code_time_and_offsets() -> None:
 
 def test_parse_codes() -> None:
     assert parse_codes(["customer_not_found", "invalid_json, empty_value"]) == {
-        "customer_not_found", "invalid_json", "empty_value"}
+        "customer_not_found",
+        "invalid_json",
+        "empty_value",
+    }
     assert parse_codes([]) == frozenset()
     with pytest.raises(ValueError, match="unknown error code 'not_a_code'"):
         parse_codes(["customer_not_found,not_a_code"])
 
 
 def test_replay_headers_restore_the_input_headers_and_mark_the_replay() -> None:
-    failed = [("trace-id", b"t-1"), ("error.code", b"customer_not_found"), ("error.stage", b"enrich"),
-              ("error.message", b"no customer"), ("error.field", b"$.customer_id"), ("source.topic", b"events"),
-              ("source.partition", b"0"), ("source.offset", b"7"), ("source.timestamp", b"1"),
-              ("failed_at", b"2026-01-01T00:00:00.000Z"), ("replay.of", b"events.failed:0:1"), ("x", b"2")]
+    failed = [
+        ("trace-id", b"t-1"),
+        ("error.code", b"customer_not_found"),
+        ("error.stage", b"enrich"),
+        ("error.message", b"no customer"),
+        ("error.field", b"$.customer_id"),
+        ("source.topic", b"events"),
+        ("source.partition", b"0"),
+        ("source.offset", b"7"),
+        ("source.timestamp", b"1"),
+        ("failed_at", b"2026-01-01T00:00:00.000Z"),
+        ("replay.of", b"events.failed:0:1"),
+        ("x", b"2"),
+    ]
     assert replay_headers(failed, "events.failed:2:9") == [
-        ("trace-id", b"t-1"), ("x", b"2"), ("replay.of", b"events.failed:2:9")]
+        ("trace-id", b"t-1"),
+        ("x", b"2"),
+        ("replay.of", b"events.failed:2:9"),
+    ]
     assert replay_headers(None, "f:0:0") == [("replay.of", b"f:0:0")]
     assert replay_headers([("empty", None)], "f:0:0") == [("empty", None), ("replay.of", b"f:0:0")]
 
@@ -179,8 +204,10 @@ def test_output_marks_are_the_pipelines_headers() -> None:
     coords = [("source.topic", b"events"), ("source.partition", b"0"), ("source.offset", b"7")]
     assert output_marks(coords) == "source.topic + source.partition + source.offset"
     assert output_marks([("error.code", b"invalid_json")]) == "error.code"
-    assert output_marks([*coords, ("error.code", b"x")]) == "source.topic + source.partition + source.offset " \
+    assert (
+        output_marks([*coords, ("error.code", b"x")]) == "source.topic + source.partition + source.offset "
         "and error.code"
+    )
     assert output_marks(coords[:2]) is None  # all three, or it is not the pipeline's
     assert output_marks([("trace-id", b"1")]) is None and output_marks([]) is None
     assert output_marks([*coords, ("replay.of", b"events.failed:0:1")]) is None  # a replay is input
@@ -211,6 +238,7 @@ def test_stop_flag_first_signal_asks_second_one_stops(capsys: pytest.CaptureFixt
 
 
 # --- replay state
+
 
 def _empty(topic_id: str = "id-1") -> ReplayState:
     return ReplayState("cluster-a", "events.failed", topic_id, "events")
@@ -293,6 +321,7 @@ def test_legacy_state_files_are_found_by_cluster_and_topics(tmp_path: Path) -> N
 
 # --- reconcile
 
+
 def test_tally_missing_duplicated_unknown() -> None:
     t = Tally(10, 20)
     for off in (10, 11, 12, 13, 14, 16, 17, 18):  # 15 and 19: no record (e.g. transaction markers)
@@ -348,6 +377,7 @@ def test_report_hints_at_lag_when_only_the_tail_is_missing() -> None:
 
 # --- trace
 
+
 def test_parse_source() -> None:
     s = parse_source("events.v2:3:1200")
     assert (s.topic, s.partition, s.offset, str(s)) == ("events.v2", 3, 1200, "events.v2:3:1200")
@@ -379,6 +409,7 @@ def test_show_bytes() -> None:
 
 
 # --- progress
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -428,6 +459,7 @@ def test_progress_can_be_silenced() -> None:
 
 # --- the command line
 
+
 def _usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(argv, NOW)
@@ -438,9 +470,30 @@ def _usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 
 def test_cli_parses_a_replay() -> None:
-    args = cli.parse_args(["replay", "--code", "customer_not_found", "--code", "invalid_json,empty_value",
-                           "--since", "2h", "--until", "2026-03-01T11:30:00Z", "--offsets", "0:5-9",
-                           "--offsets", "100-", "--dry-run", "--limit", "3", "--to", "events.retry", "-q"], NOW)
+    args = cli.parse_args(
+        [
+            "replay",
+            "--code",
+            "customer_not_found",
+            "--code",
+            "invalid_json,empty_value",
+            "--since",
+            "2h",
+            "--until",
+            "2026-03-01T11:30:00Z",
+            "--offsets",
+            "0:5-9",
+            "--offsets",
+            "100-",
+            "--dry-run",
+            "--limit",
+            "3",
+            "--to",
+            "events.retry",
+            "-q",
+        ],
+        NOW,
+    )
     assert args.codes == {"customer_not_found", "invalid_json", "empty_value"}
     assert args.since == NOW_MS - 2 * 3600_000 and args.until == NOW_MS - 30 * 60_000
     assert args.spans == (OffsetSpan(0, 5, 9), OffsetSpan(None, 100, None))
@@ -448,28 +501,33 @@ def test_cli_parses_a_replay() -> None:
     assert args.chunk_size == 500 and args.state_dir is None
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["replay", "--code", "nope"], "unknown error code 'nope'"),
-    (["replay", "--since", "1h", "--until", "2h"], "--until must be later than --since"),
-    (["replay", "--offsets", "0:1-2", "--offsets", "0:5-6"], "--offsets given twice for partition 0"),
-    (["replay", "--limit", "0"], "must be at least 1"),
-    (["replay", "--to", "bad topic"], "a Kafka topic name"),
-    (["replay", "--since", "2026-01-01T00:00:00"], "no UTC offset"),
-    (["trace"], "give either an EVENT_ID or --source"),
-    (["trace", "e-1", "--source", "t:0:1"], "give either an EVENT_ID or --source"),
-    (["trace", "e-1", "--full-scan"], "--full-scan goes with --source"),
-    (["trace", "--source", "t:0"], "is not TOPIC:PARTITION:OFFSET"),
-    (["reconcile", "--offsets", "3-1"], "the range ends before it starts"),
-    (["reconcile", "--skew", "-5"], "must be more than 0"),
-    (["frobnicate"], "invalid choice"),
-])
-def test_cli_usage_errors_are_one_line_with_status_2(capsys: pytest.CaptureFixture[str], argv: list[str],
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "--code", "nope"], "unknown error code 'nope'"),
+        (["replay", "--since", "1h", "--until", "2h"], "--until must be later than --since"),
+        (["replay", "--offsets", "0:1-2", "--offsets", "0:5-6"], "--offsets given twice for partition 0"),
+        (["replay", "--limit", "0"], "must be at least 1"),
+        (["replay", "--to", "bad topic"], "a Kafka topic name"),
+        (["replay", "--since", "2026-01-01T00:00:00"], "no UTC offset"),
+        (["trace"], "give either an EVENT_ID or --source"),
+        (["trace", "e-1", "--source", "t:0:1"], "give either an EVENT_ID or --source"),
+        (["trace", "e-1", "--full-scan"], "--full-scan goes with --source"),
+        (["trace", "--source", "t:0"], "is not TOPIC:PARTITION:OFFSET"),
+        (["reconcile", "--offsets", "3-1"], "the range ends before it starts"),
+        (["reconcile", "--skew", "-5"], "must be more than 0"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_with_status_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert message in _usage_error(capsys, argv)
 
 
-def test_cli_bad_setting_exits_2_before_connecting(capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_bad_setting_exits_2_before_connecting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SCYLLA_PORT", "ninety")
     assert cli.main(["reconcile"]) == USAGE
     err = capsys.readouterr().err

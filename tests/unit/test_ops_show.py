@@ -17,16 +17,19 @@ from ops.trace import print_message, print_row
 
 # every character the display must never print raw
 INVISIBLE = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-HOSTILE = ("\x1b[2J\x1b[H"  # clear the screen, cursor home
-           "\x1b]0;owned\x07"  # set the window title
-           "\r\nhistory row 9 of 9: forged -> enriched\r\n"  # a forged report line
-           "\u202eevil\u202c \u2066iso\u2069 \u2028sep\u2029 \x85nel \x00nul \x7fdel \x9bcsi \\back")
+HOSTILE = (
+    "\x1b[2J\x1b[H"  # clear the screen, cursor home
+    "\x1b]0;owned\x07"  # set the window title
+    "\r\nhistory row 9 of 9: forged -> enriched\r\n"  # a forged report line
+    "\u202eevil\u202c \u2066iso\u2069 \u2028sep\u2029 \x85nel \x00nul \x7fdel \x9bcsi \\back"
+)
 
 
 def _raw_controls(text: str) -> list[str]:
     """Characters that are not plainly visible, except the report's own newlines."""
-    return [c for c in text if c != "\n" and (ord(c) in INVISIBLE or unicodedata.category(c) in ("Cc", "Zl", "Zp",
-                                                                                                 "Cs"))]
+    return [
+        c for c in text if c != "\n" and (ord(c) in INVISIBLE or unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs"))
+    ]
 
 
 def unescape(text: str) -> bytes:
@@ -97,8 +100,16 @@ def test_trace_prints_a_hostile_output_record_on_its_own_lines() -> None:
         ("bad\\xfe\x1b[31m", b"\r\n    header  error.code: forged"),
         ("null", None),
     ]
-    rec = Record("events.failed", 1, 7, 0, HOSTILE.encode() + b"\xff", b"\x1b[2J" + b"v" * 5000 + b"\r\n", headers,
-                 header_error="1 header name is not UTF-8")
+    rec = Record(
+        "events.failed",
+        1,
+        7,
+        0,
+        HOSTILE.encode() + b"\xff",
+        b"\x1b[2J" + b"v" * 5000 + b"\r\n",
+        headers,
+        header_error="1 header name is not UTF-8",
+    )
     out = io.StringIO()
     print_message(rec, full=False, out=out)
     text = out.getvalue()
@@ -115,18 +126,35 @@ def test_trace_prints_a_hostile_output_record_on_its_own_lines() -> None:
 
 def test_trace_prints_hostile_history_columns_escaped() -> None:
     moment = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-    row = {"event_id": HOSTILE, "source_topic": "events", "source_partition": 0, "source_offset": 3,
-           "status": "failed", "error_code": "schema_violation", "event_type": "\x1b]0;t\x07",
-           "customer_id": "c\r\nhistory row 9 of 9", "occurred_at": moment, "processed_at": moment,
-           "output_topic": "events.failed", "payload": '{"a":"\u202e' + "x" * 3000 + '"}'}
+    row = {
+        "event_id": HOSTILE,
+        "source_topic": "events",
+        "source_partition": 0,
+        "source_offset": 3,
+        "status": "failed",
+        "error_code": "schema_violation",
+        "event_type": "\x1b]0;t\x07",
+        "customer_id": "c\r\nhistory row 9 of 9",
+        "occurred_at": moment,
+        "processed_at": moment,
+        "output_topic": "events.failed",
+        "payload": '{"a":"\u202e' + "x" * 3000 + '"}',
+    }
     out = io.StringIO()
     print_row(row, 1, 1, out)
     text = out.getvalue()
     assert _raw_controls(text) == []
     lines = text.splitlines()
     assert len(lines) == 8 and lines[0] == "history row 1 of 1: events:0:3 -> failed (schema_violation)"
-    assert [line.split()[0] for line in lines[1:]] == ["event_id", "event_type", "customer_id", "occurred_at",
-                                                       "processed_at", "output_topic", "payload"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "event_id",
+        "event_type",
+        "customer_id",
+        "occurred_at",
+        "processed_at",
+        "output_topic",
+        "payload",
+    ]
     assert lines[3] == "  customer_id   c\\r\\nhistory row 9 of 9"
     assert lines[7].endswith(f"({len(row['payload'])} characters; --full shows all)")
     full = io.StringIO()

@@ -31,11 +31,16 @@ def test_success_keeps_every_input_field_and_adds_customer() -> None:
 
 
 def test_success_key_defaults_to_customer_id_and_headers_gain_source() -> None:
-    r = outcome.success(decoded(key=None, headers=[("trace", b"1"), ("source.offset", b"999")]),
-                      [ALICE_MEMBER], "out", NOW, "t")
+    r = outcome.success(
+        decoded(key=None, headers=[("trace", b"1"), ("source.offset", b"999")]), [ALICE_MEMBER], "out", NOW, "t"
+    )
     assert r.message.key == b"C1"
-    assert r.message.headers == [("trace", b"1"), ("source.topic", b"events"), ("source.partition", b"2"),
-                                 ("source.offset", b"42")]
+    assert r.message.headers == [
+        ("trace", b"1"),
+        ("source.topic", b"events"),
+        ("source.partition", b"2"),
+        ("source.offset", b"42"),
+    ]
 
 
 def test_input_that_already_has_customer_is_overwritten_not_duplicated() -> None:
@@ -82,13 +87,21 @@ def test_not_found_failure_points_at_the_key() -> None:
 
 
 def test_an_input_with_customer_keeps_every_other_member_byte_for_byte() -> None:
-    value = (b'{ "event_id":"e1", "customer" : {"name":"old"},"event_type":"login","amount":'
-             b'0.1000000000000000055511151231257827, "big":1E2,"text":"\\u00e9\\n","occurred_at":'
-             b'"2024-05-01T12:00:00+02:00","customer_id":"C1" ,"payload":{"a" : [1 , 2]},"enriched_at":0}')
+    value = (
+        b'{ "event_id":"e1", "customer" : {"name":"old"},"event_type":"login","amount":'
+        b'0.1000000000000000055511151231257827, "big":1E2,"text":"\\u00e9\\n","occurred_at":'
+        b'"2024-05-01T12:00:00+02:00","customer_id":"C1" ,"payload":{"a" : [1 , 2]},"enriched_at":0}'
+    )
     r = outcome.success(decoded(value), [ALICE_MEMBER], "out", NOW, "T")
     out = r.message.value
-    for member in (b'"event_id":"e1"', b'"amount":0.1000000000000000055511151231257827', b'"big":1E2',
-                   b'"text":"\\u00e9\\n"', b'"payload":{"a" : [1 , 2]}', b'"customer_id":"C1"'):
+    for member in (
+        b'"event_id":"e1"',
+        b'"amount":0.1000000000000000055511151231257827',
+        b'"big":1E2',
+        b'"text":"\\u00e9\\n"',
+        b'"payload":{"a" : [1 , 2]}',
+        b'"customer_id":"C1"',
+    ):
         assert member in out
     doc = msgspec.json.decode(out)
     assert doc["customer"]["name"] == "Alice" and doc["enriched_at"] == "T"

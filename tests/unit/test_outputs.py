@@ -31,11 +31,27 @@ def test_each_output_gets_what_it_selects_written_first_flushed_in_order_and_rer
     log: list[str] = []
     good, bad, moved = ok(), dead(10), dead(20, offset=9)
     history, out, dlq = Recorder("history", log), Recorder("out", log, [moved]), Recorder("dlq", log)
-    delivery = Delivery([(Output("history", everything, lambda _: history), history),
-                         (Output("out", enriched, lambda _: out), out), (Output("dlq", failed, lambda _: dlq), dlq)])
+    delivery = Delivery(
+        [
+            (Output("history", everything, lambda _: history), history),
+            (Output("out", enriched, lambda _: out), out),
+            (Output("dlq", failed, lambda _: dlq), dlq),
+        ]
+    )
     delivery.write([good, bad])
-    assert log == ["write history 2", "write out 1", "write dlq 1", "flush history", "flush out", "flush dlq",
-                   "write history 1", "write dlq 1", "flush history", "flush out", "flush dlq"]
+    assert log == [
+        "write history 2",
+        "write out 1",
+        "write dlq 1",
+        "flush history",
+        "flush out",
+        "flush dlq",
+        "write history 1",
+        "write dlq 1",
+        "flush history",
+        "flush out",
+        "flush dlq",
+    ]
     assert history.items == [good, bad, moved] and out.items == [good] and dlq.items == [bad, moved]
     delivery.close()
     assert log[-3:] == ["close dlq", "close out", "close history"]
@@ -49,8 +65,10 @@ def test_shared_clients_are_built_once_and_closed_once() -> None:
     def client(sh: Shared) -> str:
         return sh.get("kafka", lambda: built.append("kafka") or "producer", closed.append)
 
-    outputs = [Output("a", everything, lambda sh: Recorder(client(sh), [])),
-               Output("b", everything, lambda sh: Recorder(client(sh), []))]
+    outputs = [
+        Output("a", everything, lambda sh: Recorder(client(sh), [])),
+        Output("b", everything, lambda sh: Recorder(client(sh), [])),
+    ]
     delivery = Delivery.build(outputs)
     assert built == ["kafka"] and [w.name for _, w in delivery.writers] == ["producer", "producer"]
     delivery.close()

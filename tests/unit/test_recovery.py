@@ -26,13 +26,18 @@ def test_cluster_place_as_bytewax_run_reads_it(tmp_path: Path) -> None:
     assert cluster_place(["dataflow"], {}) == ClusterPlace(0, 1)
     assert cluster_place(["dataflow", "-w", "2"], {}) == ClusterPlace(0, 1)
     assert cluster_place(["dataflow", "-i", "1", "-a", "h:1;h:2;h:3"], {}) == ClusterPlace(1, 3)
-    assert cluster_place(["dataflow"], {"BYTEWAX_PROCESS_ID": "0", "BYTEWAX_ADDRESSES": "a:1;b:1"}) == \
-        ClusterPlace(0, 2)
+    assert cluster_place(["dataflow"], {"BYTEWAX_PROCESS_ID": "0", "BYTEWAX_ADDRESSES": "a:1;b:1"}) == ClusterPlace(
+        0, 2
+    )
     hostfile = tmp_path / "hostfile.txt"
-    hostfile.write_text("enrichment-0.enrichment.ns.svc.cluster.local:9999\n"
-                        "enrichment-1.enrichment.ns.svc.cluster.local:9999\n\n")
-    k8s = {"BYTEWAX_POD_NAME": "enrichment-1", "BYTEWAX_STATEFULSET_NAME": "enrichment",
-           "BYTEWAX_HOSTFILE_PATH": str(hostfile)}
+    hostfile.write_text(
+        "enrichment-0.enrichment.ns.svc.cluster.local:9999\nenrichment-1.enrichment.ns.svc.cluster.local:9999\n\n"
+    )
+    k8s = {
+        "BYTEWAX_POD_NAME": "enrichment-1",
+        "BYTEWAX_STATEFULSET_NAME": "enrichment",
+        "BYTEWAX_HOSTFILE_PATH": str(hostfile),
+    }
     assert cluster_place(["dataflow"], k8s) == ClusterPlace(1, 2)
     with pytest.raises(ValueError, match="not among"):
         cluster_place(["dataflow", "-i", "2", "-a", "h:1;h:2"], {})

@@ -51,8 +51,9 @@ def test_gives_up_after_the_deadline_and_tells_the_hook() -> None:
     clock = Clock()
     seen: list[BaseException] = []
     with pytest.raises(DependencyUnavailable, match="pg: still failing after 30s"):
-        Retries(30, give_up=seen.append).call("pg", raising(ConnectionRefusedError("refused")), network_kind,
-                                              backoff(clock))
+        Retries(30, give_up=seen.append).call(
+            "pg", raising(ConnectionRefusedError("refused")), network_kind, backoff(clock)
+        )
     assert clock.now == pytest.approx(30) and len(seen) == 1 and isinstance(seen[0], DependencyUnavailable)
 
 

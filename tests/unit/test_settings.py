@@ -7,7 +7,11 @@ from flows.settings import Settings, redact_dsn
 def test_defaults_match_the_contract() -> None:
     s = Settings.from_env({})
     assert (s.kafka_bootstrap_servers, s.input_topic, s.output_topic, s.failure_topic) == (
-        "127.0.0.1:9092", "events", "events.enriched", "events.failed")
+        "127.0.0.1:9092",
+        "events",
+        "events.enriched",
+        "events.failed",
+    )
     assert s.pg_dsn.get() == "postgresql://postgres@127.0.0.1:5432/enrichment"
     assert (s.scylla_hosts, s.scylla_port, s.scylla_keyspace) == (("127.0.0.1",), 9042, "enrichment")
     assert (s.stop_at_end, s.log_level, s.max_value_bytes) == (False, "INFO", 1048576)
@@ -15,17 +19,20 @@ def test_defaults_match_the_contract() -> None:
     assert (s.history_batch_rows, s.history_batch_bytes) == (50, 40960)
 
 
-@pytest.mark.parametrize(("env", "needle"), [
-    ({"SCYLLA_PORT": "nine"}, "SCYLLA_PORT='nine': expected an integer"),
-    ({"STOP_AT_END": "maybe"}, "STOP_AT_END='maybe': expected true or false"),
-    ({"INPUT_TOPIC": "bad topic"}, "INPUT_TOPIC='bad topic'"),
-    ({"OUTPUT_TOPIC": "events"}, "must differ"),
-    ({"CACHE_MAX_SIZE": "-1"}, "CACHE_MAX_SIZE='-1': must be >= 0"),
-    ({"SCYLLA_KEYSPACE": "x;DROP"}, "SCYLLA_KEYSPACE"),
-    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
-    ({"HISTORY_BATCH_ROWS": "0"}, "HISTORY_BATCH_ROWS='0': must be"),
-    ({"HISTORY_BATCH_BYTES": "100"}, "HISTORY_BATCH_BYTES='100': must be"),
-])
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"SCYLLA_PORT": "nine"}, "SCYLLA_PORT='nine': expected an integer"),
+        ({"STOP_AT_END": "maybe"}, "STOP_AT_END='maybe': expected true or false"),
+        ({"INPUT_TOPIC": "bad topic"}, "INPUT_TOPIC='bad topic'"),
+        ({"OUTPUT_TOPIC": "events"}, "must differ"),
+        ({"CACHE_MAX_SIZE": "-1"}, "CACHE_MAX_SIZE='-1': must be >= 0"),
+        ({"SCYLLA_KEYSPACE": "x;DROP"}, "SCYLLA_KEYSPACE"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
+        ({"HISTORY_BATCH_ROWS": "0"}, "HISTORY_BATCH_ROWS='0': must be"),
+        ({"HISTORY_BATCH_BYTES": "100"}, "HISTORY_BATCH_BYTES='100': must be"),
+    ],
+)
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
@@ -33,20 +40,29 @@ def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:
 
 
 def test_secrets_never_show() -> None:
-    s = Settings.from_env({"PG_DSN": "postgresql://u:hunter2@db/x", "KAFKA_SASL_PASSWORD": "hunter2",
-                           "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN",
-                           "SCYLLA_PASSWORD": "hunter2"})
+    s = Settings.from_env(
+        {
+            "PG_DSN": "postgresql://u:hunter2@db/x",
+            "KAFKA_SASL_PASSWORD": "hunter2",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "SCYLLA_PASSWORD": "hunter2",
+        }
+    )
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.describe())
     assert s.kafka_common()["sasl.password"] == "hunter2"
     assert redact_dsn("host=db password=hunter2 user=u") == "user=u password=**** host=db"
 
 
-@pytest.mark.parametrize("dsn", [
-    "postgres:hunter2@db/x",  # no scheme: libpq reads it as key=value pairs and quotes it
-    "postgresql://u:hunter2%zz@db/x",  # bad percent-encoding
-    "host=db password=hunter 2 user=u",  # unquoted space in a key=value pair
-    "host=db password='hunter2",  # unterminated quote
-])
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgres:hunter2@db/x",  # no scheme: libpq reads it as key=value pairs and quotes it
+        "postgresql://u:hunter2%zz@db/x",  # bad percent-encoding
+        "host=db password=hunter 2 user=u",  # unquoted space in a key=value pair
+        "host=db password='hunter2",  # unterminated quote
+    ],
+)
 def test_a_dsn_that_does_not_parse_is_never_printed(dsn: str) -> None:
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"PG_DSN": dsn})

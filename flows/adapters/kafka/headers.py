@@ -88,8 +88,10 @@ class HeaderReader:
         try:
             return list(msg.headers() or []), None
         except (SystemError, UnicodeDecodeError):
-            return [], ("a header name is not UTF-8 (Kafka header names are strings); this build of the Kafka "
-                        "client could not read the headers, so the dead letter carries none of them")
+            return [], (
+                "a header name is not UTF-8 (Kafka header names are strings); this build of the Kafka "
+                "client could not read the headers, so the dead letter carries none of them"
+            )
 
     def _usable(self, msg: Any) -> bool:
         if self._layout_ok is None:
@@ -105,16 +107,20 @@ class HeaderReader:
         mem = memoryview((ctypes.c_ubyte * (1 << 47)).from_address(0)).cast("B")
         address = id(msg)
         value = msg.value()
-        ok: bool = (_PTR(mem, address + _TOPIC)[0] == id(msg.topic())
-              and _PTR(mem, address + _VALUE)[0] == (id(value) if value is not None else 0)
-              and _INT32(mem, address + _PARTITION)[0] == msg.partition()
-              and _INT64(mem, address + _OFFSET)[0] == msg.offset()
-              and _PTR(mem, address + _HEADERS_OBJ)[0] == 0)
+        ok: bool = (
+            _PTR(mem, address + _TOPIC)[0] == id(msg.topic())
+            and _PTR(mem, address + _VALUE)[0] == (id(value) if value is not None else 0)
+            and _INT32(mem, address + _PARTITION)[0] == msg.partition()
+            and _INT64(mem, address + _OFFSET)[0] == msg.offset()
+            and _PTR(mem, address + _HEADERS_OBJ)[0] == 0
+        )
         if ok:
             self._mem = mem
         else:
-            log.warning("the Kafka client's message layout is not the expected one: header names that are "
-                        "not UTF-8 can't be kept (records with them still fail as invalid_headers)")
+            log.warning(
+                "the Kafka client's message layout is not the expected one: header names that are "
+                "not UTF-8 can't be kept (records with them still fail as invalid_headers)"
+            )
         return ok
 
 

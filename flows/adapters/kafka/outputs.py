@@ -61,8 +61,15 @@ class _KafkaOutput:
 class EnrichedMessages(_KafkaOutput):
     """Enriched messages to the output topic."""
 
-    def __init__(self, kafka: KafkaWriter, failure_topic: str, metrics: Metrics | None = None,
-                 notes: FailureLog | None = None, wallclock: Clock = _utcnow, name: str = "enriched") -> None:
+    def __init__(
+        self,
+        kafka: KafkaWriter,
+        failure_topic: str,
+        metrics: Metrics | None = None,
+        notes: FailureLog | None = None,
+        wallclock: Clock = _utcnow,
+        name: str = "enriched",
+    ) -> None:
         super().__init__(name, kafka, metrics)
         self.failure_topic = failure_topic
         self.notes = notes
@@ -77,8 +84,11 @@ class EnrichedMessages(_KafkaOutput):
         rerouted: list[Outcome] = []
         for r, _ in self._wait():
             size = record_size(r.message.key, r.message.value, r.message.headers)
-            rerouted.append(outcome.refused_by_output(r, f"{size} bytes, over its max.message.bytes",
-                                                      self.failure_topic, self._now()))
+            rerouted.append(
+                outcome.refused_by_output(
+                    r, f"{size} bytes, over its max.message.bytes", self.failure_topic, self._now()
+                )
+            )
         if rerouted:
             if self.metrics is not None:
                 self.metrics.add_fallbacks(["output_refused"] * len(rerouted))
@@ -90,8 +100,16 @@ class EnrichedMessages(_KafkaOutput):
 class DeadLetters(_KafkaOutput):
     """Dead letters to the failure topic, whole whenever the topic takes them."""
 
-    def __init__(self, kafka: KafkaWriter, failure_topic: str, limit: int | None, retries: Retries,
-                 metrics: Metrics | None = None, notes: FailureLog | None = None, name: str = "failed") -> None:
+    def __init__(
+        self,
+        kafka: KafkaWriter,
+        failure_topic: str,
+        limit: int | None,
+        retries: Retries,
+        metrics: Metrics | None = None,
+        notes: FailureLog | None = None,
+        name: str = "failed",
+    ) -> None:
         super().__init__(name, kafka, metrics)
         self.failure_topic = failure_topic
         self.limit = limit
@@ -137,6 +155,9 @@ class DeadLetters(_KafkaOutput):
         for omit in (("value", "headers"), ("value", "headers", "key")):
             if send(outcome.trimmed(r.message, note, omit)) is None:
                 return "dead_letter_without_value"
-        raise self.retries.gave_up(DeliveryFailed(
-            f"{self.failure_topic} refuses even a dead letter without value, headers and key for "
-            f"{r.record.coordinates}: check the topic's max.message.bytes"))
+        raise self.retries.gave_up(
+            DeliveryFailed(
+                f"{self.failure_topic} refuses even a dead letter without value, headers and key for "
+                f"{r.record.coordinates}: check the topic's max.message.bytes"
+            )
+        )

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -30,8 +31,15 @@ STALL_CHECK_S = 5.0
 class PartitionReader:
     """Batches of records from one partition, from `resume` (None: the beginning) on."""
 
-    def __init__(self, settings: Settings, topic: str, partition: int, resume: int | None,
-                 stopping: threading.Event | None = None, on_input: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        partition: int,
+        resume: int | None,
+        stopping: threading.Event | None = None,
+        on_input: Callable[[int], None] | None = None,
+    ) -> None:
         self._consumer = Consumer(consumer_config(settings))
         self._topic, self._partition = topic, partition
         self.position = OFFSET_BEGINNING if resume is None else resume
@@ -51,7 +59,7 @@ class PartitionReader:
     def next_batch(self) -> list[SourceRecord]:
         """The records available now (maybe none); the position moves past them."""
         read_headers = READER.read
-        msgs = self._consumer.consume(self._batch_size, 0)
+        msgs: list[Any] = self._consumer.consume(self._batch_size, 0)  # Message types every field optional
         batch: list[SourceRecord] = []
         append = batch.append
         for msg in msgs:
@@ -62,12 +70,23 @@ class PartitionReader:
                     break
                 if error_kind(err) is not Kind.RETRIABLE:
                     raise KafkaException(err)
-                log.warning("kafka consumer error, retrying", extra={"fields": {
-                    "where": self._where, "error": str(err)}})
+                log.warning(
+                    "kafka consumer error, retrying", extra={"fields": {"where": self._where, "error": str(err)}}
+                )
                 continue
             headers, header_error = read_headers(msg)
-            append(SourceRecord(msg.topic(), msg.partition(), msg.offset(),  # type: ignore[arg-type]
-                                msg.timestamp()[1], msg.key(), msg.value(), headers, header_error))
+            append(
+                SourceRecord(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.timestamp()[1],
+                    msg.key(),
+                    msg.value(),
+                    headers,
+                    header_error,
+                )
+            )
         if batch:
             self.position = batch[-1].offset + 1
             self._last_data = time.monotonic()
@@ -94,8 +113,10 @@ class PartitionReader:
             return  # the broker is away: librdkafka reconnects by itself
         waiting = high > self.position if self.position >= 0 else high > low
         if waiting:
-            log.warning("kafka partition stalled, assigning it again", extra={"fields": {
-                "where": self._where, "position": self.position, "end_offset": high}})
+            log.warning(
+                "kafka partition stalled, assigning it again",
+                extra={"fields": {"where": self._where, "position": self.position, "end_offset": high}},
+            )
             self._consumer.unassign()
             self._consumer.assign([TopicPartition(self._topic, self._partition, self.position)])
             self._last_data = now

@@ -34,8 +34,10 @@ def check_kafka(settings: Settings, topics: Iterable[str], client: Mapping[str, 
     try:
         md = admin.list_topics(timeout=settings.startup_timeout_seconds)
     except Exception as exc:
-        raise PreflightError(f"Kafka at {settings.kafka_bootstrap_servers} unreachable within "
-                             f"{settings.startup_timeout_seconds:g}s: {exc}") from None
+        raise PreflightError(
+            f"Kafka at {settings.kafka_bootstrap_servers} unreachable within "
+            f"{settings.startup_timeout_seconds:g}s: {exc}"
+        ) from None
     counts: dict[str, int] = {}
     for topic in topics:
         meta = md.topics.get(topic)
@@ -61,24 +63,35 @@ def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, TopicSi
             max_bytes = int(entry.value)
             policy = str(configs["cleanup.policy"].value) if "cleanup.policy" in configs else "delete"
         except Exception as exc:
-            raise PreflightError(f"can't read the configuration of Kafka topic '{topic}' ({name}): {exc} (the flow "
-                                 "needs DescribeConfigs on its topics to check their sizes)") from None
+            raise PreflightError(
+                f"can't read the configuration of Kafka topic '{topic}' ({name}): {exc} (the flow "
+                "needs DescribeConfigs on its topics to check their sizes)"
+            ) from None
         source = getattr(entry.source, "value", entry.source)
         override = source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
         sizes[name] = TopicSize(name, topic, max_bytes, broker_default=not override)
         if name == "FAILURE_TOPIC" and "compact" in policy:
-            raise PreflightError(f"FAILURE_TOPIC {topic} has cleanup.policy={policy}: a compacted topic refuses "
-                                 "records without a key, and dead letters keep the input key, null included")
+            raise PreflightError(
+                f"FAILURE_TOPIC {topic} has cleanup.policy={policy}: a compacted topic refuses "
+                "records without a key, and dead letters keep the input key, null included"
+            )
     return sizes
 
 
 def check_topic_sizes(settings: Settings) -> TopicLimits:
     """The size rule (flows.sizes): every record the input topic accepts fits the failure
     topic with the failure headers and the output topic with what enrichment adds."""
-    sizes = topic_sizes(settings, {"INPUT_TOPIC": settings.input_topic, "OUTPUT_TOPIC": settings.output_topic,
-                                   "FAILURE_TOPIC": settings.failure_topic})
-    problems = size_problems(settings.max_value_bytes, sizes["INPUT_TOPIC"], sizes["OUTPUT_TOPIC"],
-                             sizes["FAILURE_TOPIC"])
+    sizes = topic_sizes(
+        settings,
+        {
+            "INPUT_TOPIC": settings.input_topic,
+            "OUTPUT_TOPIC": settings.output_topic,
+            "FAILURE_TOPIC": settings.failure_topic,
+        },
+    )
+    problems = size_problems(
+        settings.max_value_bytes, sizes["INPUT_TOPIC"], sizes["OUTPUT_TOPIC"], sizes["FAILURE_TOPIC"]
+    )
     if problems:
         raise PreflightError("topic sizes do not fit: " + "; ".join(problems))
     return TopicLimits(output=sizes["OUTPUT_TOPIC"].max_bytes, failure=sizes["FAILURE_TOPIC"].max_bytes)
@@ -101,9 +114,11 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int) -> 
     wanted = {n: input_size if n == settings.input_topic else output_size for n in names}
     admin = AdminClient(settings.kafka_common())
     existing = admin.list_topics(timeout=settings.startup_timeout_seconds).topics
-    new = [NewTopic(n, num_partitions=partitions, replication_factor=1,
-                    config={"max.message.bytes": str(size)})
-           for n, size in wanted.items() if n not in existing]
+    new = [
+        NewTopic(n, num_partitions=partitions, replication_factor=1, config={"max.message.bytes": str(size)})
+        for n, size in wanted.items()
+        if n not in existing
+    ]
     if new:
         for topic, fut in admin.create_topics(new, operation_timeout=30).items():
             try:
@@ -122,9 +137,17 @@ def _enlarge(admin: AdminClient, wanted: dict[str, int]) -> None:
     for resource, fut in admin.describe_configs(resources).items():
         current = int(fut.result(timeout=60)["max.message.bytes"].value)
         if current < wanted[resource.name]:
-            small.append(ConfigResource(ResourceType.TOPIC, resource.name, incremental_configs=[ConfigEntry(
-                "max.message.bytes", str(wanted[resource.name]),
-                incremental_operation=AlterConfigOpType.SET)]))
+            small.append(
+                ConfigResource(
+                    ResourceType.TOPIC,
+                    resource.name,
+                    incremental_configs=[
+                        ConfigEntry(
+                            "max.message.bytes", str(wanted[resource.name]), incremental_operation=AlterConfigOpType.SET
+                        )
+                    ],
+                )
+            )
     if small:
         for fut in admin.incremental_alter_configs(small).values():
             fut.result(timeout=60)

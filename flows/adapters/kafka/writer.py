@@ -62,8 +62,14 @@ class KafkaWriter:
     `max.message.bytes`); `batch_bytes` keeps batches of several messages within the
     smallest topic it writes to."""
 
-    def __init__(self, settings: Settings, client_id: str = "enrichment", max_bytes: int | None = None,
-                 batch_bytes: int | None = None, retries: Retries | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str = "enrichment",
+        max_bytes: int | None = None,
+        batch_bytes: int | None = None,
+        retries: Retries | None = None,
+    ) -> None:
         self._settings = settings
         self._retries = retries or Retries(settings.retry_deadline_seconds)
         self._client_id = client_id
@@ -110,9 +116,13 @@ class KafkaWriter:
         others = [(i, sending.errors[i]) for i in refused if not _refused(sending.errors[i])]
         if others:
             first = others[0][1]
-            raise self._retries.gave_up(DeliveryFailed(
-                f"{len(others)} of {len(sending.messages)} message(s) not delivered, first: "
-                f"{sending.messages[others[0][0]].topic}: {first}", first.code()))
+            raise self._retries.gave_up(
+                DeliveryFailed(
+                    f"{len(others)} of {len(sending.messages)} message(s) not delivered, first: "
+                    f"{sending.messages[others[0][0]].topic}: {first}",
+                    first.code(),
+                )
+            )
         # a refused batch fails every message in it: find the ones that fail on their own
         return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
 
@@ -124,8 +134,13 @@ class KafkaWriter:
         self._producer.flush(self._timeout_s)  # nothing else rides in its batch
         sending = Sending([message])
         try:
-            producer.produce(message.topic, message.value, message.key, headers=message.headers,  # type: ignore[arg-type]
-                             on_delivery=partial(sending.report, 0))
+            producer.produce(
+                message.topic,
+                message.value,
+                message.key,
+                headers=message.headers,  # type: ignore[arg-type]
+                on_delivery=partial(sending.report, 0),
+            )
         except KafkaException as exc:
             if not _refused(exc.args[0]):
                 raise
@@ -139,8 +154,14 @@ class KafkaWriter:
     def _compressed_producer(self) -> Producer:
         if self._compressed is None:
             conf = producer_config(self._settings)
-            conf.update({"client.id": f"{self._client_id}-zstd", "compression.type": "zstd",
-                         "message.max.bytes": LARGEST_PRODUCE_BYTES, "batch.num.messages": 1})
+            conf.update(
+                {
+                    "client.id": f"{self._client_id}-zstd",
+                    "compression.type": "zstd",
+                    "message.max.bytes": LARGEST_PRODUCE_BYTES,
+                    "batch.num.messages": 1,
+                }
+            )
             self._compressed = Producer(conf)
         return self._compressed
 
@@ -149,9 +170,12 @@ class KafkaWriter:
         while not sending.done:
             producer.flush(1.0)
             if time.monotonic() > deadline:
-                raise self._retries.gave_up(DeliveryFailed(
-                    f"{len(sending.messages) - sending.reported} of {len(sending.messages)} messages not "
-                    f"acknowledged after {self._timeout_s:.0f}s"))
+                raise self._retries.gave_up(
+                    DeliveryFailed(
+                        f"{len(sending.messages) - sending.reported} of {len(sending.messages)} messages not "
+                        f"acknowledged after {self._timeout_s:.0f}s"
+                    )
+                )
 
     def close(self) -> None:
         """Deliver what is queued (up to the deadline) and let the producers go."""

@@ -25,17 +25,23 @@ from flows.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 CUSTOMERS_TABLE = "customers"
-LOOKUP_SQL = sql.SQL(
-    "SELECT customer_id, name, segment, country, status FROM {} WHERE customer_id = ANY(%s)"
-).format(sql.Identifier(CUSTOMERS_TABLE))
+LOOKUP_SQL = sql.SQL("SELECT customer_id, name, segment, country, status FROM {} WHERE customer_id = ANY(%s)").format(
+    sql.Identifier(CUSTOMERS_TABLE)
+)
 CustomerMember = dict[str, str]  # the `customer` member of an enriched event
 
 
 class PgCustomerLookup:
     """`flows.core.enrich.Lookup` for the customers table: the `customer` member by id."""
 
-    def __init__(self, settings: Settings, retries: Retries | None = None, metrics: Metrics | None = None,
-                 name: str = "enrichment", lookup: str = "customers") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        retries: Retries | None = None,
+        metrics: Metrics | None = None,
+        name: str = "enrichment",
+        lookup: str = "customers",
+    ) -> None:
         self._retries = retries or Retries(settings.retry_deadline_seconds)
         self._metrics = metrics
         self._lookup = lookup
@@ -44,8 +50,11 @@ class PgCustomerLookup:
             settings.pg_dsn.get(),
             min_size=settings.pg_pool_min,
             max_size=settings.pg_pool_max,
-            kwargs={"connect_timeout": max(1, int(settings.startup_timeout_seconds)),
-                    "application_name": name, **settings.pg_connect_kwargs()},
+            kwargs={
+                "connect_timeout": max(1, int(settings.startup_timeout_seconds)),
+                "application_name": name,
+                **settings.pg_connect_kwargs(),
+            },
             name=name,
             open=False,
             # a connection that died while the server was away is found out before use
@@ -66,8 +75,10 @@ class PgCustomerLookup:
     def _fetch_once(self, ids: Sequence[str]) -> dict[str, CustomerMember]:
         with self.pool.connection(timeout=self._timeout) as conn:
             rows = conn.execute(LOOKUP_SQL, (list(ids),)).fetchall()
-        return {cid: {"name": name, "segment": segment, "country": country, "status": status}
-                for cid, name, segment, country, status in rows}
+        return {
+            cid: {"name": name, "segment": segment, "country": country, "status": status}
+            for cid, name, segment, country, status in rows
+        }
 
     def _fetch_isolated(self, ids: Sequence[str]) -> dict[str, CustomerMember]:
         try:
@@ -78,8 +89,14 @@ class PgCustomerLookup:
             if len(ids) == 1:
                 if self._metrics is not None:
                     self._metrics.add_lookup_refused(self._lookup, 1)
-                log.warning("PostgreSQL refused a customer_id; its record is customer_not_found", extra={"fields": {
-                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}})
+                log.warning(
+                    "PostgreSQL refused a customer_id; its record is customer_not_found",
+                    extra={
+                        "fields": {
+                            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                        }
+                    },
+                )
                 return {}
             half = len(ids) // 2
             return {**self._fetch_isolated(ids[:half]), **self._fetch_isolated(ids[half:])}

@@ -26,16 +26,20 @@ def check_postgres(settings: Settings) -> None:
     (its columns and the SELECT privilege: a fault there shows now, not at a record)."""
     where = redact_dsn(settings.pg_dsn.get())
     try:
-        with psycopg.connect(settings.pg_dsn.get(), connect_timeout=max(1, int(settings.startup_timeout_seconds)),
-                             **settings.pg_connect_kwargs()) as conn:
+        with psycopg.connect(
+            settings.pg_dsn.get(),
+            connect_timeout=max(1, int(settings.startup_timeout_seconds)),
+            **settings.pg_connect_kwargs(),
+        ) as conn:
             conn.execute("SELECT 1")
             found = conn.execute("SELECT to_regclass(%s)", (CUSTOMERS_TABLE,)).fetchone()
             if found and found[0] is not None:
                 try:
                     conn.execute(LOOKUP_SQL, ([],)).fetchall()
                 except psycopg.DatabaseError as exc:
-                    raise PreflightError(f"PostgreSQL at {where}: the customer lookup fails: {_first_line(exc)}") \
-                        from None
+                    raise PreflightError(
+                        f"PostgreSQL at {where}: the customer lookup fails: {_first_line(exc)}"
+                    ) from None
     except PreflightError:
         raise
     except Exception as exc:

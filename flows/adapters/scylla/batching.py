@@ -13,6 +13,7 @@ from typing import Any
 # measured 544 bytes for a row with 320 characters of text
 ROW_OVERHEAD_BYTES = 224
 
+
 def row_size(row: tuple[Any, ...]) -> int:
     """Cassandra's size of a row, estimated (characters for bytes: non-ASCII text counts
     short, which at worst draws a server warning; the failure threshold is 10x higher)."""
@@ -24,8 +25,12 @@ def one_group(row: tuple[Any, ...]) -> Hashable:
     return None
 
 
-def plan_batches(rows: Sequence[tuple[Any, ...]], max_bytes: int, max_rows: int,
-                 group_of: Callable[[tuple[Any, ...]], Hashable] = one_group) -> list[list[tuple[Any, ...]]]:
+def plan_batches(
+    rows: Sequence[tuple[Any, ...]],
+    max_bytes: int,
+    max_rows: int,
+    group_of: Callable[[tuple[Any, ...]], Hashable] = one_group,
+) -> list[list[tuple[Any, ...]]]:
     """Every row in exactly one batch: rows of one group, at most `max_rows` and
     `max_bytes` (estimated) per batch; a row over `max_bytes` alone."""
     batches: list[list[tuple[Any, ...]]] = []

@@ -14,8 +14,20 @@ from cassandra.query import PreparedStatement
 
 from flows.adapters.scylla.session import COLUMNS
 
-CQL_TYPES = ("varchar", "varchar", "int", "bigint", "varchar", "varchar", "varchar", "varchar", "timestamp",
-             "timestamp", "varchar", "varchar")
+CQL_TYPES = (
+    "varchar",
+    "varchar",
+    "int",
+    "bigint",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "timestamp",
+    "timestamp",
+    "varchar",
+    "varchar",
+)
 _INT = struct.Struct(">i").pack
 _BIGINT = struct.Struct(">q").pack
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -38,16 +50,41 @@ def _timestamp(value: dt.datetime | None) -> bytes | None:
 
 def encode_row(row: tuple[Any, ...]) -> list[bytes | None]:
     """A history row (COLUMNS order) as the protocol's values for the prepared INSERT."""
-    (event_id, source_topic, source_partition, source_offset, status, error_code, event_type, customer_id,
-     occurred_at, processed_at, output_topic, payload) = row
-    return [_text(event_id), _text(source_topic), _INT(source_partition), _BIGINT(source_offset), _text(status),
-            _text(error_code), _text(event_type), _text(customer_id), _timestamp(occurred_at),
-            _timestamp(processed_at), _text(output_topic), _text(payload)]
+    (
+        event_id,
+        source_topic,
+        source_partition,
+        source_offset,
+        status,
+        error_code,
+        event_type,
+        customer_id,
+        occurred_at,
+        processed_at,
+        output_topic,
+        payload,
+    ) = row
+    return [
+        _text(event_id),
+        _text(source_topic),
+        _INT(source_partition),
+        _BIGINT(source_offset),
+        _text(status),
+        _text(error_code),
+        _text(event_type),
+        _text(customer_id),
+        _timestamp(occurred_at),
+        _timestamp(processed_at),
+        _text(output_topic),
+        _text(payload),
+    ]
 
 
 def can_encode(insert: PreparedStatement) -> bool:
     """Whether `encode_row` serializes for this INSERT (the table and types it knows)."""
     meta = insert.column_metadata or []
-    return (getattr(insert, "column_encryption_policy", None) is None
-            and tuple(c.name for c in meta) == COLUMNS
-            and tuple(c.type.typename for c in meta) == CQL_TYPES)
+    return (
+        getattr(insert, "column_encryption_policy", None) is None
+        and tuple(c.name for c in meta) == COLUMNS
+        and tuple(c.type.typename for c in meta) == CQL_TYPES
+    )

@@ -7,8 +7,15 @@ from cassandra.cluster import NoHostAvailable
 
 from flows.retry import Kind, network_kind
 
-_TRANSIENT_NAMES = frozenset({"OverloadedErrorMessage", "IsBootstrappingErrorMessage", "ConnectionException",
-                              "ConnectionShutdown", "ConnectionBusy"})
+_TRANSIENT_NAMES = frozenset(
+    {
+        "OverloadedErrorMessage",
+        "IsBootstrappingErrorMessage",
+        "ConnectionException",
+        "ConnectionShutdown",
+        "ConnectionBusy",
+    }
+)
 
 
 def classify(exc: BaseException) -> Kind:

@@ -22,8 +22,20 @@ from flows.errors import PreflightError
 from flows.settings import Settings
 
 TABLE = "event_history"
-COLUMNS = ("event_id", "source_topic", "source_partition", "source_offset", "status", "error_code",
-           "event_type", "customer_id", "occurred_at", "processed_at", "output_topic", "payload")
+COLUMNS = (
+    "event_id",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "status",
+    "error_code",
+    "event_type",
+    "customer_id",
+    "occurred_at",
+    "processed_at",
+    "output_topic",
+    "payload",
+)
 
 CREATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {{ks}}.{TABLE} (
     event_id text, source_topic text, source_partition int, source_offset bigint,
@@ -49,7 +61,9 @@ def connect(settings: Settings, connect_timeout: float | None = None) -> Cluster
         ctx = ssl.create_default_context(cafile=settings.scylla_ssl_ca)
         kwargs["ssl_context"] = ctx
     return Cluster(
-        list(settings.scylla_hosts), port=settings.scylla_port, protocol_version=4,
+        list(settings.scylla_hosts),
+        port=settings.scylla_port,
+        protocol_version=4,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=connect_timeout or settings.startup_timeout_seconds,
         # the default waits up to 10 minutes between attempts; a node back after an outage
@@ -63,8 +77,10 @@ def ensure_schema(session: Session, settings: Settings) -> None:
     """Create the keyspace and table when missing (replication from settings)."""
     ks = settings.scylla_keyspace  # validated as a CQL identifier by Settings
     if settings.scylla_replication_class == "NetworkTopologyStrategy":
-        replication = f"{{'class': 'NetworkTopologyStrategy', '{settings.scylla_local_dc}': " \
-                      f"{settings.scylla_replication_factor}}}"
+        replication = (
+            f"{{'class': 'NetworkTopologyStrategy', '{settings.scylla_local_dc}': "
+            f"{settings.scylla_replication_factor}}}"
+        )
     else:
         replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {settings.scylla_replication_factor}}}"
     session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}", timeout=60)
@@ -95,8 +111,9 @@ def check_cql(settings: Settings) -> None:
         session.execute("SELECT release_version FROM system.local", timeout=settings.startup_timeout_seconds)
     except Exception as exc:
         hosts = ",".join(settings.scylla_hosts)
-        raise PreflightError(f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: "
-                             f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise PreflightError(
+            f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     finally:
         cluster.shutdown()
         driver_log.setLevel(level)

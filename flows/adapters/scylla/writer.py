@@ -72,15 +72,20 @@ class HistoryWriter:
         token_map = self.cluster.metadata.token_map
         if token_map is None:
             return None
-        replicas = token_map.get_replicas(self.settings.scylla_keyspace, token_map.token_class.from_key(
-            row[0].encode()))
+        replicas = token_map.get_replicas(
+            self.settings.scylla_keyspace, token_map.token_class.from_key(row[0].encode())
+        )
         return replicas[0] if replicas else None
 
     def _statements(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
         several_nodes = len(self.cluster.metadata.all_hosts()) > 1
         statements: list[tuple[Any, Any]] = []
-        for batch in plan_batches(rows, self.settings.history_batch_bytes, self.settings.history_batch_rows,
-                                  self._primary_replica if several_nodes else one_group):
+        for batch in plan_batches(
+            rows,
+            self.settings.history_batch_bytes,
+            self.settings.history_batch_rows,
+            self._primary_replica if several_nodes else one_group,
+        ):
             if len(batch) == 1:
                 statements.append((self._bound(batch[0]), None))
                 continue
@@ -92,9 +97,7 @@ class HistoryWriter:
         return statements
 
     def _write_once(self, statements: Sequence[tuple[Any, Any]]) -> None:
-        results = execute_concurrent(
-            self.session, statements, concurrency=self.concurrency, raise_on_first_error=True
-        )
+        results = execute_concurrent(self.session, statements, concurrency=self.concurrency, raise_on_first_error=True)
         for ok, result in results:  # raise_on_first_error raises already; belt and braces
             if not ok:
                 raise result
@@ -118,8 +121,7 @@ class HistoryWriter:
         largest mutation it takes, say): write its rows one by one, and a row refused on its
         own again without its payload, so that every record keeps a readable row."""
         statements = [(self._bound(row), None) for row in rows]
-        results = execute_concurrent(self.session, statements, concurrency=self.concurrency,
-                                     raise_on_first_error=False)
+        results = execute_concurrent(self.session, statements, concurrency=self.concurrency, raise_on_first_error=False)
         for row, (ok, result) in zip(rows, results, strict=True):
             if ok:
                 continue
@@ -129,9 +131,18 @@ class HistoryWriter:
                     continue
                 raise result
             degraded = (*row[:-1], None)  # payload is the last column
-            log.warning("history row refused, written without its payload", extra={"fields": {
-                "event_id": row[0], "topic": row[1], "partition": row[2], "offset": row[3],
-                "error": str(result)[:300]}})
+            log.warning(
+                "history row refused, written without its payload",
+                extra={
+                    "fields": {
+                        "event_id": row[0],
+                        "topic": row[1],
+                        "partition": row[2],
+                        "offset": row[3],
+                        "error": str(result)[:300],
+                    }
+                },
+            )
             self._write_one(degraded)
             if self._metrics is not None:
                 self._metrics.add_degraded("history", 1)

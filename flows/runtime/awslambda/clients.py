@@ -81,8 +81,9 @@ def _best_effort(close: Callable[[], None]) -> None:
 class ClientHolder:
     """Lazily built, process-wide `Clients`; `close` runs at exit (registered once)."""
 
-    def __init__(self, build: Callable[[Settings], Clients] = Clients.build,
-                 settings: Callable[[], Settings] = Settings.from_env) -> None:
+    def __init__(
+        self, build: Callable[[Settings], Clients] = Clients.build, settings: Callable[[], Settings] = Settings.from_env
+    ) -> None:
         self._build = build
         self._settings = settings
         self._clients: Clients | None = None

@@ -120,8 +120,7 @@ def _headers(raw: object, where: str) -> list[tuple[bytes, bytes | None]]:
         for name, value in entry.items():
             if not isinstance(name, str):
                 raise MalformedEvent(f"{where}.headers[{i}] has a name that is not a string")
-            out.append((name.encode("utf-8", "surrogatepass"),
-                        _header_value(value, f"{where}.headers[{i}][{name!r}]")))
+            out.append((name.encode("utf-8", "surrogatepass"), _header_value(value, f"{where}.headers[{i}][{name!r}]")))
     return out
 
 
@@ -143,8 +142,10 @@ def reject_own_outputs(batch: KafkaBatch, output_topic: str, failure_topic: str)
     for record in batch.records:
         for name, topic in (("OUTPUT_TOPIC", output_topic), ("FAILURE_TOPIC", failure_topic)):
             if record.topic == topic:
-                raise SettingsError(f"{name}={topic!r}: the event source mapping delivers records of this topic; "
-                                    "the handler would process its own output in a loop")
+                raise SettingsError(
+                    f"{name}={topic!r}: the event source mapping delivers records of this topic; "
+                    "the handler would process its own output in a loop"
+                )
 
 
 def summarise(batch: KafkaBatch, results: Sequence[Outcome]) -> dict[str, Any]:

@@ -65,10 +65,18 @@ def _log_batch_failed(batch: KafkaBatch, exc: BaseException, request_id: str | N
     """One line saying which records Lambda will retry and whether the cause may pass."""
     cause = exc.__cause__ or exc
     partitions = sorted({f"{r.topic}-{r.partition}" for r in batch.records})
-    log.error("batch failed, Lambda will retry it", extra={"fields": {
-        "request_id": request_id, "records": len(batch.records), "partitions": partitions,
-        "retriable": isinstance(exc, DependencyError) or _retriable(cause),
-        "error": f"{type(exc).__name__}: {exc}"[:500]}})
+    log.error(
+        "batch failed, Lambda will retry it",
+        extra={
+            "fields": {
+                "request_id": request_id,
+                "records": len(batch.records),
+                "partitions": partitions,
+                "retriable": isinstance(exc, DependencyError) or _retriable(cause),
+                "error": f"{type(exc).__name__}: {exc}"[:500],
+            }
+        },
+    )
 
 
 def _retriable(exc: BaseException) -> bool:

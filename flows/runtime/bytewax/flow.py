@@ -61,8 +61,14 @@ class PerWorker(Generic[T]):
                 log.exception("close failed")
 
 
-def build_flow(app: App, source: Source[SourceRecord], sink: Sink[Outcome], enricher: Callable[[], Enricher],
-               reporter: ProgressReporter | None = None, flow_id: str = "enrichment") -> Dataflow:
+def build_flow(
+    app: App,
+    source: Source[SourceRecord],
+    sink: Sink[Outcome],
+    enricher: Callable[[], Enricher],
+    reporter: ProgressReporter | None = None,
+    flow_id: str = "enrichment",
+) -> Dataflow:
     """The dataflow: `enricher` builds a worker's enrich step, `sink` delivers outcomes."""
     enrichers = PerWorker(enricher, close_lookups)
     max_bytes = app.settings.max_value_bytes

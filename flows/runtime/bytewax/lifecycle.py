@@ -70,7 +70,10 @@ class Lifecycle:
     def give_up(exc: BaseException) -> None:
         """The retry policy's give-up hook in the dataflow process: one line, exit status 3,
         so the orchestrator restarts the process and recovery resumes."""
-        log.error("dependency unavailable, exiting for a restart: %s", exc,
-                  extra={"fields": {"exit_status": EXIT_DEPENDENCY_UNAVAILABLE}})
+        log.error(
+            "dependency unavailable, exiting for a restart: %s",
+            exc,
+            extra={"fields": {"exit_status": EXIT_DEPENDENCY_UNAVAILABLE}},
+        )
         _flush_logs()
         os._exit(EXIT_DEPENDENCY_UNAVAILABLE)

@@ -60,8 +60,9 @@ def cluster_place(argv: Sequence[str], env: Mapping[str, str]) -> ClusterPlace:
     if known.addresses:
         addresses = [a for a in known.addresses.split(";") if a.strip()]
     elif "BYTEWAX_HOSTFILE_PATH" in env:
-        addresses = [line.strip() for line in Path(env["BYTEWAX_HOSTFILE_PATH"]).read_text().splitlines()
-                     if line.strip()]
+        addresses = [
+            line.strip() for line in Path(env["BYTEWAX_HOSTFILE_PATH"]).read_text().splitlines() if line.strip()
+        ]
     if not 0 <= process_id < max(len(addresses), 1):
         raise ValueError(f"process id {process_id} is not among the {len(addresses)} addresses")
     return ClusterPlace(process_id, max(len(addresses), 1))
@@ -128,14 +129,24 @@ def ensure_recovery_dir(path: Path, partitions: int, place: ClusterPlace | None 
                     f"recovery directory {path} holds partitions {sorted(present)} of {partitions}, laid out "
                     f"for {layout['processes']} processes, but this cluster has {place.processes}: move the "
                     f"part-*.sqlite3 files so that each process holds its share (partition k on process "
-                    f"k % processes), or delete every process's recovery data to start over")
+                    f"k % processes), or delete every process's recovery data to start over"
+                )
         missing = [k for k in partition_share(partitions, place) if k not in present]
         if missing:
             _create(path, partitions, missing)
         if layout is None:
             layout_file.write_text(json.dumps({"partitions": partitions, "processes": place.processes}))
         if missing:
-            log.info("initialized recovery partitions", extra={"fields": {
-                "path": str(path), "partitions": partitions, "created": missing,
-                "process_id": place.process_id, "processes": place.processes}})
+            log.info(
+                "initialized recovery partitions",
+                extra={
+                    "fields": {
+                        "path": str(path),
+                        "partitions": partitions,
+                        "created": missing,
+                        "process_id": place.process_id,
+                        "processes": place.processes,
+                    }
+                },
+            )
         return bool(missing)

@@ -45,8 +45,13 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
 class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
     """Every partition of INPUT_TOPIC; `partitions` runs the start-up checks first."""
 
-    def __init__(self, settings: Settings, partitions: Callable[[], list[int]], stopping: threading.Event,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        partitions: Callable[[], list[int]],
+        stopping: threading.Event,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self._partitions = partitions
         self._stopping = stopping
