@@ -11,8 +11,8 @@ So the source reads a message's headers before anything calls `headers()`: from 
 `rd_kafka_headers_t` the message object still holds, through librdkafka's own structures
 (`rd_kafka_headers_s` is an `rd_list_t` of `rd_kafka_header_t`, each with its name's
 and value's sizes; stable across librdkafka releases). Memory is read through one
-memoryview over the address space, which costs ~2 us a header where a ctypes call per
-field would cost ~6.
+memoryview over the address space: a struct unpack per field, where a ctypes call per
+field would cost several times more.
 
 Every layout this relies on is checked before it is trusted: the message object's on the
 process's first message (its topic and value objects, partition and offset must read back

@@ -97,7 +97,7 @@ class PartitionReader:
         return batch
 
     def _check_stalled(self) -> None:
-        """Seen here once in a while after a broker restart: the consumer of an assigned
+        """After a broker restart, now and then: the consumer of an assigned
         partition fetches nothing any more although records wait behind its position, and
         reports no error. When a partition has been idle for STALL_CHECK_S, compare the
         position with the broker's end offset and, if records wait, assign it afresh at the

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-# what Cassandra counts for a row beyond its text values (cells, timestamps, clustering):
-# measured 544 bytes for a row with 320 characters of text
+# what Cassandra counts for a row beyond its text values (cells, timestamps, clustering),
+# as its batch size warning reports it
 ROW_OVERHEAD_BYTES = 224
 
 

@@ -1,4 +1,4 @@
-"""flows.kafka_headers: names that are not UTF-8 escaped so the original bytes can be told
+"""flows.core.headers: names that are not UTF-8 escaped so the original bytes can be told
 (reading real messages is tested on the broker: tests/integration/test_hostile.py)."""
 
 import codecs
