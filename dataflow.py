@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 import sys
 
 from flows.app import compose
 from flows.errors import ConfigurationError, SettingsError
 from flows.runtime.bytewax.flow import build_flow
 from flows.runtime.bytewax.lifecycle import Lifecycle
+from flows.runtime.bytewax.modes import input_and_output
 from flows.runtime.bytewax.preflight import Preflight
 from flows.runtime.bytewax.recovery import cluster_place, ensure_recovery_dir, recovery_dir_from
-from flows.runtime.bytewax.sink import DeliverySink
-from flows.runtime.bytewax.source import KafkaInput
 from flows.runtime.memory import pin_mmap_threshold
 from flows.settings import Settings
 from flows.telemetry.logs import setup_logging
@@ -50,11 +50,13 @@ if running:
 
 app = compose.build(settings, give_up=lifecycle.give_up if running else None)
 preflight = Preflight(settings)
+identity = f"{socket.gethostname()}-p{cluster_place(sys.argv[1:], os.environ).process_id if running else 0}"
+source, sink = input_and_output(app, preflight, lifecycle, identity)
 
 flow = build_flow(
     app,
-    source=KafkaInput(settings, preflight.partitions, lifecycle.stopping, app.metrics),
-    sink=DeliverySink(lambda worker: app.delivery(preflight.limits(), f"enrichment-deliver-{worker}")),
+    source=source,
+    sink=sink,
     enricher=lambda: app.enricher(preflight.limits(), "enrichment"),
     reporter=ProgressReporter(settings.progress_interval_seconds, app.metrics, [app.flush_logs]),
 )

@@ -195,6 +195,8 @@ class Settings:
     scylla_keyspace: str = _env("SCYLLA_KEYSPACE", "enrichment", _cql_name)
     stop_at_end: bool = _env("STOP_AT_END", "false", _bool)
     log_level: str = _env("LOG_LEVEL", "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    processing_guarantee: str = _env("PROCESSING_GUARANTEE", "at-least-once", _one_of("at-least-once", "exactly-once"))
+    consumer_group: str = _env("CONSUMER_GROUP", "enrichment")
     # --- Kafka security
     kafka_security_protocol: str = _env(
         "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -234,6 +236,17 @@ class Settings:
     cache_negative_max_size: int = _env("CACHE_NEGATIVE_MAX_SIZE", "10000", _int_range(0))
     lookup_batch_size: int = _env("LOOKUP_BATCH_SIZE", "1000", _int_range(1, 100000))
     source_batch_size: int = _env("SOURCE_BATCH_SIZE", "1000", _int_range(1, 100000))
+    # --- progress in Kafka (docs/operations.md, "Guarantees")
+    # exactly-once: a transaction commits at least this often (and when a partition moves)
+    commit_interval_ms: int = _env("COMMIT_INTERVAL_MS", "100", _int_range(10, 60_000))
+    # at-least-once: finished offsets committed to CONSUMER_GROUP this often, for visibility
+    offset_commit_interval_seconds: float = _env("OFFSET_COMMIT_INTERVAL_SECONDS", "1", _float_range(0.1))
+    # exactly-once: a group member silent this long is replaced (and its commits fenced)
+    kafka_session_timeout_ms: int = _env("KAFKA_SESSION_TIMEOUT_MS", "45000", _int_range(6000, 300_000))
+    # exactly-once: an open transaction of a process that died is aborted after this
+    transaction_timeout_ms: int = _env("TRANSACTION_TIMEOUT_MS", "30000", _int_range(1000, 900_000))
+    # exactly-once: the prefix of each worker's transactional.id (default CONSUMER_GROUP)
+    transactional_id_prefix: str | None = _env("TRANSACTIONAL_ID_PREFIX", "", _optional)
     # --- operations
     startup_timeout_seconds: float = _env("STARTUP_TIMEOUT_SECONDS", "10", _float_range(0.1))
     retry_deadline_seconds: float = _env("RETRY_DEADLINE_SECONDS", "180", _float_range(1))
@@ -278,8 +291,18 @@ class Settings:
             raise SettingsError(
                 f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
             )
+        if self.exactly_once and self.commit_interval_ms * 2 > self.transaction_timeout_ms:
+            raise SettingsError(
+                f"COMMIT_INTERVAL_MS={self.commit_interval_ms}: must be under half of "
+                f"TRANSACTION_TIMEOUT_MS={self.transaction_timeout_ms}"
+            )
         if self.scylla_replication_class == "NetworkTopologyStrategy" and not self.scylla_local_dc:
             raise SettingsError("SCYLLA_LOCAL_DC: required with SCYLLA_REPLICATION_CLASS=NetworkTopologyStrategy")
+
+    @property
+    def exactly_once(self) -> bool:
+        """PROCESSING_GUARANTEE=exactly-once."""
+        return self.processing_guarantee == "exactly-once"
 
     # --- derived client configurations
 

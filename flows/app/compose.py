@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from flows.adapters.kafka.committer import OffsetCommitter
+from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.outputs import DeadLetters, EnrichedMessages
+from flows.adapters.kafka.transactions import Transactions
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.adapters.postgres.customers import PgCustomerLookup
 from flows.adapters.scylla.writer import HistoryOutput, HistoryWriter
-from flows.app.outputs import Delivery, Output, Shared, enriched, everything, failed
+from flows.app.outputs import Delivery, Output, Progress, Shared, enriched, everything, failed
 from flows.core.cache import TtlCache
 from flows.core.decode import decode_record
 from flows.core.enrich import Enricher, Lookup, Resolver
@@ -51,21 +54,11 @@ class App:
         over before them travel."""
         s = self.settings
 
-        def kafka(shared: Shared) -> KafkaWriter:
-            return shared.get(
-                "kafka",
-                lambda: KafkaWriter(
-                    s,
-                    client,
-                    max_bytes=max(limits.output, limits.failure) if limits else None,
-                    batch_bytes=min(limits.output, limits.failure) if limits else None,
-                    retries=self.retries,
-                ),
-                KafkaWriter.close,
-            )
-
         def history(shared: Shared) -> HistoryWriter:
             return shared.get("cql", lambda: HistoryWriter(s, self.retries, self.metrics), HistoryWriter.close)
+
+        def kafka(shared: Shared) -> KafkaWriter:
+            return self.kafka(shared, limits, client)
 
         return [
             Output("history", everything, lambda sh: HistoryOutput(history(sh))),
@@ -88,14 +81,48 @@ class App:
             ),
         ]
 
+    def kafka(self, shared: Shared, limits: TopicLimits | None, client: str) -> KafkaWriter:
+        """A worker's producer, shared by its Kafka outputs; transactional in exactly-once mode,
+        with a transactional.id that a restart of the same worker takes over (fencing its
+        predecessor and aborting what it left open)."""
+        s = self.settings
+        prefix = s.transactional_id_prefix or s.consumer_group
+        return shared.get(
+            "kafka",
+            lambda: KafkaWriter(
+                s,
+                client,
+                max_bytes=max(limits.output, limits.failure) if limits else None,
+                batch_bytes=min(limits.output, limits.failure) if limits else None,
+                retries=self.retries,
+                transactional_id=f"{prefix}.{client}" if s.exactly_once else None,
+            ),
+            KafkaWriter.close,
+        )
+
     def enricher(self, limits: TopicLimits | None, client: str) -> Enricher:
         """A worker's enrich step."""
         s = self.settings
         return Enricher(self.lookups(client), s.output_topic, s.failure_topic, limits=limits, observer=self.metrics)
 
-    def delivery(self, limits: TopicLimits | None, client: str) -> Delivery:
-        """A worker's output step."""
-        return Delivery.build(self.outputs(limits, client), self.metrics)
+    def delivery(
+        self, limits: TopicLimits | None, client: str, progress: bool = True, reader: GroupReader | None = None
+    ) -> Delivery:
+        """A worker's output step; with `progress`, it also keeps the position in the group
+        (the Lambda leaves that to its event source mapping)."""
+        s = self.settings
+        keeper = None
+        if progress and s.exactly_once:
+            assert reader is not None, "exactly-once needs the worker's group reader"
+
+            def keeper(shared: Shared) -> Progress:
+                return Transactions(s, self.kafka(shared, limits, client), reader, self.retries, self.metrics)
+        elif progress:
+
+            def keeper(shared: Shared) -> Progress:
+                return OffsetCommitter(s, client, self.metrics)
+
+        return Delivery.build(self.outputs(limits, client), self.metrics, progress=keeper)
 
     def process(self, records: Sequence[SourceRecord], enricher: Enricher) -> list[Outcome]:
         """Decode, validate and enrich a batch: the same code in both runtimes."""

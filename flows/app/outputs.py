@@ -38,6 +38,23 @@ class Writer(Protocol):
         """Let the writer's own resources go."""
 
 
+class Progress(Protocol):
+    """Where the flow's position in the input is kept: the group's offsets, committed in a
+    transaction with the outputs (exactly-once) or after them (at-least-once)."""
+
+    def admit(self, outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
+        """The outcomes to write (exactly-once drops those of partitions no longer owned)."""
+
+    def delivered(self, outcomes: Sequence[Outcome]) -> None:
+        """Every output has these outcomes."""
+
+    def tick(self) -> None:
+        """Time passes without a batch: commit if due."""
+
+    def close(self) -> None:
+        """Commit what is done."""
+
+
 class Shared:
     """A worker's clients that several writers use (one Kafka producer for both Kafka
     outputs), built on first use, closed once, last built first."""
@@ -96,20 +113,30 @@ class Delivery:
     writers: list[tuple[Output, Writer]]
     shared: Shared = field(default_factory=Shared)
     metrics: Metrics | None = None
+    progress: Progress | None = None
 
     @classmethod
-    def build(cls, outputs: Sequence[Output], metrics: Metrics | None = None) -> Delivery:
-        """Build each output's writer for this worker."""
-        shared = Shared()
+    def build(
+        cls,
+        outputs: Sequence[Output],
+        metrics: Metrics | None = None,
+        shared: Shared | None = None,
+        progress: Callable[[Shared], Progress] | None = None,
+    ) -> Delivery:
+        """Build each output's writer for this worker, and its progress keeper."""
+        shared = shared or Shared()
         try:
             writers = [(out, out.writer(shared)) for out in outputs]
+            keeper = progress(shared) if progress is not None else None
         except BaseException:
             shared.close()
             raise
-        return cls(writers, shared, metrics)
+        return cls(writers, shared, metrics, keeper)
 
     def write(self, outcomes: Sequence[Outcome]) -> None:
         """Deliver a batch: returns when every output has it, re-routed outcomes included."""
+        if self.progress is not None:
+            outcomes = self.progress.admit(outcomes)
         pending: Sequence[Outcome] = outcomes
         while pending:
             for out, writer in self.writers:
@@ -122,9 +149,16 @@ class Delivery:
             pending = rerouted
         if self.metrics is not None:
             self.metrics.add_delivered(len(outcomes))
+        if self.progress is not None:
+            self.progress.delivered(outcomes)
 
     def close(self) -> None:
-        """Close every writer, then the worker's shared clients."""
+        """Commit what is done, close every writer, then the worker's shared clients."""
+        if self.progress is not None:
+            try:
+                self.progress.close()
+            except Exception:  # noqa: BLE001 - the rest must still close
+                log.exception("committing the last progress failed")
         for _, writer in reversed(self.writers):
             try:
                 writer.close()

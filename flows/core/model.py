@@ -25,6 +25,9 @@ class SourceRecord(msgspec.Struct, frozen=True, gc=False):
     # set when a header name is not UTF-8: the names in `headers` are then escaped
     # (flows.kafka_headers) and the record fails as `invalid_headers` with this message
     header_error: str | None = None
+    # which assignment of its partition read it (exactly-once: a record read before its
+    # partition moved to another consumer is dropped, not written)
+    epoch: int = 0
 
     @property
     def coordinates(self) -> str:

@@ -72,6 +72,8 @@ class Metrics:
         self.written: Counter[str] = Counter()
         self.degraded: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter({kind: 0 for kind in FALLBACK_KINDS})
+        self._high: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
         self._lookup_seconds: Histogram | None = None
         self._write_seconds: Histogram | None = None
         if registry is not None:
@@ -149,6 +151,21 @@ class Metrics:
         with self._lock:
             self.fallbacks.update(counts)
 
+    def set_high(self, topic: str, partition: int, offset: int) -> None:
+        """The end of an input partition, as its consumer last saw it."""
+        with self._lock:
+            self._high[(topic, partition)] = offset
+
+    def set_committed(self, topic: str, partition: int, offset: int) -> None:
+        """The offset committed to the consumer group for an input partition."""
+        with self._lock:
+            self._committed[(topic, partition)] = offset
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per input partition: records after the committed offset (the group's lag)."""
+        with self._lock:
+            return {key: max(0, high - self._committed.get(key, 0)) for key, high in self._high.items()}
+
     def in_flight(self) -> int:
         """Records read and not yet delivered everywhere (never below 0: the Lambda delivers
         records it did not read through a source)."""
@@ -218,6 +235,15 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_records_in_flight", "Records read and not yet delivered to every output", value=in_flight
         )
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_consumer_lag",
+            "Records of an input partition after the offset committed to CONSUMER_GROUP (up to the end this "
+            "process last saw)",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), n in sorted(m.lag().items()):
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
 
 
 def _counter(name: str, doc: str, value: int | Counter[str], label: str | None = None) -> CounterMetricFamily:

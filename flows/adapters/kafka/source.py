@@ -39,6 +39,7 @@ class PartitionReader:
         resume: int | None,
         stopping: threading.Event | None = None,
         on_input: Callable[[int], None] | None = None,
+        on_high: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self._consumer = Consumer(consumer_config(settings))
         self._topic, self._partition = topic, partition
@@ -48,6 +49,7 @@ class PartitionReader:
         self._where = f"{topic}:{partition}"
         self._stopping = stopping or threading.Event()
         self._on_input = on_input
+        self._on_high = on_high
         self.at_end = False
         self._last_data = self._last_check = time.monotonic()
 
@@ -92,6 +94,11 @@ class PartitionReader:
             self._last_data = time.monotonic()
             if self._on_input is not None:
                 self._on_input(len(batch))
+            if self._on_high is not None:
+                tp = TopicPartition(self._topic, self._partition)
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    self._on_high(self._topic, self._partition, high)
         else:
             self._check_stalled()
         return batch

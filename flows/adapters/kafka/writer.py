@@ -69,12 +69,17 @@ class KafkaWriter:
         max_bytes: int | None = None,
         batch_bytes: int | None = None,
         retries: Retries | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         self._settings = settings
         self._retries = retries or Retries(settings.retry_deadline_seconds)
         self._client_id = client_id
         conf = producer_config(settings)
         conf["client.id"] = client_id
+        self.transactional = transactional_id is not None
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+            conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
         if max_bytes is not None:
             conf["message.max.bytes"] = min(max(max_bytes, 1000), LARGEST_PRODUCE_BYTES)
         if batch_bytes is not None:
@@ -82,6 +87,11 @@ class KafkaWriter:
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
         self._timeout_s = settings.retry_deadline_seconds
+
+    @property
+    def producer(self) -> Producer:
+        """The producer (the transactions of exactly-once mode drive it)."""
+        return self._producer
 
     def write(self, messages: Sequence[OutMessage]) -> list[int]:
         """Send and wait; the indices of the messages refused even alone."""
@@ -130,6 +140,10 @@ class KafkaWriter:
         """Produce one message in a batch of its own and wait for it: None when written,
         else why the topic refused it. `compressed` sends it through a zstd producer whose
         own size limit is librdkafka's ceiling, so that the broker judges the compressed size."""
+        if compressed and self.transactional:
+            # a second producer can't join the transaction: in exactly-once mode a dead letter
+            # too large for the failure topic goes without headers or value instead
+            return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
         producer = self._compressed_producer() if compressed else self._producer
         self._producer.flush(self._timeout_s)  # nothing else rides in its batch
         sending = Sending([message])

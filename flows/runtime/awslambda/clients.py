@@ -22,6 +22,7 @@ from flows.app.outputs import Delivery
 from flows.app.preflight import lambda_checks
 from flows.core.enrich import Enricher, close_lookups
 from flows.core.sizes import TopicLimits
+from flows.errors import SettingsError
 from flows.settings import Settings
 from flows.telemetry.logs import setup_logging
 
@@ -49,11 +50,16 @@ class Clients:
         """Check the outputs and the customers table exist and the topics are sized for
         MAX_VALUE_BYTES (a clear error now beats a refused write later), then open every
         client; on failure close what was opened."""
+        if settings.exactly_once:
+            raise SettingsError(
+                "PROCESSING_GUARANTEE=exactly-once: the Lambda runs at-least-once only (its event source mapping "
+                "commits the input offsets itself, outside any Kafka transaction of ours)"
+            )
         limits = lambda_checks(settings)
         app = compose.build(settings, registry=None)  # the Lambda serves no /metrics
         enricher = app.enricher(limits, CLIENT_NAME)
         try:
-            delivery = app.delivery(limits, CLIENT_NAME)
+            delivery = app.delivery(limits, CLIENT_NAME, progress=False)  # the mapping commits the offsets
         except BaseException:
             close_lookups(enricher)
             raise
@@ -63,7 +69,7 @@ class Clients:
         """Fresh outputs after a failed write: the old producer may still hold messages of
         the failed batch, whose late acknowledgements must not count for the next batch.
         They are dropped with it; Lambda retries the whole batch."""
-        self.delivery = self.app.delivery(self.limits, CLIENT_NAME)
+        self.delivery = self.app.delivery(self.limits, CLIENT_NAME, progress=False)
 
     def close(self) -> None:
         """Close every client, best effort."""

@@ -13,22 +13,30 @@ from flows.core.model import Outcome
 
 
 class _Partition(StatelessSinkPartition[Outcome]):
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, after_close: Callable[[], None] | None) -> None:
         self.delivery = delivery
+        self._after_close = after_close
 
     def write_batch(self, items: list[Outcome]) -> None:
         self.delivery.write(items)
 
     def close(self) -> None:
-        self.delivery.close()
+        try:
+            self.delivery.close()
+        finally:
+            if self._after_close is not None:
+                self._after_close()
 
 
 class DeliverySink(DynamicSink[Outcome]):
-    """`build(worker_index)` makes a worker's Delivery."""
+    """`build(worker_index)` makes a worker's Delivery; `after_close(worker_index)` runs once
+    it is closed (exactly-once: the worker's consumer leaves the group then)."""
 
-    def __init__(self, build: Callable[[int], Delivery]) -> None:
+    def __init__(self, build: Callable[[int], Delivery], after_close: Callable[[int], None] | None = None) -> None:
         self._build = build
+        self._after_close = after_close
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        return _Partition(self._build(worker_index))
+        after = self._after_close
+        return _Partition(self._build(worker_index), (lambda: after(worker_index)) if after is not None else None)

@@ -64,5 +64,14 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         idx, topic = for_part.split("-", 1)
-        on_input = self._metrics.add_input if self._metrics is not None else None
-        return _Partition(PartitionReader(self.settings, topic, int(idx), resume_state, self._stopping, on_input))
+        m = self._metrics
+        reader = PartitionReader(
+            self.settings,
+            topic,
+            int(idx),
+            resume_state,
+            self._stopping,
+            m.add_input if m is not None else None,
+            m.set_high if m is not None else None,
+        )
+        return _Partition(reader)

@@ -1,0 +1,76 @@
+"""At-least-once mode: the offsets the flow has finished with, committed to CONSUMER_GROUP
+every OFFSET_COMMIT_INTERVAL_SECONDS, so the standard tools (kafka-consumer-groups, Kafka UI,
+Burrow, KEDA) show the flow's lag. The recovery snapshots stay where processing resumes;
+the group's offsets are for visibility (the flow never joins the group: its partitions are
+Bytewax's, and a group with no active member takes commits from anyone)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from flows.core.model import Outcome
+from flows.settings import Settings
+from flows.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class OffsetCommitter:
+    """Commits the finished offsets of one worker's batches, asynchronously, now and then."""
+
+    def __init__(self, settings: Settings, client: str, metrics: Metrics | None = None) -> None:
+        self._consumer = Consumer(
+            {
+                **settings.kafka_common(),
+                "group.id": settings.consumer_group,
+                "client.id": f"{client}-offsets",
+                "enable.auto.commit": False,
+            }
+        )
+        self._interval_s = settings.offset_commit_interval_seconds
+        self._metrics = metrics
+        self._finished: dict[tuple[str, int], int] = {}
+        self._last = time.monotonic()
+
+    def admit(self, outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
+        """Everything is written in at-least-once mode."""
+        return outcomes
+
+    def delivered(self, outcomes: Sequence[Outcome]) -> None:
+        """Every output has these outcomes: their offsets are finished."""
+        finished = self._finished
+        for r in outcomes:
+            key = (r.record.topic, r.record.partition)
+            if finished.get(key, -1) <= r.record.offset:
+                finished[key] = r.record.offset + 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Commit if the interval has passed."""
+        if self._finished and time.monotonic() - self._last >= self._interval_s:
+            self._commit(asynchronous=True)
+
+    def _commit(self, asynchronous: bool) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._finished.items())]
+        self._last = time.monotonic()
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # visibility only: the next interval tries again
+            log.warning("committing offsets to the consumer group failed", extra={"fields": {"error": str(exc)}})
+            return
+        if self._metrics is not None:
+            for tp in offsets:
+                self._metrics.set_committed(tp.topic, tp.partition, tp.offset)
+
+    def close(self) -> None:
+        """Commit what is finished, synchronously, and let the client go."""
+        if self._finished:
+            self._commit(asynchronous=False)
+        self._consumer.close()

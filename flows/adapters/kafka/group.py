@@ -1,0 +1,201 @@
+"""Reading the input as a member of CONSUMER_GROUP (exactly-once mode): Kafka assigns the
+partitions, so adding or losing a process rebalances them instead of restarting a cluster,
+and a partition resumes from the group's committed offset (no recovery volume).
+
+Records are read `read_committed` and stamped with their partition's assignment epoch: a
+partition that is revoked and assigned again gets a new one, so records read under an old
+assignment (still on their way to the outputs) can be told apart and dropped; their owner
+re-reads them from the committed offset. Rebalance events reach a `listener` (the
+transactions, `flows.adapters.kafka.transactions`): before partitions are handed over the
+open transaction commits; when they are lost (this member was thrown out of the group) it
+aborts. Callbacks run inside `next_batch`, on the worker's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from flows.adapters.kafka.config import consumer_config
+from flows.adapters.kafka.errors import error_kind
+from flows.adapters.kafka.headers import READER
+from flows.core.model import SourceRecord
+from flows.retry import Kind
+from flows.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_WAIT_S = 30.0  # STOP_AT_END: a member that has had no assignment this long stops
+
+
+class RebalanceListener(Protocol):
+    """What must happen before partitions are handed over, or after they were lost."""
+
+    def revoked(self, partitions: Sequence[int]) -> None:
+        """Partitions are about to go to another member: commit what was done for them."""
+
+    def lost(self, partitions: Sequence[int]) -> None:
+        """Partitions were taken away already: nothing done for them may commit."""
+
+
+def group_consumer_config(settings: Settings, client: str) -> dict[str, Any]:
+    """A group member reading committed data, committing only inside transactions."""
+    return {
+        **consumer_config(settings),
+        "group.id": settings.consumer_group,
+        "client.id": client,
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    }
+
+
+class GroupReader:
+    """Batches of records from whatever partitions the group assigns this member."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: str,
+        stopping: threading.Event | None = None,
+        on_input: Callable[[int], None] | None = None,
+        on_high: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self._topic = settings.input_topic
+        self._consumer = Consumer(group_consumer_config(settings, client))
+        self._batch_size = settings.source_batch_size
+        self._stop_at_end = settings.stop_at_end
+        self._stopping = stopping or threading.Event()
+        self._on_input = on_input
+        self._on_high = on_high
+        self.listener: RebalanceListener | None = None
+        self.epochs: dict[int, int] = {}  # owned partition -> its assignment epoch
+        self._next_epoch = 1
+        self._at_end: set[int] = set()
+        self._assigned_once = False
+        self._started = time.monotonic()
+        self._consumer.subscribe([self._topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
+
+    @property
+    def done(self) -> bool:
+        """Stopping, or (STOP_AT_END) every owned partition drained."""
+        if self._stopping.is_set():
+            return True
+        if not self._stop_at_end:
+            return False
+        if not self._assigned_once:
+            return time.monotonic() - self._started > ASSIGNMENT_WAIT_S
+        return set(self.epochs) <= self._at_end
+
+    def current(self, partition: int, epoch: int) -> bool:
+        """Whether a record read under this epoch belongs to this member's assignment now."""
+        return self.epochs.get(partition) == epoch
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, for `send_offsets_to_transaction` (KIP-447)."""
+        return self._consumer.consumer_group_metadata()
+
+    def committed(self, partitions: Sequence[int], timeout: float) -> dict[int, int]:
+        """The group's committed offsets of these partitions (absent: none committed)."""
+        found = self._consumer.committed([TopicPartition(self._topic, p) for p in partitions], timeout=timeout)
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+
+    def rewind(self, partitions: dict[int, int]) -> None:
+        """Read these owned partitions again from these offsets, under new epochs (what was
+        read before is dropped downstream)."""
+        for partition, offset in partitions.items():
+            if partition in self.epochs:
+                self.epochs[partition] = self._new_epoch()
+                self._at_end.discard(partition)
+                self._consumer.seek(TopicPartition(self._topic, partition, offset))
+
+    def next_batch(self) -> list[SourceRecord]:
+        """The records available now (maybe none)."""
+        read_headers = READER.read
+        msgs: list[Any] = self._consumer.consume(self._batch_size, 0)
+        batch: list[SourceRecord] = []
+        append = batch.append
+        epochs = self.epochs
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._at_end.add(msg.partition())
+                    continue
+                if error_kind(err) is not Kind.RETRIABLE:
+                    raise KafkaException(err)
+                log.warning("kafka consumer error, retrying", extra={"fields": {"error": str(err)}})
+                continue
+            partition = msg.partition()
+            epoch = epochs.get(partition)
+            if epoch is None:
+                continue  # a partition revoked while its records were prefetched
+            self._at_end.discard(partition)
+            headers, header_error = read_headers(msg)
+            append(
+                SourceRecord(
+                    msg.topic(),
+                    partition,
+                    msg.offset(),
+                    msg.timestamp()[1],
+                    msg.key(),
+                    msg.value(),
+                    headers,
+                    header_error,
+                    epoch,
+                )
+            )
+        if batch and self._on_input is not None:
+            self._on_input(len(batch))
+        if batch and self._on_high is not None:
+            for partition in {r.partition for r in batch}:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, partition), cached=True)
+                if high >= 0:
+                    self._on_high(self._topic, partition, high)
+        return batch
+
+    def _new_epoch(self) -> int:
+        self._next_epoch += 1
+        return self._next_epoch
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned_once = True
+        for tp in partitions:
+            self.epochs[tp.partition] = self._new_epoch()
+            self._at_end.discard(tp.partition)
+        log.info(
+            "partitions assigned",
+            extra={"fields": {"partitions": sorted(tp.partition for tp in partitions), "owned": sorted(self.epochs)}},
+        )
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = [tp.partition for tp in partitions]
+        if self.listener is not None:
+            self.listener.revoked(gone)
+        self._forget(gone)
+        log.info("partitions revoked", extra={"fields": {"partitions": sorted(gone), "owned": sorted(self.epochs)}})
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = [tp.partition for tp in partitions]
+        self._forget(gone)
+        if self.listener is not None:
+            self.listener.lost(gone)
+        log.warning(
+            "partitions lost (this member was out of the group)", extra={"fields": {"partitions": sorted(gone)}}
+        )
+
+    def _forget(self, partitions: Sequence[int]) -> None:
+        for p in partitions:
+            self.epochs.pop(p, None)
+            self._at_end.discard(p)
+
+    def close(self) -> None:
+        """Leave the group (partitions are revoked: the listener commits first)."""
+        self._consumer.close()
