@@ -715,6 +715,23 @@ def cmd_fetch(_: argparse.Namespace) -> None:
     say("binaries present")
 
 
+def cmd_groups(args: argparse.Namespace) -> None:
+    """Kafka's own kafka-consumer-groups tool (from the broker's jars) against the local
+    broker, e.g. `groups --describe --group enrichment`: the group's committed offsets and lag."""
+    lib = fetch_jars("kafka-tools", HERE / "maven" / "kafka-tools" / "pom.xml")
+    cmd = [
+        str(java_bin()),
+        "-Xmx256m",
+        "-cp",
+        f"{lib}/*",
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--bootstrap-server",
+        f"127.0.0.1:{KAFKA_PORT}",
+        *args.rest,
+    ]
+    sys.exit(subprocess.run(cmd, check=False).returncode)  # noqa: S603
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -724,12 +741,16 @@ def main() -> None:
         "status": cmd_status,
         "wipe": cmd_wipe,
         "fetch": cmd_fetch,
+        "groups": cmd_groups,
     }
     for name in commands:
         cmd = sub.add_parser(name)
         if name in ("up", "down"):
             cmd.add_argument("servers", nargs="*", help="kafka, postgres, cassandra (default: all)")
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
+    if rest and args.cmd != "groups":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         commands[args.cmd](args)
     except StackError as exc:

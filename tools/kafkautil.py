@@ -54,14 +54,20 @@ def produce_all(
     return n
 
 
-def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[Message]:
-    """Every message of `topic` from the beginning up to the end offsets seen at the start."""
+def read_topic(
+    settings: Settings, topic: str, timeout: float = 60.0, committed_only: bool = False
+) -> Iterator[Message]:
+    """Every message of `topic` from the beginning up to the end offsets seen at the start.
+    `committed_only` reads as a downstream consumer of exactly-once output must
+    (`isolation.level=read_committed`: messages of aborted or open transactions are never
+    seen); it stops at each partition's last stable offset."""
     consumer = Consumer(
         {
             **settings.kafka_common(),
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
-            "enable.partition.eof": False,
+            "enable.partition.eof": committed_only,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         }
     )
     try:
@@ -84,6 +90,8 @@ def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterato
                 raise TimeoutError(f"reading {topic}: partitions {sorted(ends)} not read to the end in {timeout}s")
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        ends.pop(msg.partition(), None)  # committed_only: the last stable offset
                     continue
                 p = msg.partition()
                 if p in ends:

@@ -21,6 +21,7 @@ from flows.adapters.scylla.session import TABLE
 from tools import provision, sample
 from tools.kafkautil import header, read_topic
 
+from .conftest import unique
 from .flowrun import ROOT, Topics, dataflow_cmd
 
 N_CUSTOMERS = 2000
@@ -54,7 +55,18 @@ class Accounting:
 
 
 class Scenario:
-    def __init__(self, tmp: Path, partitions: int = 4, snapshot_s: int = 1, **extra_env: str) -> None:
+    """Fresh topics and customers for one test. `exactly_once` runs the flow with
+    PROCESSING_GUARANTEE=exactly-once (no recovery directory: the group's offsets are the
+    position) and reads its outputs as downstream consumers must (read_committed)."""
+
+    def __init__(
+        self, tmp: Path, partitions: int = 4, snapshot_s: int = 1, exactly_once: bool = False, **extra_env: str
+    ) -> None:
+        self.exactly_once = exactly_once
+        self.group = unique("group")
+        extra_env = {"CONSUMER_GROUP": self.group, **extra_env}
+        if exactly_once:
+            extra_env["PROCESSING_GUARANTEE"] = "exactly-once"
         self.topics = Topics(partitions=partitions, prefix="res", extra_env=extra_env).create()
         self.settings = self.topics.settings
         self.recovery = tmp / "recovery"
@@ -64,18 +76,56 @@ class Scenario:
         provision.seed_customers(self.settings, sample.customers(N_CUSTOMERS))
 
     def args(self) -> tuple[str, ...]:
+        if self.exactly_once:
+            return ()
         return ("-r", str(self.recovery), "-s", str(self.snapshot_s), "-b", "0")
 
-    def env(self, stop_at_end: bool) -> dict[str, str]:
-        return {**os.environ, **self.topics.env, "STOP_AT_END": "true" if stop_at_end else "false"}
+    def env(self, stop_at_end: bool, **extra: str) -> dict[str, str]:
+        return {**os.environ, **self.topics.env, "STOP_AT_END": "true" if stop_at_end else "false", **extra}
 
-    def start(self, stop_at_end: bool) -> subprocess.Popen[bytes]:
-        out = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
-        return subprocess.Popen(dataflow_cmd(*self.args()), cwd=ROOT, env=self.env(stop_at_end), stdout=out, stderr=out)
+    def start(self, stop_at_end: bool, log: Path | None = None, **extra: str) -> subprocess.Popen[bytes]:
+        out = open(log or self.log, "ab")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(
+            dataflow_cmd(*self.args()), cwd=ROOT, env=self.env(stop_at_end, **extra), stdout=out, stderr=out
+        )
 
-    def run_to_end(self, timeout: float = 240) -> int:
-        proc = self.start(stop_at_end=True)
+    def run_to_end(self, timeout: float = 240, **extra: str) -> int:
+        proc = self.start(stop_at_end=True, **extra)
         return proc.wait(timeout)
+
+    def group_offsets(self) -> dict[int, tuple[int, int]]:
+        """Per input partition: (the group's committed offset or -1, the end of the partition)."""
+        # read_uncommitted: the offsets committed so far, without waiting for a transaction
+        # still open (read_committed asks the broker for stable offsets and waits)
+        conf = {**self.settings.kafka_common(), "group.id": self.group, "isolation.level": "read_uncommitted"}
+        consumer = Consumer(conf)
+        try:
+            parts = [TopicPartition(self.topics.input, p) for p in range(self.topics.partitions)]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
+            return {
+                p: (committed.get(p, -1), consumer.get_watermark_offsets(TopicPartition(self.topics.input, p), 10)[1])
+                for p in range(self.topics.partitions)
+            }
+        finally:
+            consumer.close()
+
+    def lag(self) -> int:
+        """The group's lag on the input: records after its committed offsets (-1 offsets: all)."""
+        return sum(high - max(committed, 0) for committed, high in self.group_offsets().values())
+
+    def wait_for_lag_zero(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                lag = self.lag()
+            except KafkaException as exc:  # the broker just restarted: coordinators move
+                if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_COORDINATOR:
+                    raise
+                lag = -1
+            if lag == 0:
+                return
+            assert time.monotonic() < deadline, f"the group's lag is still {lag} after {timeout}s"
+            time.sleep(0.5)
 
     def records(self, n: int, seed: int) -> list[sample.SampleRecord]:
         recs = list(sample.events(n, N_CUSTOMERS, bad_ratio=0.01, seed=seed, large=False))
@@ -131,8 +181,9 @@ class Scenario:
     def account(self, cql: Session) -> Accounting:
         s = self.settings
         inputs = {(m.partition(), m.offset()) for m in read_topic(s, self.topics.input, timeout=120)}
-        outs = list(read_topic(s, self.topics.output, timeout=120)) + list(
-            read_topic(s, self.topics.failure, timeout=120)
+        committed = self.exactly_once
+        outs = list(read_topic(s, self.topics.output, 120, committed)) + list(
+            read_topic(s, self.topics.failure, 120, committed)
         )
         seen = Counter((int(header(m, "source.partition") or -1), int(header(m, "source.offset") or -1)) for m in outs)
         rows = self._history(cql)

@@ -93,3 +93,59 @@ def test_lookups_are_batched() -> None:
     records = [record(GOOD, offset=i) for i in range(8)]
     _, _, _, lookup = run(records)
     assert lookup.calls == [["C1"]]
+
+
+def test_each_worker_outputs_only_what_it_read_on_the_thread_that_read_it() -> None:
+    """What exactly-once mode relies on (checked, not assumed): with several workers, the
+    topology moves no record between workers, and a worker's source and sink run on one
+    thread, so a rebalance callback (run while the source reads) never interleaves with a
+    write of the same worker."""
+    import threading
+
+    from bytewax.inputs import DynamicSource, StatelessSourcePartition
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import cluster_main
+
+    read_on: dict[int, set[int]] = {}
+    written: list[tuple[int, int, SourceRecord]] = []  # (sink worker, thread, record)
+    lock = threading.Lock()
+
+    class Part(StatelessSourcePartition[SourceRecord]):
+        def __init__(self, worker: int) -> None:
+            self.worker, self.left = worker, 5
+
+        def next_batch(self) -> list[SourceRecord]:
+            if not self.left:
+                raise StopIteration
+            self.left -= 1
+            with lock:
+                read_on.setdefault(self.worker, set()).add(threading.get_ident())
+            return [record(GOOD, partition=self.worker, offset=self.left * 10 + i) for i in range(10)]
+
+    class Source(DynamicSource[SourceRecord]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Part:
+            return Part(worker_index)
+
+    class SinkPart(StatelessSinkPartition[Outcome]):
+        def __init__(self, worker: int) -> None:
+            self.worker = worker
+
+        def write_batch(self, items: list[Outcome]) -> None:
+            with lock:
+                written.extend((self.worker, threading.get_ident(), r.record) for r in items)
+
+    class Sink(DynamicSink[Outcome]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> SinkPart:
+            return SinkPart(worker_index)
+
+    app = compose.build(SETTINGS, registry=None)
+    lookup = MemoryLookup({"C1": ALICE})
+
+    def enricher() -> Enricher:
+        return Enricher([compose.customers(SETTINGS, lookup)], SETTINGS.output_topic, SETTINGS.failure_topic)
+
+    cluster_main(build_flow(app, Source(), Sink(), enricher), [], 0, worker_count_per_proc=3)
+    assert len(written) == 3 * 5 * 10
+    for worker, thread, rec in written:
+        assert rec.partition == worker, "a record reached another worker's sink"
+        assert read_on[worker] == {thread}, "a worker's sink ran on another thread than its source"

@@ -74,3 +74,45 @@ def test_shared_clients_are_built_once_and_closed_once() -> None:
     delivery.close()
     assert closed == ["producer"]
     assert shared is not None
+
+
+class Keeper:
+    """A progress keeper that logs what it is told (exactly-once: the transactions)."""
+
+    def __init__(self, log: list[str], drop: Sequence[Outcome] = ()) -> None:
+        self.log, self.drop = log, list(drop)
+
+    def admit(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        self.log.append(f"admit {len(outcomes)}")
+        return [r for r in outcomes if r not in self.drop]
+
+    def delivered(self, outcomes: Sequence[Outcome]) -> None:
+        self.log.append(f"delivered {len(outcomes)}")
+
+    def tick(self) -> None:
+        self.log.append("tick")
+
+    def close(self) -> None:
+        self.log.append("commit")
+
+
+def test_progress_counts_a_batch_only_after_every_output_flushed_it_rerouted_outcomes_included() -> None:
+    """Exactly-once: a transaction may commit the offsets of a batch only once its history
+    rows, messages and dead letters are all acknowledged."""
+    log: list[str] = []
+    good, bad, stale = ok(), dead(10), dead(30, offset=11)
+    history, out, dlq = Recorder("history", log), Recorder("out", log, [dead(20, offset=9)]), Recorder("dlq", log)
+    delivery = Delivery(
+        [
+            (Output("history", everything, lambda _: history), history),
+            (Output("out", enriched, lambda _: out), out),
+            (Output("dlq", failed, lambda _: dlq), dlq),
+        ],
+        progress=Keeper(log, drop=[stale]),
+    )
+    delivery.write([good, bad, stale])
+    assert log[0] == "admit 3" and log[-1] == "delivered 2"
+    assert [e for e in log if e.startswith("flush")] == ["flush history", "flush out", "flush dlq"] * 2
+    assert stale not in history.items + dlq.items, "an outcome the keeper did not admit is written nowhere"
+    delivery.close()
+    assert log[-4:] == ["commit", "close dlq", "close out", "close history"], "the last commit before the outputs close"

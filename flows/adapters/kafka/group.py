@@ -30,7 +30,6 @@ from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ASSIGNMENT_WAIT_S = 30.0  # STOP_AT_END: a member that has had no assignment this long stops
 
 
 class RebalanceListener(Protocol):
@@ -72,6 +71,7 @@ class GroupReader:
         self._consumer = Consumer(group_consumer_config(settings, client))
         self._batch_size = settings.source_batch_size
         self._stop_at_end = settings.stop_at_end
+        self._assignment_wait_s = 2 * settings.kafka_session_timeout_ms / 1000 + 10
         self._stopping = stopping or threading.Event()
         self._on_input = on_input
         self._on_high = on_high
@@ -79,6 +79,7 @@ class GroupReader:
         self.epochs: dict[int, int] = {}  # owned partition -> its assignment epoch
         self._next_epoch = 1
         self._at_end: set[int] = set()
+        self._first: dict[int, int] = {}  # owned partition -> first offset read under its epoch
         self._assigned_once = False
         self._started = time.monotonic()
         self._consumer.subscribe([self._topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
@@ -91,7 +92,9 @@ class GroupReader:
         if not self._stop_at_end:
             return False
         if not self._assigned_once:
-            return time.monotonic() - self._started > ASSIGNMENT_WAIT_S
+            # a killed member holds its partitions for a session timeout before the group
+            # rebalances: wait for that rebalance, twice over, before calling the input empty
+            return time.monotonic() - self._started > self._assignment_wait_s
         return set(self.epochs) <= self._at_end
 
     def current(self, partition: int, epoch: int) -> bool:
@@ -102,19 +105,25 @@ class GroupReader:
         """The consumer's group metadata, for `send_offsets_to_transaction` (KIP-447)."""
         return self._consumer.consumer_group_metadata()
 
-    def committed(self, partitions: Sequence[int], timeout: float) -> dict[int, int]:
-        """The group's committed offsets of these partitions (absent: none committed)."""
-        found = self._consumer.committed([TopicPartition(self._topic, p) for p in partitions], timeout=timeout)
+    def committed(self, timeout: float) -> dict[int, int]:
+        """The group's committed offsets of the owned partitions, as the broker has them
+        (after a commit whose outcome is unknown)."""
+        found = self._consumer.committed([TopicPartition(self._topic, p) for p in self.epochs], timeout=timeout)
         return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
 
-    def rewind(self, partitions: dict[int, int]) -> None:
-        """Read these owned partitions again from these offsets, under new epochs (what was
-        read before is dropped downstream)."""
-        for partition, offset in partitions.items():
-            if partition in self.epochs:
-                self.epochs[partition] = self._new_epoch()
-                self._at_end.discard(partition)
+    def rewind(self, committed: dict[int, int]) -> None:
+        """Read the owned partitions again from these offsets (where this member last
+        committed), or from the first record read since they were assigned, under new epochs:
+        what was read before is dropped downstream. Needs no broker: a rewind follows a
+        failed commit, when the group's coordinator may be the thing that is gone."""
+        for partition in list(self.epochs):
+            offset = committed.get(partition, self._first.get(partition))
+            self.epochs[partition] = self._new_epoch()
+            self._at_end.discard(partition)
+            self._first.pop(partition, None)
+            if offset is not None:
                 self._consumer.seek(TopicPartition(self._topic, partition, offset))
+                self._first[partition] = offset
 
     def next_batch(self) -> list[SourceRecord]:
         """The records available now (maybe none)."""
@@ -123,6 +132,7 @@ class GroupReader:
         batch: list[SourceRecord] = []
         append = batch.append
         epochs = self.epochs
+        first = self._first
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -138,6 +148,8 @@ class GroupReader:
             if epoch is None:
                 continue  # a partition revoked while its records were prefetched
             self._at_end.discard(partition)
+            if partition not in first:
+                first[partition] = msg.offset()
             headers, header_error = read_headers(msg)
             append(
                 SourceRecord(
@@ -170,6 +182,7 @@ class GroupReader:
         for tp in partitions:
             self.epochs[tp.partition] = self._new_epoch()
             self._at_end.discard(tp.partition)
+            self._first.pop(tp.partition, None)
         log.info(
             "partitions assigned",
             extra={"fields": {"partitions": sorted(tp.partition for tp in partitions), "owned": sorted(self.epochs)}},
@@ -195,6 +208,7 @@ class GroupReader:
         for p in partitions:
             self.epochs.pop(p, None)
             self._at_end.discard(p)
+            self._first.pop(p, None)
 
     def close(self) -> None:
         """Leave the group (partitions are revoked: the listener commits first)."""

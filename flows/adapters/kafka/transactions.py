@@ -22,8 +22,9 @@ transactional.id) ends the worker: it is a zombie.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -36,6 +37,42 @@ from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+# A transactional call is given this timeout; Kafka refusing or timing out aborts the
+# transaction (what it covers is read again) so the consumer gets to serve its rebalance.
+CALL_TIMEOUT_S = 10.0
+# librdkafka can ignore the timeout: `send_offsets_to_transaction` waits forever on a group
+# coordinator it has cached from before a broker restart (confluentinc/librdkafka#5456,
+# #5511). A call that has not returned this long after its own timeout is abandoned with its
+# producer: a new producer takes the transactional.id over (fencing the stuck one and
+# aborting its transaction).
+STUCK_GRACE_S = 5.0
+
+
+class Stuck(Exception):
+    """A producer call did not return in time."""
+
+
+def bounded(what: str, fn: Callable[[], object], timeout_s: float) -> None:
+    """Run `fn` on a daemon thread; raise `Stuck` if it has not returned in `timeout_s`
+    (the thread is left behind: a stuck librdkafka call can't be cancelled)."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise Stuck(what)
+    if failure:
+        raise failure[0]
 
 
 class Transactions:
@@ -52,7 +89,8 @@ class Transactions:
     ) -> None:
         self._topic = settings.input_topic
         self._interval_s = settings.commit_interval_ms / 1000
-        self._timeout_s = settings.retry_deadline_seconds
+        self._deadline_s = settings.retry_deadline_seconds
+        self._call_timeout_s = min(CALL_TIMEOUT_S, settings.retry_deadline_seconds)
         self._writer = writer
         self._producer = writer.producer
         self._reader = reader
@@ -60,9 +98,10 @@ class Transactions:
         self._metrics = metrics
         self._open = False
         self._opened_at = 0.0
-        self._offsets: dict[int, int] = {}
+        self._offsets: dict[int, int] = {}  # what the open transaction covers
+        self._committed: dict[int, int] = {}  # what this member committed, per owned partition
         reader.listener = self
-        self._call("init_transactions", lambda: self._producer.init_transactions(self._timeout_s))
+        self._call("init_transactions", self._producer.init_transactions)
 
     def admit(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """The outcomes of records this member still owns, in an open transaction."""
@@ -70,11 +109,11 @@ class Transactions:
         kept = [r for r in outcomes if current(r.record.partition, r.record.epoch)]
         if len(kept) < len(outcomes):
             log.info(
-                "records of partitions no longer owned dropped; their new owner reads them again",
+                "records of partitions no longer owned, or read again, dropped",
                 extra={"fields": {"dropped": len(outcomes) - len(kept)}},
             )
         if kept and not self._open:
-            self._producer.begin_transaction()
+            self._call("begin_transaction", lambda _: self._producer.begin_transaction())
             self._open, self._opened_at = True, time.monotonic()
         return kept
 
@@ -93,53 +132,71 @@ class Transactions:
             self.commit()
 
     def commit(self) -> None:
-        """Commit the open transaction with the offsets it covers."""
+        """Commit the open transaction with the offsets it covers. When Kafka refuses (the
+        group moved on, a coordinator is gone, the transaction timed out), abort it: what it
+        covers is read again."""
         if not self._open:
             return
         offsets = [TopicPartition(self._topic, p, o) for p, o in sorted(self._offsets.items())]
         try:
             if offsets:
-                self._producer.send_offsets_to_transaction(offsets, self._reader.group_metadata(), self._timeout_s)
-            self._call("commit_transaction", lambda: self._producer.commit_transaction(self._timeout_s))
+                metadata, producer, timeout = self._reader.group_metadata(), self._producer, self._call_timeout_s
+                bounded(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout),
+                    timeout + STUCK_GRACE_S,
+                )
+            self._call("commit_transaction", self._producer.commit_transaction)
+        except Stuck as stuck:
+            log.warning(
+                "the producer is stuck in a transactional call; replacing it, which aborts the open transaction: "
+                "the records it covers are read again",
+                extra={"fields": {"call": str(stuck)}},
+            )
+            self._producer = self._writer.renew()
+            self._open, self._offsets = False, {}
+            self._call("init_transactions", self._producer.init_transactions)
+            if str(stuck) == "commit_transaction":  # it may have committed: ask the group
+                self._committed = self._reader.committed(self._deadline_s)
+            self._reader.rewind(self._committed)
+            return
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
                 raise self._retries.gave_up(
                     DeliveryFailed(
-                        f"this worker's producer was fenced (another instance took its transactional.id, or it was "
-                        f"out of the group): {err}",
+                        f"this worker's producer was fenced (another process took its transactional.id): {err}",
                         err.code(),
                     )
                 ) from None
-            if not err.txn_requires_abort():
-                raise
             log.warning(
-                "transaction refused, aborting it; its records are read again", extra={"fields": {"error": str(err)}}
+                "transaction not committed, aborting it; the records it covers are read again",
+                extra={"fields": {"error": str(err)}},
             )
             self.abort()
             return
         self._open, self._offsets = False, {}
-        if self._metrics is not None:
-            for tp in offsets:
+        for tp in offsets:
+            self._committed[tp.partition] = tp.offset
+            if self._metrics is not None:
                 self._metrics.set_committed(self._topic, tp.partition, tp.offset)
 
     def abort(self) -> None:
-        """Abort the open transaction and read the partitions still owned again from their
-        committed offsets."""
+        """Abort the open transaction and read the partitions still owned again from where
+        this member last committed (or from the first record of their assignment)."""
         if self._open:
-            self._call("abort_transaction", lambda: self._producer.abort_transaction(self._timeout_s))
+            self._call("abort_transaction", self._producer.abort_transaction)
         self._open, self._offsets = False, {}
-        owned = list(self._reader.epochs)
-        if owned:
-            committed = self._reader.committed(owned, self._timeout_s)
-            self._reader.rewind({p: committed.get(p, 0) for p in owned})
+        self._reader.rewind(self._committed)
 
     def revoked(self, partitions: Sequence[int]) -> None:
         """Partitions are moving to another member: commit what was done for them first."""
         self.commit()
+        self._forget(partitions)
 
     def lost(self, partitions: Sequence[int]) -> None:
         """This member was out of the group: its open transaction can't commit."""
+        self._forget(partitions)
         if self._open:
             self.abort()
 
@@ -147,17 +204,27 @@ class Transactions:
         """Commit what is open (the end of the input, or a graceful stop)."""
         self.commit()
 
-    def _call(self, what: str, fn: object) -> None:
-        """A transactional call, retried while Kafka says it may pass."""
-        assert callable(fn)
-        deadline = time.monotonic() + self._timeout_s
+    def _forget(self, partitions: Sequence[int]) -> None:
+        for p in partitions:
+            self._committed.pop(p, None)
+
+    def _call(self, what: str, fn: Callable[[float], object]) -> None:
+        """A transactional call (given its timeout), retried while Kafka says it may pass,
+        until RETRY_DEADLINE_SECONDS; then the worker gives up (exit 3: a restart resumes
+        from the committed offsets)."""
+        deadline = time.monotonic() + self._deadline_s
         while True:
             try:
-                fn()
+                timeout = self._call_timeout_s
+                bounded(what, lambda: fn(timeout), timeout + STUCK_GRACE_S)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or time.monotonic() > deadline:
+                if err.fatal() or not err.retriable():
                     raise
+                if time.monotonic() > deadline:
+                    raise self._retries.gave_up(
+                        DeliveryFailed(f"kafka: {what} did not succeed in {self._deadline_s:.0f}s: {err}", err.code())
+                    ) from None
                 log.warning("%s failed, retrying", what, extra={"fields": {"error": str(err)}})
                 time.sleep(0.2)

@@ -80,10 +80,13 @@ class KafkaWriter:
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
+            # librdkafka: a message may not outlive the transaction it belongs to
+            conf["message.timeout.ms"] = min(int(conf.get("message.timeout.ms", 300_000)), settings.transaction_timeout_ms)
         if max_bytes is not None:
             conf["message.max.bytes"] = min(max(max_bytes, 1000), LARGEST_PRODUCE_BYTES)
         if batch_bytes is not None:
             conf["batch.size"] = max(1, min(batch_bytes, conf["batch.size"]))
+        self._conf = conf
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
         self._timeout_s = settings.retry_deadline_seconds
@@ -91,6 +94,13 @@ class KafkaWriter:
     @property
     def producer(self) -> Producer:
         """The producer (the transactions of exactly-once mode drive it)."""
+        return self._producer
+
+    def renew(self) -> Producer:
+        """A new producer in place of one stuck in a call that never returns (exactly-once:
+        the new one takes the transactional.id over, which fences the old one). The old
+        producer is dropped, not closed: closing would wait on the stuck call."""
+        self._producer = Producer(self._conf)
         return self._producer
 
     def write(self, messages: Sequence[OutMessage]) -> list[int]:
