@@ -31,7 +31,6 @@ from flows.settings import Settings
 log = logging.getLogger(__name__)
 
 
-
 class RebalanceListener(Protocol):
     """What must happen before partitions are handed over, or after they were lost."""
 

@@ -21,6 +21,7 @@ transactional.id) ends the worker: it is a zombie.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -213,10 +214,11 @@ class Transactions:
         until RETRY_DEADLINE_SECONDS; then the worker gives up (exit 3: a restart resumes
         from the committed offsets)."""
         deadline = time.monotonic() + self._deadline_s
+        timeout = self._call_timeout_s
+        call = functools.partial(fn, timeout)
         while True:
             try:
-                timeout = self._call_timeout_s
-                bounded(what, lambda: fn(timeout), timeout + STUCK_GRACE_S)
+                bounded(what, call, timeout + STUCK_GRACE_S)
                 return
             except KafkaException as exc:
                 err = exc.args[0]

@@ -81,7 +81,9 @@ class KafkaWriter:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
             # librdkafka: a message may not outlive the transaction it belongs to
-            conf["message.timeout.ms"] = min(int(conf.get("message.timeout.ms", 300_000)), settings.transaction_timeout_ms)
+            conf["message.timeout.ms"] = min(
+                int(conf.get("message.timeout.ms", 300_000)), settings.transaction_timeout_ms
+            )
         if max_bytes is not None:
             conf["message.max.bytes"] = min(max(max_bytes, 1000), LARGEST_PRODUCE_BYTES)
         if batch_bytes is not None:
