@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status wipe demo test test-hostile test-resilience test-unit test-integration lint typecheck bench run manifests clean
+.PHONY: help venv up down status wipe demo test test-hostile test-resilience test-unit test-integration lint typecheck bench run manifests lag clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint: $(STAMP) ## ruff (lint and format), mypy --strict, and the layering of flo
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+lag: ## the consumer group's offsets and lag, with Kafka's kafka-consumer-groups: make lag GROUP=enrichment
+	$(PY) stack/stack.py groups --describe --group $(or $(GROUP),enrichment)
 
 clean: ## remove .venv and caches (not the stack data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

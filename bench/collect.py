@@ -7,6 +7,9 @@ input create time).
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Mapping
@@ -15,7 +18,7 @@ from typing import Any
 
 from cassandra.cluster import Cluster
 from cassandra.query import SimpleStatement
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_LOG_APPEND_TIME, Consumer, Message, TopicPartition
 
 from bench.workload import Expected, Loaded
 from flows.adapters.scylla.session import TABLE, connect
@@ -67,12 +70,80 @@ def _append_ms(msg: Message, out: Outputs) -> int:
     return int(ts)
 
 
+class VisibleTail(threading.Thread):
+    """Reads the output topics as a downstream consumer must read exactly-once output
+    (`read_committed`), from their start, and notes when each output became visible to it
+    (wall clock, ms), by the input record its `source.*` headers name. A transactional
+    message is appended when produced but visible only once its transaction commits: the
+    log-append time would hide the commit interval, this does not."""
+
+    def __init__(self, settings: Settings, topics: list[str], partitions: int) -> None:
+        super().__init__(daemon=True, name="visible-tail")
+        self._consumer = Consumer(
+            {
+                **settings.kafka_common(),
+                "group.id": f"bench-visible-{uuid.uuid4().hex}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(partitions)])
+        self._stopping = threading.Event()
+        self.seen: dict[tuple[int, int], int] = {}
+
+    def run(self) -> None:
+        seen = self.seen
+        while not self._stopping.is_set():
+            msgs = self._consumer.consume(1000, 0.05)
+            now = int(time.time() * 1000)
+            for msg in msgs:
+                if msg.error():
+                    continue
+                h = _headers(msg)
+                try:
+                    where = (int(h["source.partition"]), int(h["source.offset"]))
+                except (KeyError, ValueError):
+                    continue
+                seen.setdefault(where, now)
+        self._consumer.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(30)
+
+
+def visible_latencies(
+    loaded: Loaded, seen: Mapping[tuple[int, int], int], t0_ms: float, t1_ms: float
+) -> tuple[list[int], int]:
+    """Visible time minus create time of the inputs created in [t0, t1]; and how many of
+    those were never seen."""
+    latencies: list[int] = []
+    unseen = 0
+    for p, rows in loaded.by_partition.items():
+        base = loaded.base[p]
+        for i, row in enumerate(rows):
+            if t0_ms <= row.create_ms <= t1_ms:
+                at = seen.get((p, base + i))
+                if at is None:
+                    unseen += 1
+                else:
+                    latencies.append(at - row.create_ms)
+    return latencies, unseen
+
+
 def check_by_headers(
-    settings: Settings, loaded: Loaded, success_topic: str, failure_topic: str, upto: Mapping[int, int] | None = None
+    settings: Settings,
+    loaded: Loaded,
+    success_topic: str,
+    failure_topic: str,
+    upto: Mapping[int, int] | None = None,
+    committed_only: bool = False,
 ) -> Outputs:
     """Outputs that name their input in `source.*` headers (the dataflow, the naive
     handler). `upto`: the next offset per partition where a variant stopped early; the
-    records before it are expected, those after it must not appear."""
+    records before it are expected, those after it must not appear. `committed_only`:
+    read as a `read_committed` consumer (exactly-once output)."""
     out = Outputs()
     expected: dict[tuple[int, int], Expected] = {}
     for p, rows in loaded.by_partition.items():
@@ -84,7 +155,7 @@ def check_by_headers(
     seen: set[tuple[int, int]] = set()
     dupes = unknown = wrong = 0
     for topic, ok in ((success_topic, True), (failure_topic, False)):
-        for msg in read_topic(settings, topic, timeout=600):
+        for msg in read_topic(settings, topic, 600, committed_only):
             appended = _append_ms(msg, out)
             h = _headers(msg)
             try:

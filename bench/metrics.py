@@ -18,7 +18,7 @@ TARGET_RSS_GROWTH_PCT = 10.0
 TARGET_SOAK_MINUTES = 10.0
 TARGET_LARGE_MB_S = 25.0  # issue 11: ~1 MiB records
 
-VARIANTS = ("passthrough", "dataflow", "naive")
+VARIANTS = ("passthrough", "dataflow", "exactly-once", "naive")
 
 
 def percentiles(values: Iterable[float], qs: Sequence[float]) -> list[float | None]:
@@ -226,6 +226,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     lat = report.get("latency_run")
     if lat:
         rows.append((f"dataflow @ {lat.get('rate', 0):,.0f}/s", lat))
+    eos_lat = report.get("latency_run_exactly_once")
+    if eos_lat:
+        rows.append((f"exactly-once @ {eos_lat.get('rate', 0):,.0f}/s", eos_lat))
     large = report.get("large_records")
     if large:
         rows.append(("dataflow, ~1 MiB records", large))
@@ -252,6 +255,15 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"dataflow / passthrough  {_fmt(ratios.get('dataflow_vs_passthrough'), '.1%')}",
         f"dataflow / naive        {_fmt(ratios.get('dataflow_vs_naive'), ',.1f')}x",
     ]
+    if ratios.get("exactly_once_vs_dataflow") is not None:
+        lines.append(f"exactly-once / dataflow {_fmt(ratios.get('exactly_once_vs_dataflow'), '.1%')}")
+    if lat and eos_lat:
+        a, e = lat.get("visible_latency_ms") or {}, eos_lat.get("visible_latency_ms") or {}
+        lines.append(
+            f"latency as a read_committed consumer sees it, same rate: at-least-once p50/p99 "
+            f"{_fmt(a.get('p50'), ',.1f')}/{_fmt(a.get('p99'), ',.1f')} ms, exactly-once "
+            f"{_fmt(e.get('p50'), ',.1f')}/{_fmt(e.get('p99'), ',.1f')} ms"
+        )
     if large:
         lines.append(f"~1 MiB records           {_fmt(large.get('mb_per_s'), ',.1f')} MB/s")
     soak = report.get("soak")

@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = variants.passthrough(bench, loaded)
             elif name == "dataflow":
                 result = variants.dataflow(bench, loaded)
+            elif name == "exactly-once":
+                result = variants.dataflow(bench, loaded, exactly_once=True)
             else:
                 result = variants.naive(bench, loaded, args.naive_records, args.naive_seconds)
             report["variants"][name] = result
@@ -259,12 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         report["ratios"] = {
             "dataflow_vs_passthrough": metrics.ratio(rates.get("dataflow"), rates.get("passthrough")),
             "dataflow_vs_naive": metrics.ratio(rates.get("dataflow"), rates.get("naive")),
+            "exactly_once_vs_dataflow": metrics.ratio(rates.get("exactly-once"), rates.get("dataflow")),
         }
         # a profiled dataflow's rate is not its rate: then only an explicit --rate
         rate = args.rate or (0.7 * rates["dataflow"] if rates.get("dataflow") and not args.profile else 0)
         if args.latency_seconds > 0 and rate:
             report["latency_run"] = variants.latency_run(bench, rate, args.latency_seconds)
             display.done(f"[latency] {_line(report['latency_run'])}")
+            if "exactly-once" in args.variants:  # the same rate, so the two compare
+                report["latency_run_exactly_once"] = variants.latency_run(
+                    bench, rate, args.latency_seconds, exactly_once=True
+                )
+                display.done(f"[latency, exactly-once] {_line(report['latency_run_exactly_once'])}")
         elif args.latency_seconds > 0:
             display.done("[latency] skipped: no dataflow rate measured and no --rate given")
         if args.large_records > 0:
@@ -296,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["load_avg_end"] = os.getloadavg()
     report["targets"] = metrics.targets(report)
     gates = [v.get("gate", {}).get("ok") for v in report["variants"].values()]
-    gates += [report[k]["gate"]["ok"] for k in ("latency_run", "large_records", "soak") if k in report]
+    gates += [
+        report[k]["gate"]["ok"]
+        for k in ("latency_run", "latency_run_exactly_once", "large_records", "soak")
+        if k in report
+    ]
     report["all_gates_ok"] = bool(gates) and all(gates)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{run_id}-{workload}-n{args.records}.json"

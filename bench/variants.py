@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import metrics, profile
-from bench.collect import Outputs, check_by_headers, check_history, check_passthrough, read_input
+from bench.collect import (
+    Outputs,
+    VisibleTail,
+    check_by_headers,
+    check_history,
+    check_passthrough,
+    read_input,
+    visible_latencies,
+)
 from bench.proc import Monitored
 from bench.progress import Display, Follow, Watermarks
 from bench.workload import Loaded, create_topics, load, records
@@ -72,7 +80,9 @@ class Bench:
         self.running.append(mon.start())
         return mon
 
-    def dataflow_env(self, input_topic: str, ok: str, failed: str, keyspace: str, stop_at_end: bool) -> dict[str, str]:
+    def dataflow_env(
+        self, input_topic: str, ok: str, failed: str, keyspace: str, stop_at_end: bool, exactly_once: bool = False
+    ) -> dict[str, str]:
         return {
             "INPUT_TOPIC": input_topic,
             "OUTPUT_TOPIC": ok,
@@ -80,6 +90,8 @@ class Bench:
             "SCYLLA_KEYSPACE": keyspace,
             "STOP_AT_END": "true" if stop_at_end else "false",
             "PROGRESS_INTERVAL_SECONDS": "5",
+            "CONSUMER_GROUP": f"{keyspace}_group",
+            "PROCESSING_GUARANTEE": "exactly-once" if exactly_once else "at-least-once",
         }
 
     def follow(self, mon: Monitored, label: str, topics: list[str], target: int | None, timeout_s: float) -> None:
@@ -138,8 +150,9 @@ def passthrough(bench: Bench, loaded: Loaded) -> dict[str, Any]:
     return summarize(bench, mon, out, "copies bytes unchanged: no decode, lookup or history")
 
 
-def dataflow(bench: Bench, loaded: Loaded) -> dict[str, Any]:
-    ok, failed, ks = bench.names("dataflow")
+def dataflow(bench: Bench, loaded: Loaded, exactly_once: bool = False) -> dict[str, Any]:
+    label = "exactly-once" if exactly_once else "dataflow"
+    ok, failed, ks = bench.names(label.replace("-", "_"))
     create_topics(bench.settings, [ok, failed], bench.partitions, log_append_time=True)
     cmd, raw = DATAFLOW, bench.logs / "dataflow.py-spy.txt"
     if bench.profile:
@@ -157,10 +170,14 @@ def dataflow(bench: Bench, loaded: Loaded) -> dict[str, Any]:
             "--",
             *DATAFLOW,
         ]
-    mon = bench.start("dataflow", cmd, bench.dataflow_env(loaded.topic, ok, failed, ks, True), drop=FAILED_LINE)
-    bench.follow(mon, "dataflow", [ok, failed], loaded.records, 600 + loaded.records / 200)
-    out = check_by_headers(bench.settings, loaded, ok, failed)
+    env = bench.dataflow_env(loaded.topic, ok, failed, ks, True, exactly_once)
+    mon = bench.start(label, cmd, env, drop=FAILED_LINE)
+    bench.follow(mon, label, [ok, failed], loaded.records, 600 + loaded.records / 200)
+    out = check_by_headers(bench.settings, loaded, ok, failed, committed_only=exactly_once)
     check_history(bench.settings, ks, loaded, out)
+    if exactly_once:
+        note = f"PROCESSING_GUARANTEE=exactly-once, COMMIT_INTERVAL_MS={bench.settings.commit_interval_ms}"
+        return summarize(bench, mon, out, note)
     if not bench.profile:
         return summarize(bench, mon, out)
     result = summarize(bench, mon, out, "profiled with py-spy: rate, CPU and RSS are not comparable")
@@ -269,7 +286,7 @@ def _wait_for(
 
 
 def _tailing(
-    bench: Bench, label: str, rate: float, seconds: float, uniform: bool, space: int
+    bench: Bench, label: str, rate: float, seconds: float, uniform: bool, space: int, exactly_once: bool = False
 ) -> tuple[Monitored, Monitored, dict[str, Any]]:
     """Start the dataflow tailing a fresh topic, wait until it answers, then feed the topic
     at `rate` for `seconds`; returns once the dataflow has caught up (still running)."""
@@ -280,7 +297,7 @@ def _tailing(
     mon = bench.start(
         label,
         DATAFLOW,
-        bench.dataflow_env(inp, ok, failed, ks, False),
+        bench.dataflow_env(inp, ok, failed, ks, False, exactly_once),
         interval=1.0 if seconds > 120 else 0.25,
         drop=FAILED_LINE,
     )
@@ -302,6 +319,8 @@ def _tailing(
         "--report",
         str(feed_report),
     ] + (["--uniform"] if uniform else [])
+    tail = VisibleTail(bench.settings, [ok, failed], bench.partitions)
+    tail.start()
     fed_from = time.time()
     feeder = bench.start(f"{label}-feeder", cmd)
     follow = Follow(bench.display, bench.marks, label, [ok, failed])
@@ -317,6 +336,8 @@ def _tailing(
         raise RuntimeError(f"{label}: the feeder failed; log: {feeder.log_path}\n{feeder.tail()}")
     total = bench.marks.count([inp])
     _wait_for(bench, mon, label, [ok, failed], total, 300, "draining")
+    time.sleep(2 * bench.settings.commit_interval_ms / 1000 + 0.5)  # the last transaction commits
+    tail.stop()
     return (
         mon,
         feeder,
@@ -329,6 +350,7 @@ def _tailing(
             "fed_to": fed_to,
             "feeder": fed,
             "inputs": total,
+            "visible": tail.seen,
         },
     )
 
@@ -342,12 +364,16 @@ def _stop(bench: Bench, mon: Monitored, label: str) -> dict[str, Any]:
     return {"stopped_by": how, "stop_seconds": round(took, 2), "exit_code": ex.returncode}
 
 
-def latency_run(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
-    label = "latency"
-    mon, _, run = _tailing(bench, label, rate, seconds, bench.uniform, bench.space)
+def latency_run(bench: Bench, rate: float, seconds: float, exactly_once: bool = False) -> dict[str, Any]:
+    """The dataflow tailing a topic fed at `rate`: end-to-end latency of the records fed
+    after the warm-up, from Kafka's timestamps (input create time to output append time)
+    and as a `read_committed` consumer sees it (input create time to the moment the output
+    became visible to it: what exactly-once's commit interval adds shows here)."""
+    label = "latency_exactly_once" if exactly_once else "latency"
+    mon, _, run = _tailing(bench, label, rate, seconds, bench.uniform, bench.space, exactly_once)
     stop = _stop(bench, mon, label)
     loaded = read_input(bench.settings, run["input"])
-    out = check_by_headers(bench.settings, loaded, run["ok"], run["failed"])
+    out = check_by_headers(bench.settings, loaded, run["ok"], run["failed"], committed_only=exactly_once)
     check_history(bench.settings, run["keyspace"], loaded, out)
     if stop["stopped_by"] != "SIGINT":
         out.problem(f"did not exit on SIGINT within 30s (needed {stop['stopped_by']})")
@@ -356,6 +382,9 @@ def latency_run(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
     fed_to = run["feeder"].get("ended_at", run["fed_to"])
     t0_ms, t1_ms = (fed_from + WARMUP_S) * 1000, fed_to * 1000
     measured = [lat for c, lat in zip(out.create_ms, out.latencies_ms, strict=True) if t0_ms <= c <= t1_ms]
+    visible, unseen = visible_latencies(loaded, run["visible"], t0_ms, t1_ms)
+    if unseen:
+        out.problem(f"{unseen} outputs never seen by the read_committed tail")
     in_window = len(measured)
     cpu = None
     if in_window:
@@ -369,13 +398,17 @@ def latency_run(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
         "feeder": run["feeder"],
         "records_processed": out.records,
         "rate_rps": run["feeder"].get("rate"),
-        "latency_ms": metrics.latency_summary(measured),
+        # exactly-once: the visible latency is the end-to-end one (append time precedes the commit)
+        "latency_ms": metrics.latency_summary(visible if exactly_once else measured),
+        "append_latency_ms": metrics.latency_summary(measured),
+        "visible_latency_ms": metrics.latency_summary(visible),
         "cpu_s_per_1k": round(cpu, 4) if cpu is not None else None,
         "peak_rss_mb": round(ex.peak_rss_mb, 1),
         "gate": out.gate(),
         **stop,
         "log": bench.rel(mon.log_path),
-        "note": f"tailing, fed at a fixed rate; latency of records created after the first {WARMUP_S:g}s",
+        "note": f"tailing, fed at a fixed rate; latency of records created after the first {WARMUP_S:g}s"
+        + (" (as a read_committed consumer sees them)" if exactly_once else ""),
     }
 
 

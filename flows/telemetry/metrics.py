@@ -161,6 +161,14 @@ class Metrics:
         with self._lock:
             self._committed[(topic, partition)] = offset
 
+    def forget_partitions(self, topic: str, partitions: list[int]) -> None:
+        """Partitions this process no longer reads (they moved to another group member):
+        their lag is reported by their new reader."""
+        with self._lock:
+            for p in partitions:
+                self._high.pop((topic, p), None)
+                self._committed.pop((topic, p), None)
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Per input partition: records after the committed offset (the group's lag)."""
         with self._lock:

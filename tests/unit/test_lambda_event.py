@@ -237,3 +237,17 @@ def test_the_lambda_runtime_imports_no_bytewax() -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_the_lambda_refuses_exactly_once_before_opening_anything() -> None:
+    """Its event source mapping commits the input offsets outside any transaction: the
+    Lambda can't give exactly-once, and says so instead of pretending (docs/lambda.md)."""
+    import pytest
+
+    from flows.errors import SettingsError
+    from flows.runtime.awslambda.clients import Clients
+    from flows.settings import Settings
+
+    settings = Settings.from_env({"PROCESSING_GUARANTEE": "exactly-once", "KAFKA_BOOTSTRAP_SERVERS": "192.0.2.1:9"})
+    with pytest.raises(SettingsError, match="PROCESSING_GUARANTEE=exactly-once: the Lambda runs at-least-once only"):
+        Clients.build(settings)

@@ -73,3 +73,17 @@ def test_a_dsn_that_does_not_parse_is_never_printed(dsn: str) -> None:
 def test_a_parsed_dsn_is_shown_without_its_password() -> None:
     assert redact_dsn("postgresql://u:hunter2@db:5433/x?sslmode=require") == "postgresql://u:****@db:5433/x"
     assert redact_dsn("host=db password='a b\\' c' user=u") == "user=u password=**** host=db"
+
+
+def test_processing_guarantee_and_its_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.processing_guarantee, s.consumer_group, s.exactly_once) == ("at-least-once", "enrichment", False)
+    e = Settings.from_env({"PROCESSING_GUARANTEE": "exactly-once", "CONSUMER_GROUP": "g1"})
+    assert e.exactly_once and e.consumer_group == "g1" and e.commit_interval_ms == 100
+    with pytest.raises(SettingsError, match="PROCESSING_GUARANTEE"):
+        Settings.from_env({"PROCESSING_GUARANTEE": "exactly_once"})
+    # a transaction must be able to commit well within the time the broker gives it
+    with pytest.raises(SettingsError, match="COMMIT_INTERVAL_MS=20000: must be under half of TRANSACTION_TIMEOUT_MS"):
+        Settings.from_env({"PROCESSING_GUARANTEE": "exactly-once", "COMMIT_INTERVAL_MS": "20000"})
+    with pytest.raises(SettingsError, match="KAFKA_SESSION_TIMEOUT_MS"):
+        Settings.from_env({"KAFKA_SESSION_TIMEOUT_MS": "1000"})

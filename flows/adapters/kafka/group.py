@@ -65,6 +65,7 @@ class GroupReader:
         stopping: threading.Event | None = None,
         on_input: Callable[[int], None] | None = None,
         on_high: Callable[[str, int, int], None] | None = None,
+        on_forget: Callable[[str, list[int]], None] | None = None,
     ) -> None:
         self._topic = settings.input_topic
         self._consumer = Consumer(group_consumer_config(settings, client))
@@ -74,6 +75,7 @@ class GroupReader:
         self._stopping = stopping or threading.Event()
         self._on_input = on_input
         self._on_high = on_high
+        self._on_forget = on_forget
         self.listener: RebalanceListener | None = None
         self.epochs: dict[int, int] = {}  # owned partition -> its assignment epoch
         self._next_epoch = 1
@@ -204,6 +206,8 @@ class GroupReader:
         )
 
     def _forget(self, partitions: Sequence[int]) -> None:
+        if self._on_forget is not None:
+            self._on_forget(self._topic, list(partitions))
         for p in partitions:
             self.epochs.pop(p, None)
             self._at_end.discard(p)

@@ -40,7 +40,9 @@ def input_and_output(
     def client(worker: int) -> str:
         return f"enrichment-{identity}-w{worker}"
 
-    workers = Workers(lambda w: GroupReader(s, client(w), lifecycle.stopping, m.add_input, m.set_high))
+    workers = Workers(
+        lambda w: GroupReader(s, client(w), lifecycle.stopping, m.add_input, m.set_high, m.forget_partitions)
+    )
 
     def delivery(worker: int) -> Delivery:
         shared = workers.get(worker)
