@@ -96,6 +96,7 @@ class App:
                 batch_bytes=min(limits.output, limits.failure) if limits else None,
                 retries=self.retries,
                 transactional_id=f"{prefix}.{client}" if s.exactly_once else None,
+                topic_limits={s.output_topic: limits.output, s.failure_topic: limits.failure} if limits else None,
             ),
             KafkaWriter.close,
         )

@@ -45,11 +45,17 @@ class Outcome:
 
 
 def collect(
-    settings: Settings, cql: Session, keyspace: str, input_topic: str, output_topic: str, failure_topic: str
+    settings: Settings,
+    cql: Session,
+    keyspace: str,
+    input_topic: str,
+    output_topic: str,
+    failure_topic: str,
+    committed_only: bool = False,
 ) -> Outcome:
     outcome = Outcome()
     for topic, into in ((output_topic, outcome.enriched), (failure_topic, outcome.failed)):
-        for msg in read_topic(settings, topic, timeout=180):
+        for msg in read_topic(settings, topic, 180, committed_only):
             headers = dict(msg.headers() or [])
             assert headers.get("source.topic") == input_topic.encode(), headers
             at = (int(headers["source.partition"] or b""), int(headers["source.offset"] or b""))

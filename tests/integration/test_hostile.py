@@ -89,6 +89,31 @@ def test_no_record_can_stop_the_dataflow(campaign, customers, cql: Session) -> N
     assert "internal_error" not in (report.codes or {})
 
 
+def test_no_record_can_stop_the_exactly_once_dataflow(campaign, customers, cql: Session) -> None:
+    """The same records through PROCESSING_GUARANTEE=exactly-once, read as its consumers
+    must (read_committed): a record that broke a transaction would abort it again and again
+    (the flow re-reads what an aborted transaction covered) and never come out."""
+    topics, produced = campaign
+    eos = Topics(partitions=2, prefix="hostileeos", keyspace="enrichment_hostile_eos", extra_env=ENV).create()
+    env = {
+        **eos.env,
+        "INPUT_TOPIC": topics.input,
+        "PROCESSING_GUARANTEE": "exactly-once",
+        "CONSUMER_GROUP": f"{eos.input}.group",
+        "STOP_AT_END": "true",
+    }
+    started = time.monotonic()
+    run = run_dataflow(env, timeout=1800)
+    took = time.monotonic() - started
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert "transaction not committed" not in run.stderr and "stuck" not in run.stderr, run.stderr[-5000:]
+    outcome = collect(topics.settings, cql, eos.keyspace, topics.input, eos.output, eos.failure, committed_only=True)
+    report = check(produced, outcome, customers)
+    print(f"exactly-once dataflow, {took:.0f}s: {report.line()}")
+    assert report.enriched >= sum(1 for r, _ in produced if r.valid)
+    assert "internal_error" not in (report.codes or {})
+
+
 def test_no_record_can_fail_a_lambda_batch(campaign, customers, cql: Session, monkeypatch) -> None:
     topics, produced = campaign
     lambda_topics = Topics(partitions=2, prefix="hostilelam", extra_env=ENV).create()

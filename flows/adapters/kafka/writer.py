@@ -10,7 +10,7 @@ nothing is lost silently. (Bytewax's KafkaSink drops failed deliveries silently.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from flows.adapters.kafka.config import producer_config
 from flows.adapters.kafka.errors import RECORD_REFUSALS
 from flows.core.model import OutMessage
+from flows.core.sizes import record_size
 from flows.errors import DeliveryFailed
 from flows.retry import Retries
 from flows.settings import Settings
@@ -70,6 +71,7 @@ class KafkaWriter:
         batch_bytes: int | None = None,
         retries: Retries | None = None,
         transactional_id: str | None = None,
+        topic_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._settings = settings
         self._retries = retries or Retries(settings.retry_deadline_seconds)
@@ -89,6 +91,10 @@ class KafkaWriter:
         if batch_bytes is not None:
             conf["batch.size"] = max(1, min(batch_bytes, conf["batch.size"]))
         self._conf = conf
+        # exactly-once: a message the broker refuses fails the whole transaction (and the
+        # records it covers would be read, and refused, again): what a topic can't take is
+        # refused here, before it leaves, and re-routed like any refused message
+        self._limits = dict(topic_limits) if topic_limits and transactional_id is not None else {}
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
         self._timeout_s = settings.retry_deadline_seconds
@@ -113,7 +119,11 @@ class KafkaWriter:
         """Hand every message to the producer (returns before Kafka acknowledges them)."""
         sending = Sending(messages)
         produce, poll, report = self._producer.produce, self._producer.poll, sending.report
+        limits = self._limits
         for i, m in enumerate(messages):
+            if limits and self._too_large(m):
+                report(i, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+                continue
             on_delivery = partial(report, i)
             while True:
                 try:
@@ -156,6 +166,8 @@ class KafkaWriter:
             # a second producer can't join the transaction: in exactly-once mode a dead letter
             # too large for the failure topic goes without headers or value instead
             return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+        if self._limits and self._too_large(message):
+            return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
         producer = self._compressed_producer() if compressed else self._producer
         self._producer.flush(self._timeout_s)  # nothing else rides in its batch
         sending = Sending([message])
@@ -176,6 +188,10 @@ class KafkaWriter:
         if err is not None and not _refused(err):
             raise self._retries.gave_up(DeliveryFailed(f"message not delivered: {message.topic}: {err}", err.code()))
         return err
+
+    def _too_large(self, message: OutMessage) -> bool:
+        limit = self._limits.get(message.topic)
+        return limit is not None and record_size(message.key, message.value, message.headers) > limit
 
     def _compressed_producer(self) -> Producer:
         if self._compressed is None:
