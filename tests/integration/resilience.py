@@ -4,6 +4,7 @@ directory, a steady background producer, stack control, and the accounting check
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -255,3 +256,37 @@ def sigterm(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout)
     return rc, time.monotonic() - started
+
+
+def crash_loop(
+    sc: Scenario, cql: Session, n: int, rate: float, seed: int, pause: tuple[float, float], label: str
+) -> Accounting:
+    """Feed `n` records at `rate` while the dataflow is SIGKILLed three times at a random
+    moment `pause` seconds into its output, then run it to the end; the accounting."""
+    records = sc.records(n, seed=seed)
+    # fed at a fixed rate while the dataflow runs, so every kill lands mid-stream however
+    # fast the dataflow is on this machine
+    feeder = SteadyProducer(sc, records, rate)
+    feeder.start()
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(3):
+        before = sc.output_count()
+        proc = sc.start(stop_at_end=False)
+        while proc.poll() is None and sc.output_count() <= before:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(*pause))
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL: no chance to flush, snapshot or commit
+            proc.wait(30)
+            kills += 1
+    fed_while_killing = feeder.delivered
+    feeder.join(300)
+    assert feeder.error is None, feeder.error
+    assert kills == 3, sc.log.read_text()[-3000:]
+    assert fed_while_killing < n, "the kills happened while records were still arriving"
+    assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
+    acc = sc.account(cql)
+    print(acc.report(f"{label}, {kills} x SIGKILL"))
+    assert acc.inputs == n
+    return acc

@@ -9,7 +9,6 @@ Each test prints its figures; run with `-s` to see them.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from cassandra.cluster import Session
 from tools.kafkautil import produce_all
 
 from .flowrun import ROOT
-from .resilience import Accounting, Scenario, SteadyProducer, sigterm, stack
+from .resilience import Accounting, Scenario, SteadyProducer, crash_loop, sigterm, stack
 
 N_CRASH = int(os.environ.get("RESILIENCE_RECORDS", "40000"))
 CRASH_RATE = max(1000.0, N_CRASH / 40)
@@ -41,29 +40,7 @@ def exactly_once(sc: Scenario, acc: Accounting) -> None:
 
 def test_crash_loop_exactly_once(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, exactly_once=True)
-    records = sc.records(N_CRASH, seed=11)
-    feeder = SteadyProducer(sc, records, CRASH_RATE)
-    feeder.start()
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(3):
-        before = sc.output_count()
-        proc = sc.start(stop_at_end=False)
-        while proc.poll() is None and sc.output_count() <= before:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(1.0, 3.0))
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL: whatever transaction is open stays open
-            proc.wait(30)
-            kills += 1
-    fed_while_killing = feeder.delivered
-    feeder.join(300)
-    assert feeder.error is None, feeder.error
-    assert kills == 3, sc.log.read_text()[-3000:]
-    assert fed_while_killing < N_CRASH, "the kills happened while records were still arriving"
-    assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
-    acc = sc.account(cql)
-    print(acc.report(f"exactly-once crash loop, {kills} x SIGKILL"))
+    acc = crash_loop(sc, cql, N_CRASH, CRASH_RATE, seed=7, pause=(1.0, 3.0), label="exactly-once crash loop")
     exactly_once(sc, acc)
     assert sc.lag() == 0, sc.group_offsets()
 

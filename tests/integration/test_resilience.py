@@ -6,7 +6,6 @@ Each test prints its figures (records, duplicates, lost); run with `-s` to see t
 from __future__ import annotations
 
 import os
-import random
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from cassandra.cluster import Session
 
 from tools.kafkautil import produce_all
 
-from .resilience import Scenario, SteadyProducer, sigterm, stack
+from .resilience import Scenario, SteadyProducer, crash_loop, sigterm, stack
 
 RATE = 400  # records/s fed during outages
 OUTAGE_S = 10
@@ -27,34 +26,9 @@ CRASH_RATE = max(1000.0, N_CRASH / 40)
 
 def test_crash_loop_loses_nothing(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4)
-    records = sc.records(N_CRASH, seed=11)
-    # fed at a fixed rate while the dataflow runs, so every kill lands mid-stream however
-    # fast the dataflow is on this machine
-    feeder = SteadyProducer(sc, records, CRASH_RATE)
-    feeder.start()
-    rng = random.Random(5)
-    kills = 0
-    for _ in range(3):
-        # a random moment 1.5-3 s into the run's output: past at least one snapshot (every
-        # second), so restarts really resume from recovery state
-        before = sc.output_count()
-        proc = sc.start(stop_at_end=False)
-        while proc.poll() is None and sc.output_count() <= before:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(1.5, 3.0))
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL: no chance to flush or snapshot
-            proc.wait(30)
-            kills += 1
-    fed_while_killing = feeder.delivered
-    feeder.join(300)
-    assert feeder.error is None, feeder.error
-    assert kills == 3, sc.log.read_text()[-3000:]
-    assert fed_while_killing < N_CRASH, "the kills happened while records were still arriving"
-    assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
-    acc = sc.account(cql)
-    print(acc.report(f"crash loop, {kills} x SIGKILL"))
-    assert acc.inputs == N_CRASH
+    # each kill 1.5-3 s into the run's output: past at least one snapshot (every second),
+    # so restarts really resume from recovery state
+    acc = crash_loop(sc, cql, N_CRASH, CRASH_RATE, seed=11, pause=(1.5, 3.0), label="crash loop")
     assert acc.lost == 0 and acc.distinct == acc.inputs
     assert acc.history_missing == 0
     assert acc.codes == {k: v for k, v in sc.expected.items() if k != "enriched"}

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from flows.adapters.kafka.config import consumer_config
 from flows.adapters.kafka.errors import error_kind
-from flows.adapters.kafka.headers import READER
+from flows.adapters.kafka.source import source_record
 from flows.core.model import SourceRecord
 from flows.retry import Kind
 from flows.settings import Settings
@@ -128,7 +128,6 @@ class GroupReader:
 
     def next_batch(self) -> list[SourceRecord]:
         """The records available now (maybe none)."""
-        read_headers = READER.read
         msgs: list[Any] = self._consumer.consume(self._batch_size, 0)
         batch: list[SourceRecord] = []
         append = batch.append
@@ -151,20 +150,7 @@ class GroupReader:
             self._at_end.discard(partition)
             if partition not in first:
                 first[partition] = msg.offset()
-            headers, header_error = read_headers(msg)
-            append(
-                SourceRecord(
-                    msg.topic(),
-                    partition,
-                    msg.offset(),
-                    msg.timestamp()[1],
-                    msg.key(),
-                    msg.value(),
-                    headers,
-                    header_error,
-                    epoch,
-                )
-            )
+            append(source_record(msg, epoch))
         if batch and self._on_input is not None:
             self._on_input(len(batch))
         if batch and self._on_high is not None:

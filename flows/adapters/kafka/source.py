@@ -28,6 +28,23 @@ log = logging.getLogger(__name__)
 STALL_CHECK_S = 5.0
 
 
+def source_record(msg: Any, epoch: int = 0) -> SourceRecord:
+    """A consumed message as the flow sees it, its headers read as bytes (a name that is not
+    UTF-8 can't stop anything: `flows.adapters.kafka.headers`)."""
+    headers, header_error = READER.read(msg)
+    return SourceRecord(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.timestamp()[1],
+        msg.key(),
+        msg.value(),
+        headers,
+        header_error,
+        epoch,
+    )
+
+
 class PartitionReader:
     """Batches of records from one partition, from `resume` (None: the beginning) on."""
 
@@ -60,7 +77,6 @@ class PartitionReader:
 
     def next_batch(self) -> list[SourceRecord]:
         """The records available now (maybe none); the position moves past them."""
-        read_headers = READER.read
         msgs: list[Any] = self._consumer.consume(self._batch_size, 0)  # Message types every field optional
         batch: list[SourceRecord] = []
         append = batch.append
@@ -76,19 +92,7 @@ class PartitionReader:
                     "kafka consumer error, retrying", extra={"fields": {"where": self._where, "error": str(err)}}
                 )
                 continue
-            headers, header_error = read_headers(msg)
-            append(
-                SourceRecord(
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    msg.timestamp()[1],
-                    msg.key(),
-                    msg.value(),
-                    headers,
-                    header_error,
-                )
-            )
+            append(source_record(msg))
         if batch:
             self.position = batch[-1].offset + 1
             self._last_data = time.monotonic()
