@@ -13,12 +13,14 @@ from typing import Any
 # targets of issue 5, reported (never asserted by tests)
 TARGET_VS_NAIVE = 30.0
 TARGET_VS_PASSTHROUGH = 0.25
+TARGET_VS_FLOOR = 0.90  # issue 14: the dataflow at 90% of the I/O floor
+TARGET_CPU_US = 20.0  # issue 14: client CPU per record
 TARGET_P99_MS = 250.0
 TARGET_RSS_GROWTH_PCT = 10.0
 TARGET_SOAK_MINUTES = 10.0
 TARGET_LARGE_MB_S = 25.0  # issue 11: ~1 MiB records
 
-VARIANTS = ("passthrough", "dataflow", "exactly-once", "naive")
+VARIANTS = ("passthrough", "floor", "dataflow", "exactly-once", "naive")
 
 
 def percentiles(values: Iterable[float], qs: Sequence[float]) -> list[float | None]:
@@ -150,7 +152,24 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             lambda v: v >= TARGET_VS_PASSTHROUGH,
             note,
         ),
+        _target(
+            "dataflow / I/O floor records/s",
+            f">= {TARGET_VS_FLOOR:.0%}",
+            ratios.get("dataflow_vs_floor"),
+            lambda v: v >= TARGET_VS_FLOOR,
+            "",
+        ),
     ]
+    dataflow_cpu = (report.get("variants", {}).get("dataflow") or {}).get("cpu_s_per_1k")
+    out.append(
+        _target(
+            "dataflow CPU per record (µs)",
+            f"<= {TARGET_CPU_US:g}",
+            dataflow_cpu * 1000 if dataflow_cpu is not None else None,
+            lambda v: v <= TARGET_CPU_US,
+            "client process, user + sys, steady window",
+        )
+    )
     lat = report.get("latency_run") or {}
     out.append(
         _target(
@@ -255,6 +274,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"dataflow / passthrough  {_fmt(ratios.get('dataflow_vs_passthrough'), '.1%')}",
         f"dataflow / naive        {_fmt(ratios.get('dataflow_vs_naive'), ',.1f')}x",
     ]
+    if ratios.get("dataflow_vs_floor") is not None:
+        lines.append(f"dataflow / I/O floor    {_fmt(ratios.get('dataflow_vs_floor'), '.1%')}")
     if ratios.get("exactly_once_vs_dataflow") is not None:
         lines.append(f"exactly-once / dataflow {_fmt(ratios.get('exactly_once_vs_dataflow'), '.1%')}")
     if lat and eos_lat:

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default=",".join(metrics.VARIANTS),
-        help="comma-separated, from passthrough,dataflow,naive (default: all three)",
+        help="comma-separated, from passthrough,floor,dataflow,exactly-once,naive (default: all)",
     )
     p.add_argument("--partitions", type=int, default=4, help="partitions of every bench topic (default 4)")
     p.add_argument(
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.variants:
             if name == "passthrough":
                 result = variants.passthrough(bench, loaded)
+            elif name == "floor":
+                result = variants.floor(bench, loaded)
             elif name == "dataflow":
                 result = variants.dataflow(bench, loaded)
             elif name == "exactly-once":
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             "dataflow_vs_passthrough": metrics.ratio(rates.get("dataflow"), rates.get("passthrough")),
             "dataflow_vs_naive": metrics.ratio(rates.get("dataflow"), rates.get("naive")),
             "exactly_once_vs_dataflow": metrics.ratio(rates.get("exactly-once"), rates.get("dataflow")),
+            "dataflow_vs_floor": metrics.ratio(rates.get("dataflow"), rates.get("floor")),
         }
         # a profiled dataflow's rate is not its rate: then only an explicit --rate
         rate = args.rate or (0.7 * rates["dataflow"] if rates.get("dataflow") and not args.profile else 0)

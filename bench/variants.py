@@ -150,6 +150,22 @@ def passthrough(bench: Bench, loaded: Loaded) -> dict[str, Any]:
     return summarize(bench, mon, out, "copies bytes unchanged: no decode, lookup or history")
 
 
+def floor(bench: Bench, loaded: Loaded) -> dict[str, Any]:
+    ok, _, ks = bench.names("floor")
+    create_topics(bench.settings, [ok], bench.partitions, log_append_time=True)
+    mon = bench.start("floor", [PY, "-m", "bench.floor", loaded.topic, ok], {"SCYLLA_KEYSPACE": ks})
+    bench.follow(mon, "floor", [ok], loaded.records, 600 + loaded.records / 500)
+    out = check_passthrough(bench.settings, loaded, ok)
+    check_history(bench.settings, ks, loaded, out, statuses=False)
+    return summarize(
+        bench,
+        mon,
+        out,
+        "the I/O floor: consume, produce the bytes, one history row per record (no bind(), batches of 50, "
+        "32 in flight, acknowledgements awaited at the end); no decode, lookup or enrichment",
+    )
+
+
 def dataflow(bench: Bench, loaded: Loaded, exactly_once: bool = False) -> dict[str, Any]:
     label = "exactly-once" if exactly_once else "dataflow"
     ok, failed, ks = bench.names(label.replace("-", "_"))

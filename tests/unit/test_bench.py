@@ -117,7 +117,7 @@ def _report(**over: object) -> dict:
                 "gate": {"ok": False, "problems": ["3 history rows missing"]},
             },
         },
-        "ratios": {"dataflow_vs_passthrough": 0.3, "dataflow_vs_naive": 48.0},
+        "ratios": {"dataflow_vs_passthrough": 0.3, "dataflow_vs_naive": 48.0, "dataflow_vs_floor": 0.6},
         "latency_run": {
             "rate": 8400.0,
             "rate_rps": 8390.0,
@@ -140,12 +140,15 @@ def test_targets_against_the_issue() -> None:
     assert by_name["dataflow / naive records/s"]["met"] is True
     assert by_name["dataflow / passthrough records/s"]["met"] is True
     assert by_name["p99 latency at fixed rate (ms)"]["met"] is False
+    assert by_name["dataflow / I/O floor records/s"]["met"] is False
+    cpu = by_name["dataflow CPU per record (µs)"]
+    assert cpu["value"] == 50.0 and cpu["met"] is False
     soak = by_name["RSS growth over soak (%)"]
     assert soak["met"] is True and "2 min" in soak["note"]
 
 
 def test_targets_not_measured_and_miss_heavy_note() -> None:
-    report = _report(ratios={}, latency_run=None, soak=None)
+    report = _report(ratios={}, latency_run=None, soak=None, variants={})
     report["config"]["workload"] = "uniform"
     targets = metrics.targets(report)
     assert all(t["met"] is None for t in targets)
@@ -161,6 +164,7 @@ def test_table_has_a_row_per_run_and_the_failed_gate() -> None:
     assert any(line.startswith("dataflow @ 8,400/s") for line in lines)
     assert any(line.startswith("naive") and "FAIL: 3 history rows missing" in line for line in lines)
     assert "dataflow / passthrough  30.0%" in table and "dataflow / naive        48.0x" in table
+    assert "dataflow / I/O floor    60.0%" in table
     assert "MISSED" in table and "naive: bounded run" in table
 
 
