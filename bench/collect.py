@@ -115,10 +115,10 @@ class VisibleTail(threading.Thread):
 
 def visible_latencies(
     loaded: Loaded, seen: Mapping[tuple[int, int], int], t0_ms: float, t1_ms: float
-) -> tuple[list[int], int]:
-    """Visible time minus create time of the inputs created in [t0, t1]; and how many of
-    those were never seen."""
-    latencies: list[int] = []
+) -> tuple[list[tuple[int, int]], int]:
+    """(create time, visible time minus create time) of the inputs created in [t0, t1]; and
+    how many of those were never seen."""
+    latencies: list[tuple[int, int]] = []
     unseen = 0
     for p, rows in loaded.by_partition.items():
         base = loaded.base[p]
@@ -128,7 +128,7 @@ def visible_latencies(
                 if at is None:
                     unseen += 1
                 else:
-                    latencies.append(at - row.create_ms)
+                    latencies.append((row.create_ms, at - row.create_ms))
     return latencies, unseen
 
 

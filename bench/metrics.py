@@ -43,8 +43,29 @@ def percentiles(values: Iterable[float], qs: Sequence[float]) -> list[float | No
 
 def latency_summary(latencies_ms: Iterable[float]) -> dict[str, float | int | None]:
     data = sorted(latencies_ms)
-    p50, p99 = percentiles(data, (50, 99))
-    return {"count": len(data), "p50": _round(p50), "p99": _round(p99), "max": _round(data[-1]) if data else None}
+    p50, p99, p999 = percentiles(data, (50, 99, 99.9))
+    return {
+        "count": len(data),
+        "p50": _round(p50),
+        "p99": _round(p99),
+        "p999": _round(p999),
+        "max": _round(data[-1]) if data else None,
+    }
+
+
+def per_second(points: Iterable[tuple[float, float]], t0_ms: float) -> list[dict[str, float | int | None]]:
+    """(create time ms, latency ms) pairs grouped by the second of their create time since
+    `t0_ms`: p50, p99 and the largest of each second, so a stall shows where it happened."""
+    seconds: dict[int, list[float]] = {}
+    for created, latency in points:
+        seconds.setdefault(int((created - t0_ms) // 1000), []).append(latency)
+    out: list[dict[str, float | int | None]] = []
+    for sec in sorted(seconds):
+        summary = latency_summary(seconds[sec])
+        out.append(
+            {"t": sec, "count": summary["count"], "p50": summary["p50"], "p99": summary["p99"], "max": summary["max"]}
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -234,8 +255,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"workload ({cfg.get('customer_space', 0):,} customer ids, {cfg.get('customers_seeded', 0):,} seeded), "
         f"{cfg.get('partitions')} partitions, ~{cfg.get('event_bytes_mean', 0):.0f}-byte events",
         "",
-        f"{'variant':<24}{'records':>9}{'records/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'CPU s/1k':>10}"
-        f"{'peak RSS MB':>13}  gate",
+        f"{'variant':<24}{'records':>9}{'records/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}"
+        f"{'CPU s/1k':>10}{'peak RSS MB':>13}  gate",
     ]
     rows: list[tuple[str, Mapping[str, Any]]] = []
     for name in VARIANTS:
@@ -258,7 +279,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(
             f"{label:<24}{_fmt(v.get('records_processed')):>9}{_fmt(v.get('rate_rps')):>11}"
             f"{_fmt(latency.get('p50'), ',.1f'):>10}{_fmt(latency.get('p99'), ',.1f'):>10}"
-            f"{_fmt(v.get('cpu_s_per_1k'), '.3f'):>10}{_fmt(v.get('peak_rss_mb'), ',.0f'):>13}  {gate_txt}"
+            f"{_fmt(latency.get('p999'), ',.1f'):>10}{_fmt(v.get('cpu_s_per_1k'), '.3f'):>10}"
+            f"{_fmt(v.get('peak_rss_mb'), ',.0f'):>13}  {gate_txt}"
         )
     notes = [f"  {label}: {v['note']}" for label, v in rows if v.get("note")]
     if any(name in VARIANTS for name, _ in rows):

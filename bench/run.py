@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import metrics, variants
+from bench import chart, metrics, variants
 from bench.progress import Display, Watermarks
 from bench.variants import ROOT, Bench
 from bench.workload import bench_dsn, create_topics, delete_topics, ensure_database, load, records, seed_customers
@@ -316,9 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{run_id}-{workload}-n{args.records}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
+    chart_path = path.with_suffix(".svg")
+    chart_path.write_text(chart.render(report))
     print()
     print(metrics.format_table(report))
     print(f"\nreport: {path.relative_to(ROOT)} ({report['seconds']:,.0f}s in all)")
+    print(f"chart: {chart_path.relative_to(ROOT)}")
     if status == 0 and not report["all_gates_ok"]:
         print("correctness gate FAILED for at least one run: its figures do not count")
         status = 1

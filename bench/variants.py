@@ -397,8 +397,10 @@ def latency_run(bench: Bench, rate: float, seconds: float, exactly_once: bool = 
     fed_from = run["feeder"].get("started_at", run["fed_from"])
     fed_to = run["feeder"].get("ended_at", run["fed_to"])
     t0_ms, t1_ms = (fed_from + WARMUP_S) * 1000, fed_to * 1000
-    measured = [lat for c, lat in zip(out.create_ms, out.latencies_ms, strict=True) if t0_ms <= c <= t1_ms]
-    visible, unseen = visible_latencies(loaded, run["visible"], t0_ms, t1_ms)
+    appended = [(c, lat) for c, lat in zip(out.create_ms, out.latencies_ms, strict=True) if t0_ms <= c <= t1_ms]
+    measured = [lat for _, lat in appended]
+    visible_points, unseen = visible_latencies(loaded, run["visible"], t0_ms, t1_ms)
+    visible = [lat for _, lat in visible_points]
     if unseen:
         out.problem(f"{unseen} outputs never seen by the read_committed tail")
     in_window = len(measured)
@@ -418,6 +420,8 @@ def latency_run(bench: Bench, rate: float, seconds: float, exactly_once: bool = 
         "latency_ms": metrics.latency_summary(visible if exactly_once else measured),
         "append_latency_ms": metrics.latency_summary(measured),
         "visible_latency_ms": metrics.latency_summary(visible),
+        # per second of the run (by input create time), for the chart
+        "latency_per_second": metrics.per_second(visible_points if exactly_once else appended, t0_ms),
         "cpu_s_per_1k": round(cpu, 4) if cpu is not None else None,
         "peak_rss_mb": round(ex.peak_rss_mb, 1),
         "gate": out.gate(),

@@ -29,8 +29,8 @@ def test_percentile_outside_range_is_an_error() -> None:
 
 
 def test_latency_summary() -> None:
-    assert metrics.latency_summary([10, 20, 30]) == {"count": 3, "p50": 20, "p99": 29.8, "max": 30}
-    assert metrics.latency_summary([]) == {"count": 0, "p50": None, "p99": None, "max": None}
+    assert metrics.latency_summary([10, 20, 30]) == {"count": 3, "p50": 20, "p99": 29.8, "p999": 30.0, "max": 30}
+    assert metrics.latency_summary([]) == {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
 
 
 def test_steady_window_skips_warmup_and_drain() -> None:
@@ -216,3 +216,44 @@ def test_expected_outcome_of_a_sample_record() -> None:
     assert outcome_of(SampleRecord(None, good, [], "enriched"), seeded=100) == "enriched"
     assert outcome_of(SampleRecord(None, good, [], "enriched"), seeded=42) == "customer_not_found"
     assert outcome_of(SampleRecord(None, b"{", [], "invalid_json"), seeded=100) == "invalid_json"
+
+
+def test_chart_has_a_bar_per_variant_and_latency_lines_per_second() -> None:
+    import xml.etree.ElementTree as ET
+
+    from bench import chart
+
+    report = _report()
+    report["latency_run"]["latency_per_second"] = [
+        {"t": 0, "count": 10, "p50": 20.0, "p99": 90.0, "max": 95.0},
+        {"t": 1, "count": 10, "p50": 25.0, "p99": 400.0, "max": 410.0},
+        {"t": 2, "count": 10, "p50": 22.0, "p99": 80.0, "max": 85.0},
+    ]
+    svg = ET.fromstring(chart.render(report))
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [r for r in svg.iter(f"{ns}rect") if r.get("class") == "bar"]
+    assert len(bars) == 3, "passthrough, dataflow, naive"
+    texts = [t.text for t in svg.iter(f"{ns}text")]
+    assert "40,000/s" in texts and "12,000/s" in texts and "50 µs" in texts
+    lines = {p.get("class"): p.get("points") for p in svg.iter(f"{ns}polyline")}
+    assert set(lines) == {"p50", "p99"}
+    assert len(lines["p99"].split()) == 3
+    # the stall at second 1 is the highest point of the p99 line
+    ys = [float(xy.split(",")[1]) for xy in lines["p99"].split()]
+    assert ys[1] == min(ys)
+
+
+def test_chart_of_a_report_with_nothing_measured_is_still_an_svg() -> None:
+    import xml.etree.ElementTree as ET
+
+    from bench import chart
+
+    assert ET.fromstring(chart.render({})).tag.endswith("svg")
+
+
+def test_per_second_groups_by_create_second() -> None:
+    points = [(1000.0, 10.0), (1500.0, 30.0), (2100.0, 500.0), (3999.0, 7.0)]
+    rows = metrics.per_second(points, t0_ms=1000.0)
+    assert [r["t"] for r in rows] == [0, 1, 2]
+    assert rows[0]["count"] == 2 and rows[0]["max"] == 30.0
+    assert rows[1]["p50"] == 500.0 and rows[2]["p99"] == 7.0
