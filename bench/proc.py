@@ -27,6 +27,7 @@ class Sample:
     cpu_s: float  # user + system, the process and its reaped children
     rss_mb: float
     peak_mb: float = 0.0
+    threads: int = 0
 
 
 @dataclass
@@ -42,9 +43,9 @@ class Exit:
         return self.cpu_user_s + self.cpu_sys_s
 
 
-def read_proc(pid: int) -> tuple[float, float, float] | None:
-    """(CPU seconds, RSS MB, peak RSS MB) of a live process from /proc, or None once it is
-    gone. The peak is VmHWM: wait4's ru_maxrss can't be used, as Linux carries the parent's
+def read_proc(pid: int) -> tuple[float, float, float, int] | None:
+    """(CPU seconds, RSS MB, peak RSS MB, threads) of a live process from /proc, or None once
+    it is gone. The peak is VmHWM: wait4's ru_maxrss can't be used, as Linux carries the parent's
     RSS at spawn time into the child's across exec."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -55,13 +56,15 @@ def read_proc(pid: int) -> tuple[float, float, float] | None:
         return None
     fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may contain spaces
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    rss_kb = hwm_kb = 0
+    rss_kb = hwm_kb = threads = 0
     for line in status.splitlines():
         if line.startswith(b"VmRSS:"):
             rss_kb = int(line.split()[1])
         elif line.startswith(b"VmHWM:"):
             hwm_kb = int(line.split()[1])
-    return (utime + stime + cutime + cstime) / CLK_TCK, rss_kb / 1024, hwm_kb / 1024
+        elif line.startswith(b"Threads:"):
+            threads = int(line.split()[1])
+    return (utime + stime + cutime + cstime) / CLK_TCK, rss_kb / 1024, hwm_kb / 1024, threads
 
 
 @dataclass

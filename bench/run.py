@@ -332,6 +332,9 @@ def _line(result: dict[str, Any]) -> str:
     lat = result.get("latency_ms") or {}
     gate = result.get("gate") or {}
     rate = result.get("rate_rps")
+    threads = f", {result['peak_threads']} threads" if result.get("peak_threads") else ""
     return (
-        f"{rate:,.0f} records/s" if rate else "no rate"
-    ) + f", p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, gate {'ok' if gate.get('ok') else gate.get('problems')}"
+        (f"{rate:,.0f} records/s" if rate else "no rate")
+        + f", p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms{threads}, "
+        + f"gate {'ok' if gate.get('ok') else gate.get('problems')}"
+    )

@@ -134,6 +134,7 @@ def summarize(bench: Bench, mon: Monitored, out: Outputs, note: str = "") -> dic
         "cpu_s_per_1k_whole_run": round(ex.cpu_s / out.records * 1000, 4) if out.records else None,
         "wall_s": round(ex.wall_s, 2),
         "peak_rss_mb": round(ex.peak_rss_mb, 1),
+        "peak_threads": max((s.threads for s in mon.samples), default=0),
         "exit_code": ex.returncode,
         "gate": out.gate(),
         "log": bench.rel(mon.log_path),
