@@ -1,7 +1,8 @@
 """One frozen settings object, read from the environment once at start.
 
-Names and defaults follow the contract (../shared/CONTRACT.md); everything else the
-pipeline reads is listed in docs/configuration.md. A bad value raises
+The names and defaults of the first settings (docs/configuration.md, through
+`CONSUMER_GROUP`) are the project's public interface: other programs and deployments rely
+on them; every setting is listed there. A bad value raises
 `SettingsError` naming the variable and the reason; the entry points exit with status 2.
 Secrets are held in `Secret`, whose repr never shows the value.
 """
