@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import json
 import sys
-import time
 from typing import Any
 
 from cassandra.query import BatchStatement, BatchType, BoundStatement
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from flows.adapters.kafka.config import producer_config
+from bench.kafkaloop import Copier, input_consumer, records
 from flows.adapters.scylla.codec import encode_row
 from flows.adapters.scylla.session import connect, ensure_schema, insert_cql
 from flows.settings import Settings
@@ -42,58 +39,28 @@ def main() -> int:
     parser.add_argument("output")
     args = parser.parse_args()
     settings = Settings.from_env()
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            "group.id": "bench-floor-unused",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "queued.max.messages.kbytes": 16384,
-            "fetch.wait.max.ms": 50,
-        }
+    consumer, pending = input_consumer(
+        settings, args.input, "floor", **{"queued.max.messages.kbytes": 16384, "fetch.wait.max.ms": 50}
     )
-    producer = Producer({**producer_config(settings), "client.id": "bench-floor"})
     cluster = connect(settings)
     session = cluster.connect()
     ensure_schema(session, settings)
     insert = session.prepare(insert_cql(settings))
-    partitions = list(consumer.list_topics(args.input, timeout=10).topics[args.input].partitions)
-    consumer.assign([TopicPartition(args.input, p, OFFSET_BEGINNING) for p in partitions])
-    errors: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
+    copier = Copier(settings, args.output, "floor")
     in_flight: collections.deque[Any] = collections.deque()
-    started = time.monotonic()
-    pending = set(partitions)
-    copied = 0
-    output, topic, produce, poll = args.output, args.input, producer.produce, producer.poll
+    topic, output = args.input, args.output
     while pending:
         rows: list[list[bytes | None]] = []
         now = dt.datetime.now(dt.UTC)
-        for msg in consumer.consume(1000, 0.5):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise KafkaException(err)
+        for msg in records(consumer, pending, 1000, 0.5):
+            copier.copy(msg)
             p, off, value = msg.partition(), msg.offset(), msg.value()
-            while True:
-                try:
-                    produce(output, value, msg.key(), partition=p, headers=msg.headers(), on_delivery=delivered)
-                    break
-                except BufferError:
-                    poll(0.05)
             payload = value.decode("utf-8", "replace") if value is not None else None
             rows.append(
                 encode_row(
                     (f"{topic}/{p}/{off}", topic, p, off, "copied", None, None, None, None, now, output, payload)
                 )
             )
-            copied += 1
         for i in range(0, len(rows), ROWS_PER_BATCH):
             batch = BatchStatement(BatchType.UNLOGGED)
             for values in rows[i : i + ROWS_PER_BATCH]:
@@ -103,23 +70,13 @@ def main() -> int:
             if len(in_flight) >= IN_FLIGHT:
                 in_flight.popleft().result()
             in_flight.append(session.execute_async(batch))
-        poll(0)
+        copier.producer.poll(0)
     while in_flight:
         in_flight.popleft().result()
-    left = producer.flush(120)
+    status = copier.finish()
     consumer.close()
     cluster.shutdown()
-    print(
-        json.dumps(
-            {
-                "copied": copied,
-                "seconds": round(time.monotonic() - started, 3),
-                "undelivered": left,
-                "errors": errors[:3],
-            }
-        )
-    )
-    return 1 if left or errors else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import time
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
+from bench.kafkaloop import input_consumer, records
 from flows.adapters.kafka.config import producer_config
 from flows.adapters.scylla.session import connect, ensure_schema, insert_cql
 from flows.settings import Settings
@@ -183,29 +184,13 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings.from_env()
     handler = Handler(settings, args.output, args.failure)
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            "group.id": "bench-naive-unused",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    partitions = list(consumer.list_topics(args.input, timeout=10).topics[args.input].partitions)
-    consumer.assign([TopicPartition(args.input, p, OFFSET_BEGINNING) for p in partitions])
-    next_offsets = {p: 0 for p in partitions}
-    pending = set(partitions)
+    consumer, pending = input_consumer(settings, args.input, "naive")
+    next_offsets = {p: 0 for p in sorted(pending)}
     handled = 0
     started: float | None = None
     done = False
     while pending and not done:
-        for msg in consumer.consume(LAMBDA_BATCH, 1.0):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise KafkaException(err)
+        for msg in records(consumer, pending, LAMBDA_BATCH, 1.0):
             if started is None:
                 started = time.monotonic()
             handler.handle(msg)

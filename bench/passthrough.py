@@ -12,14 +12,9 @@ checked), but waits for acknowledgements only once at the end instead of per bat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-
-from flows.adapters.kafka.config import producer_config
+from bench.kafkaloop import Copier, input_consumer, records
 from flows.settings import Settings
 
 
@@ -29,65 +24,17 @@ def main() -> int:
     parser.add_argument("output")
     args = parser.parse_args()
     settings = Settings.from_env()
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            "group.id": "bench-passthrough-unused",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "queued.max.messages.kbytes": 16384,
-            "fetch.wait.max.ms": 50,
-        }
+    consumer, pending = input_consumer(
+        settings, args.input, "passthrough", **{"queued.max.messages.kbytes": 16384, "fetch.wait.max.ms": 50}
     )
-    producer = Producer({**producer_config(settings), "client.id": "bench-passthrough"})
-    partitions = list(consumer.list_topics(args.input, timeout=10).topics[args.input].partitions)
-    consumer.assign([TopicPartition(args.input, p, OFFSET_BEGINNING) for p in partitions])
-    errors: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    started = time.monotonic()
-    pending = set(partitions)
-    copied = 0
-    output, produce, poll = args.output, producer.produce, producer.poll
+    copier = Copier(settings, args.output, "passthrough")
     while pending:
-        for msg in consumer.consume(1000, 0.5):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise KafkaException(err)
-            while True:
-                try:
-                    produce(
-                        output,
-                        msg.value(),
-                        msg.key(),
-                        partition=msg.partition(),
-                        headers=msg.headers(),
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    poll(0.05)
-            copied += 1
-        poll(0)
-    left = producer.flush(120)
+        for msg in records(consumer, pending, 1000, 0.5):
+            copier.copy(msg)
+        copier.producer.poll(0)
+    status = copier.finish()
     consumer.close()
-    print(
-        json.dumps(
-            {
-                "copied": copied,
-                "seconds": round(time.monotonic() - started, 3),
-                "undelivered": left,
-                "errors": errors[:3],
-            }
-        )
-    )
-    return 1 if left or errors else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import Outcome
 from flows.errors import DeliveryFailed
-from flows.retry import Retries
+from flows.retry import Kind, Retries
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
 
@@ -213,20 +213,14 @@ class Transactions:
         """A transactional call (given its timeout), retried while Kafka says it may pass,
         until RETRY_DEADLINE_SECONDS; then the worker gives up (exit 3: a restart resumes
         from the committed offsets)."""
-        deadline = time.monotonic() + self._deadline_s
         timeout = self._call_timeout_s
         call = functools.partial(fn, timeout)
-        while True:
-            try:
-                bounded(what, call, timeout + STUCK_GRACE_S)
-                return
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.fatal() or not err.retriable():
-                    raise
-                if time.monotonic() > deadline:
-                    raise self._retries.gave_up(
-                        DeliveryFailed(f"kafka: {what} did not succeed in {self._deadline_s:.0f}s: {err}", err.code())
-                    ) from None
-                log.warning("%s failed, retrying", what, extra={"fields": {"error": str(err)}})
-                time.sleep(0.2)
+        self._retries.call(f"kafka {what}", lambda: bounded(what, call, timeout + STUCK_GRACE_S), _retriable)
+
+
+def _retriable(exc: BaseException) -> Kind:
+    """A transactional call may be called again when Kafka marks its error retriable
+    (librdkafka's rule for these calls; an abortable or fatal error is not)."""
+    if isinstance(exc, KafkaException) and exc.args and exc.args[0].retriable() and not exc.args[0].fatal():
+        return Kind.RETRIABLE
+    return Kind.FATAL
