@@ -39,14 +39,14 @@ def main() -> int:
     parser.add_argument("output")
     args = parser.parse_args()
     settings = Settings.from_env()
-    consumer, pending = input_consumer(
-        settings, args.input, "floor", **{"queued.max.messages.kbytes": 16384, "fetch.wait.max.ms": 50}
-    )
+    copier = Copier(settings, args.output, "floor")
     cluster = connect(settings)
     session = cluster.connect()
     ensure_schema(session, settings)
     insert = session.prepare(insert_cql(settings))
-    copier = Copier(settings, args.output, "floor")
+    consumer, pending = input_consumer(
+        settings, args.input, "floor", **{"queued.max.messages.kbytes": 16384, "fetch.wait.max.ms": 50}
+    )
     in_flight: collections.deque[Any] = collections.deque()
     topic, output = args.input, args.output
     while pending:
