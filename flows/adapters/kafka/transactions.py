@@ -93,7 +93,6 @@ class Transactions:
         self._deadline_s = settings.retry_deadline_seconds
         self._call_timeout_s = min(CALL_TIMEOUT_S, settings.retry_deadline_seconds)
         self._writer = writer
-        self._producer = writer.producer
         self._reader = reader
         self._retries = retries
         self._metrics = metrics
@@ -102,7 +101,7 @@ class Transactions:
         self._offsets: dict[int, int] = {}  # what the open transaction covers
         self._committed: dict[int, int] = {}  # what this member committed, per owned partition
         reader.listener = self
-        self._call("init_transactions", self._producer.init_transactions)
+        self._call("init_transactions", self._writer.producer.init_transactions)
 
     def admit(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """The outcomes of records this member still owns, in an open transaction."""
@@ -114,7 +113,7 @@ class Transactions:
                 extra={"fields": {"dropped": len(outcomes) - len(kept)}},
             )
         if kept and not self._open:
-            self._call("begin_transaction", lambda _: self._producer.begin_transaction())
+            self._call("begin_transaction", lambda _: self._writer.producer.begin_transaction())
             self._open, self._opened_at = True, time.monotonic()
         return kept
 
@@ -141,22 +140,22 @@ class Transactions:
         offsets = [TopicPartition(self._topic, p, o) for p, o in sorted(self._offsets.items())]
         try:
             if offsets:
-                metadata, producer, timeout = self._reader.group_metadata(), self._producer, self._call_timeout_s
+                metadata, producer, timeout = self._reader.group_metadata(), self._writer.producer, self._call_timeout_s
                 bounded(
                     "send_offsets_to_transaction",
                     lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout),
                     timeout + STUCK_GRACE_S,
                 )
-            self._call("commit_transaction", self._producer.commit_transaction)
+            self._call("commit_transaction", self._writer.producer.commit_transaction)
         except Stuck as stuck:
             log.warning(
                 "the producer is stuck in a transactional call; replacing it, which aborts the open transaction: "
                 "the records it covers are read again",
                 extra={"fields": {"call": str(stuck)}},
             )
-            self._producer = self._writer.renew()
+            self._writer.renew()
             self._open, self._offsets = False, {}
-            self._call("init_transactions", self._producer.init_transactions)
+            self._call("init_transactions", self._writer.producer.init_transactions)
             if str(stuck) == "commit_transaction":  # it may have committed: ask the group
                 self._committed = self._reader.committed(self._deadline_s)
             self._reader.rewind(self._committed)
@@ -186,7 +185,7 @@ class Transactions:
         """Abort the open transaction and read the partitions still owned again from where
         this member last committed (or from the first record of their assignment)."""
         if self._open:
-            self._call("abort_transaction", self._producer.abort_transaction)
+            self._call("abort_transaction", self._writer.producer.abort_transaction)
         self._open, self._offsets = False, {}
         self._reader.rewind(self._committed)
 
