@@ -107,10 +107,16 @@ class App:
         return Enricher(self.lookups(client), s.output_topic, s.failure_topic, limits=limits, observer=self.metrics)
 
     def delivery(
-        self, limits: TopicLimits | None, client: str, progress: bool = True, reader: GroupReader | None = None
+        self,
+        limits: TopicLimits | None,
+        client: str,
+        progress: bool = True,
+        reader: GroupReader | None = None,
+        depth: int = 0,
     ) -> Delivery:
         """A worker's output step; with `progress`, it also keeps the position in the group
-        (the Lambda leaves that to its event source mapping)."""
+        (the Lambda leaves that to its event source mapping); `depth` batches may await their
+        acknowledgements while the next is handed over."""
         s = self.settings
         keeper = None
         if progress and s.exactly_once:
@@ -123,7 +129,7 @@ class App:
             def keeper(shared: Shared) -> Progress:
                 return OffsetCommitter(s, client, self.metrics)
 
-        return Delivery.build(self.outputs(limits, client), self.metrics, progress=keeper)
+        return Delivery.build(self.outputs(limits, client), self.metrics, progress=keeper, depth=depth)
 
     def process(self, records: Sequence[SourceRecord], enricher: Enricher) -> list[Outcome]:
         """Decode, validate and enrich a batch: the same code in both runtimes."""

@@ -1,18 +1,25 @@
-"""The outputs of the flow, behind one small protocol, and the delivery of a batch to them.
+"""The outputs of the flow, behind one small protocol, and the delivery of batches to them.
 
 An output is an entry `(name, select, writer factory)`: the outcomes it takes, and how a
-worker builds the `Writer` that writes them. Delivering a batch hands every output the
-outcomes it selects (`write`: a writer may start sending and return), then waits for each
-in list order (`flush`: returns when everything handed over is durable). A writer whose
-target refused some outcomes returns them from `flush` as new outcomes (an enriched
-message the output topic refused comes back as a dead letter); those are delivered again,
-to every output that selects them: their history rows are rewritten after the first, the
-dead letters produced. The batch is done when nothing is left to re-route.
+worker builds the `Writer` that writes them. Delivering a batch is a *round*: every output
+is handed the outcomes of the batch it selects (`write`, maybe none: a writer may start
+sending and return), and later each is waited for in list order (`flush`: returns when its
+oldest round not yet flushed is durable). Rounds are flushed in the order they started.
+With a `depth` of 1 the delivery of batch N is awaited while batch N+1 is handed over (its
+acknowledgements travel while the next batch is decoded and enriched); `progress` learns a
+batch is delivered only once every output has it durably, and `drain` awaits all.
+
+A writer whose target refused some outcomes returns them from `flush` as new outcomes (an
+enriched message the output topic refused comes back as a dead letter); the rounds still in
+flight are flushed, then those outcomes are delivered again, alone, to every output that
+selects them: their history rows are rewritten after the first, the dead letters produced.
+A round is done when nothing is left to re-route.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -25,14 +32,15 @@ T = TypeVar("T")
 
 
 class Writer(Protocol):
-    """Writes outcomes somewhere: `write` hands them over, `flush` makes them durable and
-    returns what must be re-routed, `close` lets the writer's own resources go."""
+    """Writes outcomes somewhere, in rounds: `write` hands a round over (maybe empty),
+    `flush` makes the oldest round not yet flushed durable and returns what of it must be
+    re-routed, `close` lets the writer's own resources go."""
 
     def write(self, items: Sequence[Outcome]) -> None:
-        """Take these outcomes (sending may start now)."""
+        """Take this round's outcomes (sending may start now)."""
 
     def flush(self) -> Sequence[Outcome]:
-        """Return when everything taken is durable, with the outcomes to re-route."""
+        """Return when the oldest round taken is durable, with its outcomes to re-route."""
 
     def close(self) -> None:
         """Let the writer's own resources go."""
@@ -50,6 +58,9 @@ class Progress(Protocol):
 
     def tick(self) -> None:
         """Time passes without a batch: commit if due."""
+
+    def finished(self, topic: str, partition: int) -> int | None:
+        """The offset after the last delivered record of the partition (None: none yet)."""
 
     def close(self) -> None:
         """Commit what is done."""
@@ -108,12 +119,16 @@ class Output:
 
 @dataclass
 class Delivery:
-    """A worker's writers, one per output, in the outputs' order."""
+    """A worker's writers, one per output, in the outputs' order; `depth` rounds may await
+    their acknowledgements while the next batch is handed over (0: each batch is durable
+    when `write` returns)."""
 
     writers: list[tuple[Output, Writer]]
     shared: Shared = field(default_factory=Shared)
     metrics: Metrics | None = None
     progress: Progress | None = None
+    depth: int = 0
+    _rounds: deque[Sequence[Outcome]] = field(default_factory=deque)
 
     @classmethod
     def build(
@@ -122,6 +137,7 @@ class Delivery:
         metrics: Metrics | None = None,
         shared: Shared | None = None,
         progress: Callable[[Shared], Progress] | None = None,
+        depth: int = 0,
     ) -> Delivery:
         """Build each output's writer for this worker, and its progress keeper."""
         shared = shared or Shared()
@@ -131,29 +147,67 @@ class Delivery:
         except BaseException:
             shared.close()
             raise
-        return cls(writers, shared, metrics, keeper)
+        return cls(writers, shared, metrics, keeper, depth)
+
+    @property
+    def in_flight(self) -> int:
+        """Rounds handed over and not yet durable."""
+        return len(self._rounds)
 
     def write(self, outcomes: Sequence[Outcome]) -> None:
-        """Deliver a batch: returns when every output has it, re-routed outcomes included."""
+        """Deliver a batch: hand it to every output, then wait until at most `depth` rounds
+        are in flight (with a depth of 0, returns when every output has it durably)."""
         if self.progress is not None:
             outcomes = self.progress.admit(outcomes)
-        pending: Sequence[Outcome] = outcomes
-        while pending:
-            for out, writer in self.writers:
-                selected = [r for r in pending if out.select(r)]
-                if selected:
-                    writer.write(selected)
-            rerouted: list[Outcome] = []
-            for _, writer in self.writers:
-                rerouted += writer.flush()
-            pending = rerouted
-        if self.metrics is not None:
-            self.metrics.add_delivered(len(outcomes))
-        if self.progress is not None:
-            self.progress.delivered(outcomes)
+        if outcomes:
+            self._start(outcomes)
+            self._rounds.append(outcomes)
+        elif self.progress is not None:
+            self.progress.tick()
+        self._complete(self.depth)
+
+    def drain(self) -> None:
+        """Wait until every round handed over is durable (and its progress kept)."""
+        self._complete(0)
+
+    def _start(self, outcomes: Sequence[Outcome]) -> None:
+        for out, writer in self.writers:
+            writer.write([r for r in outcomes if out.select(r)])
+
+    def _flush(self) -> list[Outcome]:
+        rerouted: list[Outcome] = []
+        for _, writer in self.writers:
+            rerouted += writer.flush()
+        return rerouted
+
+    def _complete(self, depth: int) -> None:
+        rounds = self._rounds
+        while len(rounds) > depth:
+            finished = [rounds[0]]
+            rerouted = self._flush()
+            rounds.popleft()
+            if rerouted:  # the rounds after it first, so the re-routed go out alone
+                while rounds:
+                    finished.append(rounds[0])
+                    rerouted += self._flush()
+                    rounds.popleft()
+                while rerouted:
+                    self._start(rerouted)
+                    rerouted = self._flush()
+            for outcomes in finished:
+                if self.metrics is not None:
+                    self.metrics.add_delivered(len(outcomes))
+                if self.progress is not None:
+                    self.progress.delivered(outcomes)
 
     def close(self) -> None:
-        """Commit what is done, close every writer, then the worker's shared clients."""
+        """Wait for the rounds in flight, commit what is done, close every writer, then the
+        worker's shared clients."""
+        try:
+            self.drain()
+        except Exception:  # noqa: BLE001 - the rest must still close; unacknowledged is not committed
+            log.exception("delivering the last batches failed")
+            self._rounds.clear()
         if self.progress is not None:
             try:
                 self.progress.close()

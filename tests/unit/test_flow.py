@@ -3,6 +3,8 @@ TestingSink), built from the composition root with a fake lookup."""
 
 import json
 
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.app import compose
@@ -149,3 +151,72 @@ def test_each_worker_outputs_only_what_it_read_on_the_thread_that_read_it() -> N
     for worker, thread, rec in written:
         assert rec.partition == worker, "a record reached another worker's sink"
         assert read_on[worker] == {thread}, "a worker's sink ran on another thread than its source"
+
+
+def test_a_fixed_partition_and_the_sink_it_feeds_are_built_and_run_on_one_thread() -> None:
+    """What at-least-once snapshots rely on (flows/runtime/bytewax/source.py, checked, not
+    assumed): Bytewax builds a worker's sink and each of its FixedPartitionedSource parts,
+    and calls their next_batch, snapshot and write_batch, on the worker's thread, so a part
+    finds the Delivery of its worker from the thread."""
+    import threading
+
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import cluster_main
+
+    lock = threading.Lock()
+    part_threads: dict[str, set[int]] = {}
+    sink_built_on: dict[int, int] = {}  # thread -> worker whose sink was built on it
+    written: list[tuple[int, int, str]] = []  # (sink worker, thread, part of the item)
+
+    def saw(name: str) -> None:
+        with lock:
+            part_threads.setdefault(name, set()).add(threading.get_ident())
+
+    class Part(StatefulSourcePartition[str, None]):
+        def __init__(self, name: str) -> None:
+            self.name, self.left = name, 4
+            saw(name)
+
+        def next_batch(self) -> list[str]:
+            saw(self.name)
+            if not self.left:
+                raise StopIteration
+            self.left -= 1
+            return [self.name]
+
+        def snapshot(self) -> None:
+            saw(self.name)
+
+        def close(self) -> None:
+            saw(self.name)
+
+    class Source(FixedPartitionedSource[str, None]):
+        def list_parts(self) -> list[str]:
+            return [f"p{i}" for i in range(7)]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Part:
+            return Part(for_part)
+
+    class SinkPart(StatelessSinkPartition[str]):
+        def __init__(self, worker: int) -> None:
+            self.worker = worker
+
+        def write_batch(self, items: list[str]) -> None:
+            with lock:
+                written.extend((self.worker, threading.get_ident(), name) for name in items)
+
+    class Sink(DynamicSink[str]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> SinkPart:
+            with lock:
+                sink_built_on[threading.get_ident()] = worker_index
+            return SinkPart(worker_index)
+
+    flow = Dataflow("threads")
+    op.output("out", op.input("in", flow, Source()), Sink())
+    cluster_main(flow, [], 0, worker_count_per_proc=3)
+    assert len(written) == 7 * 4 and len(sink_built_on) == 3
+    assert all(len(threads) == 1 for threads in part_threads.values()), "a part was used from two threads"
+    for worker, thread, name in written:
+        assert sink_built_on[thread] == worker, "a sink wrote on another thread than its worker's"
+        assert part_threads[name] == {thread}, "an item reached a sink on another thread than its part's"

@@ -1,5 +1,6 @@
-"""flows.app.outputs: every output gets what it selects, in order; re-routed outcomes are
-delivered again; shared clients are built once and closed once."""
+"""flows.app.outputs: every output gets what it selects, in rounds, flushed in order;
+re-routed outcomes are delivered again; with a depth, a batch is awaited while the next is
+handed over and counted delivered only then; shared clients are built once and closed once."""
 
 from collections.abc import Sequence
 
@@ -47,6 +48,7 @@ def test_each_output_gets_what_it_selects_written_first_flushed_in_order_and_rer
         "flush out",
         "flush dlq",
         "write history 1",
+        "write out 0",
         "write dlq 1",
         "flush history",
         "flush out",
@@ -116,3 +118,74 @@ def test_progress_counts_a_batch_only_after_every_output_flushed_it_rerouted_out
     assert stale not in history.items + dlq.items, "an outcome the keeper did not admit is written nowhere"
     delivery.close()
     assert log[-4:] == ["commit", "close dlq", "close out", "close history"], "the last commit before the outputs close"
+
+
+def test_with_depth_one_a_batch_is_awaited_while_the_next_is_handed_over_and_counted_only_then() -> None:
+    log: list[str] = []
+    history, out, dlq = Recorder("history", log), Recorder("out", log), Recorder("dlq", log)
+    delivery = Delivery(
+        [
+            (Output("history", everything, lambda _: history), history),
+            (Output("out", enriched, lambda _: out), out),
+            (Output("dlq", failed, lambda _: dlq), dlq),
+        ],
+        progress=Keeper(log),
+        depth=1,
+    )
+    delivery.write([ok(), dead(10)])
+    assert log == ["admit 2", "write history 2", "write out 1", "write dlq 1"], "handed over, not awaited"
+    assert delivery.in_flight == 1
+    log.clear()
+    delivery.write([ok(), ok(), ok()])
+    assert log == [
+        "admit 3",
+        "write history 3",
+        "write out 3",
+        "write dlq 0",
+        "flush history",
+        "flush out",
+        "flush dlq",
+        "delivered 2",
+    ], "the second batch goes out before the first is awaited; the first is counted once flushed"
+    log.clear()
+    delivery.drain()
+    assert log == ["flush history", "flush out", "flush dlq", "delivered 3"] and delivery.in_flight == 0
+    log.clear()
+    delivery.write([ok()])
+    delivery.close()
+    assert log[-8:-2] == ["flush history", "flush out", "flush dlq", "delivered 1", "commit", "close dlq"], (
+        "close awaits the batch in flight before the last commit"
+    )
+
+
+def test_rerouted_outcomes_wait_for_the_rounds_in_flight_and_go_out_alone() -> None:
+    log: list[str] = []
+    moved = dead(20, offset=9)
+    history, out, dlq = Recorder("history", log), Recorder("out", log, [moved]), Recorder("dlq", log)
+    delivery = Delivery(
+        [
+            (Output("history", everything, lambda _: history), history),
+            (Output("out", enriched, lambda _: out), out),
+            (Output("dlq", failed, lambda _: dlq), dlq),
+        ],
+        progress=Keeper(log),
+        depth=1,
+    )
+    delivery.write([ok()])
+    delivery.write([ok(), ok()])  # the first round's flush re-routes: the second is flushed first
+    assert log[-2:] == ["delivered 1", "delivered 2"], "both counted once the re-routed are durable"
+    assert log[-14:-2] == [
+        "flush history",
+        "flush out",
+        "flush dlq",
+        "flush history",
+        "flush out",
+        "flush dlq",
+        "write history 1",
+        "write out 0",
+        "write dlq 1",
+        "flush history",
+        "flush out",
+        "flush dlq",
+    ]
+    assert delivery.in_flight == 0 and history.items[-1] is moved and dlq.items == [moved]

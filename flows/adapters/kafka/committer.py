@@ -58,6 +58,11 @@ class OffsetCommitter:
                     finished[key] = r.record.offset + 1
         self.tick()
 
+    def finished(self, topic: str, partition: int) -> int | None:
+        """The offset after the last delivered record of the partition (None: none yet)."""
+        with self._lock:
+            return self._finished.get((topic, partition))
+
     def tick(self) -> None:
         """Commit if the interval has passed."""
         if time.monotonic() - self._last >= self._interval_s:

@@ -1,6 +1,6 @@
 """The two Kafka outputs: enriched messages to OUTPUT_TOPIC, dead letters to FAILURE_TOPIC
-(docs/operations.md, "Records a topic refuses"). Both hand their messages to a worker's `KafkaWriter`
-in `write` and wait for Kafka in `flush`.
+(docs/operations.md, "Records a topic refuses"). Both hand a round's messages to a worker's
+`KafkaWriter` in `write` and wait for Kafka's acknowledgements of the oldest round in `flush`.
 
 - An enriched message the output topic refuses comes back from `flush` as a
   `payload_too_large` dead letter, which the delivery then writes like any other (its
@@ -13,6 +13,7 @@ in `write` and wait for Kafka in `flush`.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
@@ -38,20 +39,21 @@ class _KafkaOutput:
         self.name = name
         self.kafka = kafka
         self.metrics = metrics
-        self._pending: list[tuple[Sequence[Outcome], Sending, float]] = []
+        self._rounds: collections.deque[tuple[Sequence[Outcome], Sending | None, float]] = collections.deque()
 
     def _send(self, items: Sequence[Outcome]) -> None:
-        if items:
-            self._pending.append((items, self.kafka.send([r.message for r in items]), time.perf_counter()))
+        """Start a round (maybe empty)."""
+        sending = self.kafka.send([r.message for r in items]) if items else None
+        self._rounds.append((items, sending, time.perf_counter()))
 
-    def _wait(self) -> list[tuple[Outcome, int]]:
-        """Wait for every message sent; (item, its index) of those refused even alone."""
-        refused: list[tuple[Outcome, int]] = []
-        pending, self._pending = self._pending, []
-        for items, sending, started in pending:
-            refused += [(items[i], i) for i in self.kafka.wait(sending)]
-            if self.metrics is not None:
-                self.metrics.add_written(self.name, len(items), time.perf_counter() - started)
+    def _wait(self) -> list[Outcome]:
+        """Wait for the oldest round's messages; those refused even alone."""
+        items, sending, started = self._rounds.popleft()
+        if sending is None:
+            return []
+        refused = [items[i] for i in self.kafka.wait(sending)]
+        if self.metrics is not None:
+            self.metrics.add_written(self.name, len(items), time.perf_counter() - started)
         return refused
 
     def close(self) -> None:
@@ -76,13 +78,13 @@ class EnrichedMessages(_KafkaOutput):
         self._now = wallclock
 
     def write(self, items: Sequence[Outcome]) -> None:
-        """Hand the messages to the producer."""
+        """Hand the round's messages to the producer."""
         self._send(items)
 
     def flush(self) -> list[Outcome]:
         """Wait for Kafka; messages the topic refused come back as dead letters."""
         rerouted: list[Outcome] = []
-        for r, _ in self._wait():
+        for r in self._wait():
             size = record_size(r.message.key, r.message.value, r.message.headers)
             rerouted.append(
                 outcome.refused_by_output(
@@ -115,26 +117,27 @@ class DeadLetters(_KafkaOutput):
         self.limit = limit
         self.retries = retries
         self.notes = notes
-        self._oversize: list[Outcome] = []
+        self._oversize: collections.deque[list[Outcome]] = collections.deque()  # per round
 
     def write(self, items: Sequence[Outcome]) -> None:
-        """Hand the dead letters to the producer; one larger than the topic takes skips the
-        plain attempt."""
+        """Hand the round's dead letters to the producer; one larger than the topic takes
+        skips the plain attempt."""
+        oversize: list[Outcome] = []
+        self._oversize.append(oversize)
         if self.limit is None:
             self._send(items)
             return
         fitting: list[Outcome] = []
         for r in items:
             if record_size(r.message.key, r.message.value, r.message.headers) > self.limit:
-                self._oversize.append(r)
+                oversize.append(r)
             else:
                 fitting.append(r)
         self._send(fitting)
 
     def flush(self) -> list[Outcome]:
         """Wait for Kafka, then deliver what the topic refused another way; never re-routes."""
-        todo = [r for r, _ in self._wait()] + self._oversize
-        self._oversize = []
+        todo = self._wait() + self._oversize.popleft()
         events = [(self._fallback(r), r) for r in todo]
         if events:
             if self.metrics is not None:

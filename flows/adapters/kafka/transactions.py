@@ -126,6 +126,10 @@ class Transactions:
                 offsets[record.partition] = record.offset + 1
         self.tick()
 
+    def finished(self, topic: str, partition: int) -> int | None:
+        """The offset after the last delivered record of the partition (None: none yet)."""
+        return self._offsets.get(partition) if topic == self._topic else None
+
     def tick(self) -> None:
         """Commit if the interval has passed (the source calls this while the input is idle)."""
         if self._open and time.monotonic() - self._opened_at >= self._interval_s:

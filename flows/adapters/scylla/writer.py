@@ -1,14 +1,18 @@
 """Writing history rows: one `event_history` row per input record, with a prepared,
 idempotent INSERT (an upsert on the primary key), asynchronously, up to
 HISTORY_BATCH_ROWS rows per unlogged batch (`flows.adapters.scylla.batching`), at most
-HISTORY_CONCURRENCY requests in flight; a batch is done only when every write is
-acknowledged. A batch the server refuses for what it holds is written row by row, and a
-row refused on its own again without its payload, so every record keeps a readable row.
+HISTORY_CONCURRENCY requests in flight per round; a round (`start`) is done only when every
+write is acknowledged (`finish`), and a worker may have a round in flight while it builds the
+next. A failed request is sent again under the retry policy; a batch the server refuses for
+what it holds is written row by row, and a row refused on its own again without its
+payload, so every record keeps a readable row.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
@@ -30,6 +34,76 @@ from flows.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class _Round:
+    """Statements sent with at most `limit` awaiting acknowledgement at once; `wait`
+    returns each one's error (None: acknowledged). Sending is a loop, not a recursion, so
+    requests failing inline (no host available) don't deepen the stack."""
+
+    def __init__(self, session: Session, statements: Sequence[Any], limit: int) -> None:
+        self._session = session
+        self._statements = statements
+        self.errors: list[BaseException | None] = [None] * len(statements)
+        self._limit = limit
+        self._next = self._in_flight = 0
+        self._left = len(statements)
+        self._pumping = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if not statements:
+            self._done.set()
+        self._pump()
+
+    def _pump(self) -> None:
+        with self._lock:
+            if self._pumping:
+                return
+            self._pumping = True
+        while True:
+            with self._lock:
+                if self._next >= len(self._statements) or self._in_flight >= self._limit:
+                    self._pumping = False
+                    return
+                idx = self._next
+                self._next += 1
+                self._in_flight += 1
+            try:
+                future = self._session.execute_async(self._statements[idx])
+                future.add_callbacks(self._acknowledged, self._failed, callback_args=(idx,), errback_args=(idx,))
+            except Exception as exc:  # noqa: BLE001 - kept as the statement's error
+                self._failed(exc, idx)
+
+    def _acknowledged(self, _rows: Any, idx: int) -> None:
+        self._settle()
+
+    def _failed(self, exc: BaseException, idx: int) -> None:
+        self.errors[idx] = exc
+        self._settle()
+
+    def _settle(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+                return
+        self._pump()
+
+    def wait(self) -> list[BaseException | None]:
+        """Each statement's error, once all are settled."""
+        self._done.wait()
+        return self.errors
+
+
+class _Pending:
+    """A round of rows being written."""
+
+    def __init__(self, batches: list[list[tuple[Any, ...]]], sent: _Round, count: int) -> None:
+        self.batches = batches
+        self.sent = sent
+        self.count = count
+        self.started = time.perf_counter()
 
 
 class HistoryWriter:
@@ -77,24 +151,23 @@ class HistoryWriter:
         )
         return replicas[0] if replicas else None
 
-    def _statements(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
+    def _batches(self, rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
         several_nodes = len(self.cluster.metadata.all_hosts()) > 1
-        statements: list[tuple[Any, Any]] = []
-        for batch in plan_batches(
+        return plan_batches(
             rows,
             self.settings.history_batch_bytes,
             self.settings.history_batch_rows,
             self._primary_replica if several_nodes else one_group,
-        ):
-            if len(batch) == 1:
-                statements.append((self._bound(batch[0]), None))
-                continue
-            stmt = BatchStatement(BatchType.UNLOGGED)
-            stmt.is_idempotent = True
-            for row in batch:
-                stmt.add(self._bound(row))
-            statements.append((stmt, None))
-        return statements
+        )
+
+    def _statement(self, batch: list[tuple[Any, ...]]) -> Any:
+        if len(batch) == 1:
+            return self._bound(batch[0])
+        stmt = BatchStatement(BatchType.UNLOGGED)
+        stmt.is_idempotent = True
+        for row in batch:
+            stmt.add(self._bound(row))
+        return stmt
 
     def _write_once(self, statements: Sequence[tuple[Any, Any]]) -> None:
         results = execute_concurrent(self.session, statements, concurrency=self.concurrency, raise_on_first_error=True)
@@ -102,19 +175,29 @@ class HistoryWriter:
             if not ok:
                 raise result
 
+    def start(self, rows: Sequence[HistoryRow]) -> _Pending:
+        """Send the rows' writes (returns before they are acknowledged)."""
+        batches = self._batches([msgspec.structs.astuple(r) for r in rows])
+        sent = _Round(self.session, [self._statement(b) for b in batches], self.concurrency)
+        return _Pending(batches, sent, len(rows))
+
+    def finish(self, pending: _Pending) -> None:
+        """Return when every row of the round is acknowledged: the writes that failed are
+        sent again under the retry policy, rows refused for what they hold one by one."""
+        failed = [b for b, err in zip(pending.batches, pending.sent.wait(), strict=True) if err is not None]
+        if failed:
+            statements = [(self._statement(b), None) for b in failed]
+            try:
+                self._retry(lambda: self._write_once(statements))
+            except InvalidRequest:
+                self._write_isolated([row for b in failed for row in b])
+        if self._metrics is not None and pending.count:
+            self._metrics.add_written("history", pending.count, time.perf_counter() - pending.started)
+
     def write(self, rows: Sequence[HistoryRow]) -> None:
         """Write every row; returns when each is acknowledged."""
-        if not rows:
-            return
-        started = time.perf_counter()
-        tuples = [msgspec.structs.astuple(r) for r in rows]
-        statements = self._statements(tuples)
-        try:
-            self._retry(lambda: self._write_once(statements))
-        except InvalidRequest:
-            self._write_isolated(tuples)
-        if self._metrics is not None:
-            self._metrics.add_written("history", len(rows), time.perf_counter() - started)
+        if rows:
+            self.finish(self.start(rows))
 
     def _write_isolated(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """A batch the server refused for what it holds (`InvalidRequest`: a row over the
@@ -157,21 +240,21 @@ class HistoryWriter:
 
 
 class HistoryOutput:
-    """The history output: every outcome's row, written when the delivery flushes (so the
-    rows are acknowledged while the Kafka messages handed over before them travel)."""
+    """The history output: every outcome's row, sent when the round is handed over and
+    awaited when the delivery flushes it (so the rows are acknowledged while the Kafka
+    messages travel, and while the next batch is built)."""
 
     def __init__(self, writer: HistoryWriter) -> None:
         self.writer = writer
-        self._rows: list[HistoryRow] = []
+        self._rounds: collections.deque[_Pending] = collections.deque()
 
     def write(self, items: Sequence[Outcome]) -> None:
-        """Take the items' rows."""
-        self._rows += [r.history for r in items]
+        """Send the round's rows."""
+        self._rounds.append(self.writer.start([r.history for r in items]))
 
     def flush(self) -> list[Outcome]:
-        """Write the rows taken; nothing to re-route."""
-        rows, self._rows = self._rows, []
-        self.writer.write(rows)
+        """Wait for the oldest round's rows; nothing to re-route."""
+        self.writer.finish(self._rounds.popleft())
         return []
 
     def close(self) -> None:

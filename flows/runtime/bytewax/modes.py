@@ -1,9 +1,10 @@
 """The input and the output step of each processing guarantee (docs/operations.md,
 "Guarantees"):
 
-- at-least-once: Bytewax assigns the input partitions (one consumer each) and keeps their
-  positions in its recovery snapshots; the finished offsets are also committed to
-  CONSUMER_GROUP, for the tools that show lag.
+- at-least-once: Bytewax assigns the input partitions and keeps, in its recovery
+  snapshots, where each resumes: the first offset not yet delivered (a worker awaits a
+  batch's acknowledgements while it builds the next); the finished offsets are also
+  committed to CONSUMER_GROUP, for the tools that show lag.
 - exactly-once: each worker is a member of CONSUMER_GROUP (Kafka assigns the partitions);
   messages go out in transactions with the offsets they cover, which are where a worker
   resumes: no recovery directory is needed.
@@ -22,7 +23,9 @@ from flows.runtime.bytewax.group import GroupInput, Workers
 from flows.runtime.bytewax.lifecycle import Lifecycle
 from flows.runtime.bytewax.preflight import Preflight
 from flows.runtime.bytewax.sink import DeliverySink
-from flows.runtime.bytewax.source import KafkaInput
+from flows.runtime.bytewax.source import KafkaInput, WorkerOutputs
+
+PIPELINE_DEPTH = 1  # at-least-once: batches awaiting acknowledgements while the next is handed over
 
 
 def input_and_output(
@@ -34,8 +37,13 @@ def input_and_output(
     s = app.settings
     m = app.metrics
     if not s.exactly_once:
-        source = KafkaInput(s, preflight.partitions, lifecycle.stopping, m)
-        return source, DeliverySink(lambda w: app.delivery(preflight.limits(), f"enrichment-deliver-{w}"))
+        outputs = WorkerOutputs()
+        source = KafkaInput(s, preflight.partitions, lifecycle.stopping, outputs, m)
+        return source, DeliverySink(
+            lambda w: outputs.register(
+                app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=PIPELINE_DEPTH)
+            )
+        )
 
     def client(worker: int) -> str:
         return f"enrichment-{identity}-w{worker}"

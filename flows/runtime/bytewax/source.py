@@ -1,42 +1,129 @@
-"""The Bytewax input: every partition of the input topic, each read by a `PartitionReader`
-whose position is the partition's recovery state (a restart resumes from the last
-snapshot). The start-up checks run (and may exit) before the partitions are listed:
-Bytewax's own KafkaSource asks for metadata without a timeout and can hang forever."""
+"""The Bytewax input: every partition of the input topic, each read by a `PartitionReader`.
+The start-up checks run (and may exit) before the partitions are listed: Bytewax's own
+KafkaSource asks for metadata without a timeout and can hang forever.
+
+A partition's recovery state (where a restart resumes) is the first offset the worker's
+outputs have not yet made durable, not the reader's position: the worker's `Delivery`
+awaits a batch's acknowledgements while the next batch is on its way, so at a snapshot the
+last records read may be still in flight. Bytewax builds a worker's output step and its
+input partitions, and runs them, on the worker's thread (tests/unit/test_flow.py shows it),
+so a partition finds its worker's Delivery there (`WorkerOutputs`). When the input of a
+worker is idle, or a partition ends, the Delivery is drained: what was read is delivered
+and its offsets committed, and the final snapshot of a partition is its end.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
+import time
 from collections.abc import Callable
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
 from flows.adapters.kafka.source import PartitionReader
+from flows.app.outputs import Delivery
 from flows.core.model import SourceRecord
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
 
+log = logging.getLogger(__name__)
 IDLE_WAIT = dt.timedelta(milliseconds=5)  # an idle partition is polled again after this
+IDLE_DRAIN_S = 0.01  # no partition of the worker read anything for this long: drain
+END_WAIT_S = 60.0  # at its end, a partition waits this long at most for its records' delivery
+
+
+class WorkerOutputs:
+    """Each worker's Delivery, found from the worker's thread, and when the worker's input
+    last gave records."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def register(self, delivery: Delivery) -> Delivery:
+        """The Delivery of the worker running on this thread."""
+        self._local.delivery = delivery
+        self._local.last_read = time.monotonic()
+        return delivery
+
+    def delivery(self) -> Delivery | None:
+        """This worker's Delivery (None before its output step is built)."""
+        return getattr(self._local, "delivery", None)
+
+    def read(self) -> None:
+        """A partition of this worker gave records."""
+        self._local.last_read = time.monotonic()
+
+    def idle(self) -> None:
+        """A partition of this worker gave nothing: if none did for a while, deliver what
+        is in flight (so offsets are committed and a snapshot has it all)."""
+        delivery = self.delivery()
+        if delivery is not None and delivery.in_flight and time.monotonic() - self._local.last_read >= IDLE_DRAIN_S:
+            delivery.drain()
+
+    def finished(self, topic: str, partition: int) -> int | None:
+        """The first offset of the partition this worker's outputs do not have durably yet
+        (None: none of its records delivered since the start)."""
+        delivery = self.delivery()
+        if delivery is None or delivery.progress is None:
+            return None
+        return delivery.progress.finished(topic, partition)
 
 
 class _Partition(StatefulSourcePartition[SourceRecord, int]):
-    def __init__(self, reader: PartitionReader) -> None:
+    def __init__(self, reader: PartitionReader, outputs: WorkerOutputs, topic: str, partition: int) -> None:
         self._reader = reader
+        self._outputs = outputs
+        self._topic, self._partition = topic, partition
+        self._start = reader.position  # durable before this run: the state until a delivery
         self._awake: dt.datetime | None = None
+        self._end_since: float | None = None
 
     def next_batch(self) -> list[SourceRecord]:
         if self._reader.done:
-            raise StopIteration
+            if self._settled():
+                raise StopIteration
+            self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
+            return []
         batch = self._reader.next_batch()
-        self._awake = None if batch else dt.datetime.now(dt.UTC) + IDLE_WAIT
+        if batch:
+            self._outputs.read()
+            self._awake = None
+        else:
+            self._outputs.idle()
+            self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
         return batch
+
+    def _settled(self) -> bool:
+        """At the end: every record read is delivered (the worker's Delivery drained), so
+        the last snapshot is the partition's end; or waited long enough."""
+        delivery = self._outputs.delivery()
+        if delivery is not None:
+            delivery.drain()
+        if self._durable() == self._reader.position:
+            return True
+        now = time.monotonic()
+        if self._end_since is None:
+            self._end_since = now
+        if now - self._end_since < END_WAIT_S:
+            return False
+        log.warning(
+            "input partition ended with records not yet delivered; they are read again after a restart",
+            extra={"fields": {"topic": self._topic, "partition": self._partition, "from": self._durable()}},
+        )
+        return True
+
+    def _durable(self) -> int:
+        finished = self._outputs.finished(self._topic, self._partition)
+        return self._start if finished is None else finished
 
     def next_awake(self) -> dt.datetime | None:
         return self._awake
 
     def snapshot(self) -> int:
-        return self._reader.position
+        return self._durable()
 
     def close(self) -> None:
         self._reader.close()
@@ -50,11 +137,13 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         settings: Settings,
         partitions: Callable[[], list[int]],
         stopping: threading.Event,
+        outputs: WorkerOutputs,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self._partitions = partitions
         self._stopping = stopping
+        self.outputs = outputs
         self._metrics = metrics
 
     @override
@@ -74,4 +163,4 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
             m.add_input if m is not None else None,
             m.set_high if m is not None else None,
         )
-        return _Partition(reader)
+        return _Partition(reader, self.outputs, topic, int(idx))
