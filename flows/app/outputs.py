@@ -128,7 +128,7 @@ class Delivery:
     metrics: Metrics | None = None
     progress: Progress | None = None
     depth: int = 0
-    _rounds: deque[Sequence[Outcome]] = field(default_factory=deque)
+    _rounds: deque[Sequence[Outcome]] = field(default_factory=deque, init=False, repr=False)
 
     @classmethod
     def build(

@@ -30,12 +30,13 @@ LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.by
 class Sending:
     """The delivery reports of one `send` call: an error per message index, if any."""
 
-    __slots__ = ("messages", "reported", "errors")
+    __slots__ = ("messages", "reported", "errors", "seq")
 
-    def __init__(self, messages: Sequence[OutMessage]) -> None:
+    def __init__(self, messages: Sequence[OutMessage], seq: int = 0) -> None:
         self.messages = messages
         self.reported = 0
         self.errors: dict[int, KafkaError] = {}
+        self.seq = seq  # the producer's sends are numbered: a wait knows whether later ones exist
 
     def report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
         """The delivery callback of message `index`."""
@@ -97,6 +98,7 @@ class KafkaWriter:
         self._limits = dict(topic_limits) if topic_limits and transactional_id is not None else {}
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
+        self._sends = 0  # how many `send` calls so far
         self._timeout_s = settings.retry_deadline_seconds
 
     @property
@@ -117,7 +119,8 @@ class KafkaWriter:
 
     def send(self, messages: Sequence[OutMessage]) -> Sending:
         """Hand every message to the producer (returns before Kafka acknowledges them)."""
-        sending = Sending(messages)
+        self._sends += 1
+        sending = Sending(messages, self._sends)
         produce, poll, report = self._producer.produce, self._producer.poll, sending.report
         limits = self._limits
         for i, m in enumerate(messages):
@@ -141,7 +144,7 @@ class KafkaWriter:
 
     def wait(self, sending: Sending) -> list[int]:
         """Wait for every report of `sending`; the indices refused even when sent alone."""
-        self._await(self._producer, sending)
+        self._await(self._producer, sending, later=sending.seq != self._sends)
         refused = sorted(sending.errors)
         if not refused:
             return []
@@ -207,10 +210,14 @@ class KafkaWriter:
             self._compressed = Producer(conf)
         return self._compressed
 
-    def _await(self, producer: Producer, sending: Sending) -> None:
+    def _await(self, producer: Producer, sending: Sending, later: bool = False) -> None:
+        """Serve delivery reports until `sending` has all of its. With `later` sends queued
+        behind it, only poll (a flush would wait for them too); else flush, which sends at
+        once what lingers."""
         deadline = time.monotonic() + self._timeout_s + 30
+        wait = producer.poll if later else producer.flush
         while not sending.done:
-            producer.flush(1.0)
+            wait(0.1 if later else 1.0)
             if time.monotonic() > deadline:
                 raise self._retries.gave_up(
                     DeliveryFailed(
