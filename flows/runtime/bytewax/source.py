@@ -1,7 +1,8 @@
 """The Bytewax input: every partition of the input topic, each read by a `PartitionReader`
 whose position is the partition's recovery state (a restart resumes from the last
-snapshot). The start-up checks run (and may exit) before the partitions are listed:
-Bytewax's own KafkaSource asks for metadata without a timeout and can hang forever."""
+snapshot); all of a worker's partitions are read through one consumer. The start-up
+checks run (and may exit) before the partitions are listed: Bytewax's own KafkaSource
+asks for metadata without a timeout and can hang forever."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
-from flows.adapters.kafka.source import PartitionReader
+from flows.adapters.kafka.source import PartitionReader, WorkerConsumer
 from flows.core.model import SourceRecord
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
@@ -56,6 +57,15 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         self._partitions = partitions
         self._stopping = stopping
         self._metrics = metrics
+        self._local = threading.local()  # a worker builds and polls its parts on its own thread
+
+    def _worker_consumer(self, topic: str) -> WorkerConsumer:
+        """This worker's consumer, shared by its partitions (a new one once the last closed)."""
+        shared: WorkerConsumer | None = getattr(self._local, "consumer", None)
+        if shared is None or shared.closed:
+            shared = WorkerConsumer(self.settings, topic)
+            self._local.consumer = shared
+        return shared
 
     @override
     def list_parts(self) -> list[str]:
@@ -66,7 +76,7 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         idx, topic = for_part.split("-", 1)
         m = self._metrics
         reader = PartitionReader(
-            self.settings,
+            self._worker_consumer(topic),
             topic,
             int(idx),
             resume_state,
