@@ -220,3 +220,49 @@ def test_a_fixed_partition_and_the_sink_it_feeds_are_built_and_run_on_one_thread
     for worker, thread, name in written:
         assert sink_built_on[thread] == worker, "a sink wrote on another thread than its worker's"
         assert part_threads[name] == {thread}, "an item reached a sink on another thread than its part's"
+
+
+def test_a_workers_input_partitions_are_built_and_polled_on_its_own_thread() -> None:
+    """What one consumer per worker relies on (flows/adapters/kafka/source.py, checked, not
+    assumed): Bytewax builds, polls and closes each partition of a FixedPartitionedSource on
+    the thread of the worker that owns it, so a worker's partitions can share a consumer."""
+    import threading
+
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.testing import cluster_main
+
+    calls: list[tuple[str, int]] = []
+
+    class Part(StatefulSourcePartition[int, None]):
+        def __init__(self, name: str) -> None:
+            self.name, self.left = name, 3
+            calls.append((name, threading.get_ident()))
+
+        def next_batch(self) -> list[int]:
+            calls.append((self.name, threading.get_ident()))
+            if not self.left:
+                raise StopIteration
+            self.left -= 1
+            return [1]
+
+        def snapshot(self) -> None:
+            return None
+
+        def close(self) -> None:
+            calls.append((self.name, threading.get_ident()))
+
+    class Source(FixedPartitionedSource[int, None]):
+        def list_parts(self) -> list[str]:
+            return [f"p{i}" for i in range(6)]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Part:
+            return Part(for_part)
+
+    flow = Dataflow("threads")
+    op.output("out", op.input("in", flow, Source()), TestingSink([]))
+    cluster_main(flow, [], 0, worker_count_per_proc=3)
+    threads_of: dict[str, set[int]] = {}
+    for name, thread in calls:
+        threads_of.setdefault(name, set()).add(thread)
+    assert len(threads_of) == 6 and all(len(t) == 1 for t in threads_of.values())
+    assert len({t for ts in threads_of.values() for t in ts}) == 3

@@ -1,9 +1,15 @@
-"""Reading one input partition: a consumer `assign()`ed to it at a position of our own.
+"""Reading the input partitions of a worker: one consumer `assign()`ed to all of them at
+positions of our own (`WorkerConsumer`), and a reader per partition (`PartitionReader`).
+
+Threads, connections and prefetch memory do not grow with the number of partitions, and
+neither does the cost of a batch: a reader's batch is whatever the consumer has, from any
+of the worker's partitions (a partition's reader is where Bytewax keeps the partition's
+recovery state, not a channel of its records; `flows.runtime.bytewax.source` derives that
+state from what the outputs finished, not from what was read).
 
 Consumer errors that may pass (a broker restarting) are logged and ridden out; others
 raise. Headers are read as bytes (`flows.adapters.kafka.headers`), so a header name that is
-not UTF-8 can't stop the source. The Bytewax source (`flows.runtime.bytewax.source`) wraps
-this and keeps the position in its recovery state.
+not UTF-8 can't stop the source.
 """
 
 from __future__ import annotations
@@ -45,30 +51,127 @@ def source_record(msg: Any, epoch: int = 0) -> SourceRecord:
     )
 
 
-class PartitionReader:
-    """Batches of records from one partition, from `resume` (None: the beginning) on."""
+class WorkerConsumer:
+    """One Kafka consumer for every input partition a worker reads. `take` returns what the
+    consumer has, from any of them, and keeps each partition's position (the offset after
+    the last record read). A consumer is not shared between threads: Bytewax builds and
+    polls a worker's partitions on the worker's thread."""
 
     def __init__(
         self,
         settings: Settings,
         topic: str,
-        partition: int,
-        resume: int | None,
-        stopping: threading.Event | None = None,
         on_input: Callable[[int], None] | None = None,
         on_high: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self._consumer = Consumer(consumer_config(settings))
-        self._topic, self._partition = topic, partition
-        self.position = OFFSET_BEGINNING if resume is None else resume
-        self._consumer.assign([TopicPartition(topic, partition, self.position)])
+        self._topic = topic
         self._batch_size = settings.source_batch_size
-        self._where = f"{topic}:{partition}"
-        self._stopping = stopping or threading.Event()
         self._on_input = on_input
         self._on_high = on_high
-        self.at_end = False
+        self.positions: dict[int, int] = {}
+        self._eof: set[int] = set()
+        self.closed = False
+
+    @property
+    def consumer(self) -> Consumer:
+        """The consumer (watermarks, for the readers)."""
+        return self._consumer
+
+    def add(self, partition: int, position: int) -> None:
+        """Read `partition` from `position` on."""
+        self.positions[partition] = position
+        self._consumer.incremental_assign([TopicPartition(self._topic, partition, position)])
+
+    def reassign(self, partition: int, position: int) -> None:
+        """Assign `partition` afresh at `position` (a stalled fetch)."""
+        self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
+        self._consumer.incremental_assign([TopicPartition(self._topic, partition, position)])
+
+    def remove(self, partition: int) -> bool:
+        """Stop reading `partition`; True when no partition is left (then closed)."""
+        if self.positions.pop(partition, None) is not None:
+            self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
+        if self.positions or self.closed:
+            return False
+        self._consumer.close()
+        self.closed = True
+        return True
+
+    def at_end(self, partition: int) -> bool:
+        """The partition reached its end (with STOP_AT_END)."""
+        return partition in self._eof
+
+    def take(self) -> list[SourceRecord]:
+        """Up to a batch of records, of any of the partitions (maybe none)."""
+        msgs: list[Any] = self._consumer.consume(self._batch_size, 0)  # Message types every field optional
+        if not msgs:
+            return []
+        batch: list[SourceRecord] = []
+        append = batch.append
+        positions, eof = self.positions, self._eof
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                    continue
+                if error_kind(err) is not Kind.RETRIABLE:
+                    raise KafkaException(err)
+                log.warning("kafka consumer error, retrying", extra={"fields": {"error": str(err)}})
+                continue
+            partition = msg.partition()
+            if partition not in positions:
+                continue  # prefetched before its partition was removed
+            eof.discard(partition)
+            record = source_record(msg)
+            positions[partition] = record.offset + 1
+            append(record)
+        if batch:
+            self._observe(batch)
+        return batch
+
+    def _observe(self, batch: list[SourceRecord]) -> None:
+        if self._on_input is not None:
+            self._on_input(len(batch))
+        if self._on_high is not None:
+            for partition in {r.partition for r in batch}:
+                tp = TopicPartition(self._topic, partition)
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    self._on_high(self._topic, partition, high)
+
+
+class PartitionReader:
+    """One input partition of a worker, from `resume` (None: the beginning) on: its batches
+    are the worker's (`WorkerConsumer.take`), of any partition; `position` is this
+    partition's (the offset after its last record read)."""
+
+    def __init__(
+        self,
+        shared: WorkerConsumer,
+        topic: str,
+        partition: int,
+        resume: int | None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self._shared = shared
+        self._topic, self._partition = topic, partition
+        shared.add(partition, OFFSET_BEGINNING if resume is None else resume)
+        self._where = f"{topic}:{partition}"
+        self._stopping = stopping or threading.Event()
+        self._last_position = self.position
         self._last_data = self._last_check = time.monotonic()
+
+    @property
+    def position(self) -> int:
+        """The offset after the partition's last record read."""
+        return self._shared.positions.get(self._partition, OFFSET_BEGINNING)
+
+    @property
+    def at_end(self) -> bool:
+        """The partition is drained (STOP_AT_END)."""
+        return self._shared.at_end(self._partition)
 
     @property
     def done(self) -> bool:
@@ -76,33 +179,12 @@ class PartitionReader:
         return self.at_end or self._stopping.is_set()
 
     def next_batch(self) -> list[SourceRecord]:
-        """The records available now (maybe none); the position moves past them."""
-        msgs: list[Any] = self._consumer.consume(self._batch_size, 0)  # Message types every field optional
-        batch: list[SourceRecord] = []
-        append = batch.append
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self.at_end = True
-                    break
-                if error_kind(err) is not Kind.RETRIABLE:
-                    raise KafkaException(err)
-                log.warning(
-                    "kafka consumer error, retrying", extra={"fields": {"where": self._where, "error": str(err)}}
-                )
-                continue
-            append(source_record(msg))
-        if batch:
-            self.position = batch[-1].offset + 1
+        """The records the worker's consumer has now, of any partition (maybe none)."""
+        batch = self._shared.take()
+        position = self.position
+        if position != self._last_position:
+            self._last_position = position
             self._last_data = time.monotonic()
-            if self._on_input is not None:
-                self._on_input(len(batch))
-            if self._on_high is not None:
-                tp = TopicPartition(self._topic, self._partition)
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0:
-                    self._on_high(self._topic, self._partition, high)
         else:
             self._check_stalled()
         return batch
@@ -119,19 +201,19 @@ class PartitionReader:
         self._last_check = now
         tp = TopicPartition(self._topic, self._partition)
         try:
-            low, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            low, high = self._shared.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
         except KafkaException:
             return  # the broker is away: librdkafka reconnects by itself
-        waiting = high > self.position if self.position >= 0 else high > low
+        position = self.position
+        waiting = high > position if position >= 0 else high > low
         if waiting:
             log.warning(
                 "kafka partition stalled, assigning it again",
-                extra={"fields": {"where": self._where, "position": self.position, "end_offset": high}},
+                extra={"fields": {"where": self._where, "position": position, "end_offset": high}},
             )
-            self._consumer.unassign()
-            self._consumer.assign([TopicPartition(self._topic, self._partition, self.position)])
+            self._shared.reassign(self._partition, position)
             self._last_data = now
 
     def close(self) -> None:
-        """Close the consumer."""
-        self._consumer.close()
+        """Stop reading the partition (the worker's consumer closes with its last one)."""
+        self._shared.remove(self._partition)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
-from flows.adapters.kafka.source import PartitionReader
+from flows.adapters.kafka.source import PartitionReader, WorkerConsumer
 from flows.app.outputs import Delivery
 from flows.core.model import SourceRecord
 from flows.settings import Settings
@@ -145,6 +145,18 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         self._stopping = stopping
         self.outputs = outputs
         self._metrics = metrics
+        self._local = threading.local()  # a worker builds and polls its parts on its own thread
+
+    def _worker_consumer(self, topic: str) -> WorkerConsumer:
+        """This worker's consumer, shared by its partitions (a new one once the last closed)."""
+        shared: WorkerConsumer | None = getattr(self._local, "consumer", None)
+        if shared is None or shared.closed:
+            m = self._metrics
+            shared = WorkerConsumer(
+                self.settings, topic, m.add_input if m is not None else None, m.set_high if m is not None else None
+            )
+            self._local.consumer = shared
+        return shared
 
     @override
     def list_parts(self) -> list[str]:
@@ -153,14 +165,5 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         idx, topic = for_part.split("-", 1)
-        m = self._metrics
-        reader = PartitionReader(
-            self.settings,
-            topic,
-            int(idx),
-            resume_state,
-            self._stopping,
-            m.add_input if m is not None else None,
-            m.set_high if m is not None else None,
-        )
+        reader = PartitionReader(self._worker_consumer(topic), topic, int(idx), resume_state, self._stopping)
         return _Partition(reader, self.outputs, topic, int(idx))
