@@ -266,3 +266,37 @@ def test_a_workers_input_partitions_are_built_and_polled_on_its_own_thread() -> 
         threads_of.setdefault(name, set()).add(thread)
     assert len(threads_of) == 6 and all(len(t) == 1 for t in threads_of.values())
     assert len({t for ts in threads_of.values() for t in ts}) == 3
+
+
+def test_per_worker_builds_one_instance_per_worker_thread_however_many_batches() -> None:
+    """Bytewax's worker threads are not Python's: a `threading.local` set in a step is gone
+    at the next batch (1,000 batches made 1,000 enrichers, each with its own connection pool
+    and a cold cache). `PerWorker` keeps one per worker thread for the whole run."""
+    import threading
+
+    from bytewax.testing import cluster_main
+
+    from flows.runtime.bytewax.flow import PerWorker
+
+    built: list[int] = []
+    closed: list[object] = []
+
+    def build() -> object:
+        built.append(threading.get_ident())
+        return object()
+
+    per_worker = PerWorker(build, closed.append)
+    used: set[tuple[int, int]] = set()
+
+    def step(x: int) -> int:
+        used.add((threading.get_ident(), id(per_worker.get())))
+        return x
+
+    flow = Dataflow("per_worker")
+    stream = op.input("in", flow, TestingSource(list(range(1000)), batch_size=1))
+    op.output("out", op.map("m", op.redistribute("spread", stream), step), TestingSink([]))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert len(built) == len(set(built)) == 2, f"{len(built)} instances built for 2 workers"
+    assert len(used) == 2, "each worker used its own instance, always the same"
+    per_worker.close_all()
+    assert len(closed) == 2

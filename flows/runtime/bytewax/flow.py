@@ -22,6 +22,7 @@ from bytewax.outputs import Sink
 from flows.app.compose import App, decode_batch
 from flows.core.enrich import Enricher, close_lookups
 from flows.core.model import Decoded, Failure, Outcome, SourceRecord
+from flows.runtime.bytewax.threads import ByThread
 from flows.telemetry.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,17 @@ class PerWorker(Generic[T]):
     def __init__(self, build: Callable[[], T], close: Callable[[T], None]) -> None:
         self._build = build
         self._close = close
-        self._local = threading.local()
+        self._by_thread: ByThread[T] = ByThread()
         self._all: list[T] = []
         self._lock = threading.Lock()
         atexit.register(self.close_all)
 
     def get(self) -> T:
         """This worker's instance."""
-        inst: T | None = getattr(self._local, "inst", None)
+        inst = self._by_thread.get()
         if inst is None:
             inst = self._build()
-            self._local.inst = inst
+            self._by_thread.set(inst)
             with self._lock:
                 self._all.append(inst)
         return inst

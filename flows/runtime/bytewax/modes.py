@@ -40,9 +40,8 @@ def input_and_output(
         outputs = WorkerOutputs()
         source = KafkaInput(s, preflight.partitions, lifecycle.stopping, outputs, m)
         return source, DeliverySink(
-            lambda w: outputs.register(
-                app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=PIPELINE_DEPTH)
-            )
+            lambda w: app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=PIPELINE_DEPTH),
+            on_write=outputs.register,
         )
 
     def client(worker: int) -> str:

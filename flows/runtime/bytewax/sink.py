@@ -13,11 +13,19 @@ from flows.core.model import Outcome
 
 
 class _Partition(StatelessSinkPartition[Outcome]):
-    def __init__(self, delivery: Delivery, after_close: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        delivery: Delivery,
+        after_close: Callable[[], None] | None,
+        on_write: Callable[[Delivery], None] | None,
+    ) -> None:
         self.delivery = delivery
         self._after_close = after_close
+        self._on_write = on_write
 
     def write_batch(self, items: list[Outcome]) -> None:
+        if self._on_write is not None:
+            self._on_write(self.delivery)
         self.delivery.write(items)
 
     def close(self) -> None:
@@ -30,13 +38,23 @@ class _Partition(StatelessSinkPartition[Outcome]):
 
 class DeliverySink(DynamicSink[Outcome]):
     """`build(worker_index)` makes a worker's Delivery; `after_close(worker_index)` runs once
-    it is closed (exactly-once: the worker's consumer leaves the group then)."""
+    it is closed (exactly-once: the worker's consumer leaves the group then); `on_write`
+    is told the Delivery before each batch, on the thread that writes it (at-least-once:
+    the worker's input partitions find it there)."""
 
-    def __init__(self, build: Callable[[int], Delivery], after_close: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        build: Callable[[int], Delivery],
+        after_close: Callable[[int], None] | None = None,
+        on_write: Callable[[Delivery], None] | None = None,
+    ) -> None:
         self._build = build
         self._after_close = after_close
+        self._on_write = on_write
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         after = self._after_close
-        return _Partition(self._build(worker_index), (lambda: after(worker_index)) if after is not None else None)
+        return _Partition(
+            self._build(worker_index), (lambda: after(worker_index)) if after is not None else None, self._on_write
+        )

@@ -5,9 +5,11 @@ KafkaSource asks for metadata without a timeout and can hang forever.
 A partition's recovery state (where a restart resumes) is the first offset the worker's
 outputs have not yet made durable, not the reader's position: the worker's `Delivery`
 awaits a batch's acknowledgements while the next batch is on its way, so at a snapshot the
-last records read may be still in flight. Bytewax builds a worker's output step and its
-input partitions, and runs them, on the worker's thread (tests/unit/test_flow.py shows it),
-so a partition finds its worker's Delivery there (`WorkerOutputs`). When the input of a
+last records read may be still in flight. Bytewax runs a worker's output step and its input
+partitions on the worker's thread (tests/unit/test_flow.py shows it), so the output step
+announces its Delivery as it writes, and a partition finds it by its thread
+(`WorkerOutputs`; not in a `threading.local`, which does not last on a Bytewax worker
+thread: `flows.runtime.bytewax.threads`). When the input of a
 worker is idle, or a partition ends, the Delivery is drained: what was read is delivered
 and its offsets committed, and the final snapshot of a partition is its end.
 """
@@ -26,6 +28,7 @@ from typing_extensions import override
 from flows.adapters.kafka.source import PartitionReader, WorkerConsumer
 from flows.app.outputs import Delivery
 from flows.core.model import SourceRecord
+from flows.runtime.bytewax.threads import ByThread
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
 
@@ -35,33 +38,42 @@ IDLE_DRAIN_S = 0.01  # no partition of the worker read anything for this long: d
 END_WAIT_S = 60.0  # at its end, a partition waits this long at most for its records' delivery
 
 
+class _Worker:
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.last_read = time.monotonic()
+
+
 class WorkerOutputs:
     """Each worker's Delivery, found from the worker's thread, and when the worker's input
     last gave records."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._workers: ByThread[_Worker] = ByThread()
 
-    def register(self, delivery: Delivery) -> Delivery:
+    def register(self, delivery: Delivery) -> None:
         """The Delivery of the worker running on this thread."""
-        self._local.delivery = delivery
-        self._local.last_read = time.monotonic()
-        return delivery
+        worker = self._workers.get()
+        if worker is None or worker.delivery is not delivery:
+            self._workers.set(_Worker(delivery))
 
     def delivery(self) -> Delivery | None:
-        """This worker's Delivery (None before its output step is built)."""
-        return getattr(self._local, "delivery", None)
+        """This worker's Delivery (None before its output step wrote)."""
+        worker = self._workers.get()
+        return worker.delivery if worker is not None else None
 
     def read(self) -> None:
         """A partition of this worker gave records."""
-        self._local.last_read = time.monotonic()
+        worker = self._workers.get()
+        if worker is not None:
+            worker.last_read = time.monotonic()
 
     def idle(self) -> None:
         """A partition of this worker gave nothing: if none did for a while, deliver what
         is in flight (so offsets are committed and a snapshot has it all)."""
-        delivery = self.delivery()
-        if delivery is not None and delivery.in_flight and time.monotonic() - self._local.last_read >= IDLE_DRAIN_S:
-            delivery.drain()
+        worker = self._workers.get()
+        if worker is not None and worker.delivery.in_flight and time.monotonic() - worker.last_read >= IDLE_DRAIN_S:
+            worker.delivery.drain()
 
     def finished(self, topic: str, partition: int) -> int | None:
         """The first offset of the partition this worker's outputs do not have durably yet
@@ -145,17 +157,17 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         self._stopping = stopping
         self.outputs = outputs
         self._metrics = metrics
-        self._local = threading.local()  # a worker builds and polls its parts on its own thread
+        self._consumers: ByThread[WorkerConsumer] = ByThread()  # a worker's parts are built on its thread
 
     def _worker_consumer(self, topic: str) -> WorkerConsumer:
         """This worker's consumer, shared by its partitions (a new one once the last closed)."""
-        shared: WorkerConsumer | None = getattr(self._local, "consumer", None)
+        shared = self._consumers.get()
         if shared is None or shared.closed:
             m = self._metrics
             shared = WorkerConsumer(
                 self.settings, topic, m.add_input if m is not None else None, m.set_high if m is not None else None
             )
-            self._local.consumer = shared
+            self._consumers.set(shared)
         return shared
 
     @override
