@@ -54,8 +54,11 @@ def source_record(msg: Any, epoch: int = 0) -> SourceRecord:
 class WorkerConsumer:
     """One Kafka consumer for every input partition a worker reads. `take` returns what the
     consumer has, from any of them, and keeps each partition's position (the offset after
-    the last record read). A consumer is not shared between threads: Bytewax builds and
-    polls a worker's partitions on the worker's thread."""
+    the last record read). Only one partition's reader reads (the lowest partition still
+    read): Bytewax polls every partition of a worker in turn, and were each to take a batch
+    the worker would read as many batches at once as it has partitions. A consumer is not
+    shared between threads: Bytewax builds and polls a worker's partitions on the worker's
+    thread."""
 
     def __init__(
         self,
@@ -70,7 +73,9 @@ class WorkerConsumer:
         self._on_input = on_input
         self._on_high = on_high
         self.positions: dict[int, int] = {}
+        self.reader: int | None = None  # the partition whose reader reads
         self._eof: set[int] = set()
+        self.last_data = time.monotonic()  # when a take last returned records
         self.closed = False
 
     @property
@@ -81,6 +86,7 @@ class WorkerConsumer:
     def add(self, partition: int, position: int) -> None:
         """Read `partition` from `position` on."""
         self.positions[partition] = position
+        self.reader = min(self.positions)
         self._consumer.incremental_assign([TopicPartition(self._topic, partition, position)])
 
     def reassign(self, partition: int, position: int) -> None:
@@ -92,6 +98,7 @@ class WorkerConsumer:
         """Stop reading `partition`; True when no partition is left (then closed)."""
         if self.positions.pop(partition, None) is not None:
             self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
+        self.reader = min(self.positions) if self.positions else None
         if self.positions or self.closed:
             return False
         self._consumer.close()
@@ -99,8 +106,19 @@ class WorkerConsumer:
         return True
 
     def at_end(self, partition: int) -> bool:
-        """The partition reached its end (with STOP_AT_END)."""
-        return partition in self._eof
+        """The partition reached its end (with STOP_AT_END): its end was reported, and
+        everything up to the end offset the consumer knows was read (an end reported by a
+        fetch before the partition was assigned again is not its end)."""
+        if partition not in self._eof:
+            return False
+        position = self.positions.get(partition, OFFSET_BEGINNING)
+        low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, partition), cached=True)
+        if high < 0:
+            return True  # no end offset known: trust the report
+        if position >= high or (position < 0 and high <= low):
+            return True
+        self._eof.discard(partition)
+        return False
 
     def take(self) -> list[SourceRecord]:
         """Up to a batch of records, of any of the partitions (maybe none)."""
@@ -128,6 +146,7 @@ class WorkerConsumer:
             positions[partition] = record.offset + 1
             append(record)
         if batch:
+            self.last_data = time.monotonic()
             self._observe(batch)
         return batch
 
@@ -160,13 +179,17 @@ class PartitionReader:
         shared.add(partition, OFFSET_BEGINNING if resume is None else resume)
         self._where = f"{topic}:{partition}"
         self._stopping = stopping or threading.Event()
-        self._last_position = self.position
-        self._last_data = self._last_check = time.monotonic()
+        self._last_check = time.monotonic()
 
     @property
     def position(self) -> int:
         """The offset after the partition's last record read."""
         return self._shared.positions.get(self._partition, OFFSET_BEGINNING)
+
+    @property
+    def reads(self) -> bool:
+        """This partition's reader is the one reading for the worker."""
+        return self._shared.reader == self._partition
 
     @property
     def at_end(self) -> bool:
@@ -179,24 +202,23 @@ class PartitionReader:
         return self.at_end or self._stopping.is_set()
 
     def next_batch(self) -> list[SourceRecord]:
-        """The records the worker's consumer has now, of any partition (maybe none)."""
-        batch = self._shared.take()
-        position = self.position
-        if position != self._last_position:
-            self._last_position = position
-            self._last_data = time.monotonic()
-        else:
+        """The records the worker's consumer has now, of any partition (maybe none; always
+        none but for the worker's reading partition)."""
+        batch = self._shared.take() if self.reads else []
+        if not batch:
             self._check_stalled()
         return batch
 
     def _check_stalled(self) -> None:
         """After a broker restart, now and then: the consumer of an assigned
         partition fetches nothing any more although records wait behind its position, and
-        reports no error. When a partition has been idle for STALL_CHECK_S, compare the
-        position with the broker's end offset and, if records wait, assign it afresh at the
-        position (nothing is skipped or read twice: the position is our own)."""
+        reports no error. When the worker's consumer has returned nothing for STALL_CHECK_S
+        (not merely this partition: with a backlog the consumer serves a few partitions at
+        a time, and the others wait their turn), compare the position with the broker's end
+        offset and, if records wait, assign the partition afresh at the position (nothing is
+        skipped or read twice: the position is our own)."""
         now = time.monotonic()
-        if now - self._last_data < STALL_CHECK_S or now - self._last_check < STALL_CHECK_S:
+        if now - self._shared.last_data < STALL_CHECK_S or now - self._last_check < STALL_CHECK_S:
             return
         self._last_check = now
         tp = TopicPartition(self._topic, self._partition)
@@ -212,7 +234,6 @@ class PartitionReader:
                 extra={"fields": {"where": self._where, "position": position, "end_offset": high}},
             )
             self._shared.reassign(self._partition, position)
-            self._last_data = now
 
     def close(self) -> None:
         """Stop reading the partition (the worker's consumer closes with its last one)."""

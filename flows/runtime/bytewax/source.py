@@ -33,7 +33,8 @@ from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-IDLE_WAIT = dt.timedelta(milliseconds=5)  # an idle partition is polled again after this
+IDLE_WAIT = dt.timedelta(milliseconds=5)  # the reading partition, idle, is polled again after this
+OTHER_WAIT = dt.timedelta(milliseconds=100)  # the worker's other partitions (they only watch their end)
 IDLE_DRAIN_S = 0.01  # no partition of the worker read anything for this long: drain
 END_WAIT_S = 60.0  # at its end, a partition waits this long at most for its records' delivery
 
@@ -103,9 +104,11 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         if batch:
             self._outputs.read()
             self._awake = None
-        else:
+        elif self._reader.reads:
             self._outputs.idle()
             self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
+        else:
+            self._awake = dt.datetime.now(dt.UTC) + OTHER_WAIT
         return batch
 
     def _settled(self) -> bool:
