@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,38 @@ def test_recovery_directory_per_process(tmp_path: Path, cql: Session) -> None:
     # processes 0 and 1 refuse to start; process 2 waits for its peers until stopped
     assert run_cluster(sc, 3, 1, separate=True, SHUTDOWN_TIMEOUT_SECONDS="3") == 2
     assert "laid out for 2 processes, but this cluster has 3" in sc.log.read_text()
+
+
+def _peak_threads(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """The most threads the process had, sampled until it exits."""
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the dataflow did not finish"
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            break
+        peak = max(peak, int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:"))))
+        time.sleep(0.05)
+    return peak
+
+
+def test_many_partitions_one_consumer_per_worker_and_resume(tmp_path: Path, cql: Session) -> None:
+    """A 64-partition input, read by 1 process x 2 workers: every record once, and the
+    process runs about as many threads as with 4 partitions (one consumer per worker, not
+    per partition: before, each partition had a consumer and its librdkafka threads).
+    More records arrive and a second run resumes from the snapshots: only the new ones."""
+    sc = Scenario(tmp_path, partitions=64)
+    produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED))
+    proc = sc.start(stop_at_end=True, BYTEWAX_WORKERS_PER_PROCESS="2")
+    threads = _peak_threads(proc, 240)
+    assert proc.wait(10) == 0, sc.log.read_text()[-3000:]
+    # 2 workers with 2 consumers: ~25 threads (with a consumer per partition: over 250)
+    assert 0 < threads < 45, f"{threads} threads for 64 partitions"
+    produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED + 1))
+    sc.log.write_text("")
+    assert sc.run_to_end(BYTEWAX_WORKERS_PER_PROCESS="2") == 0, sc.log.read_text()[-3000:]
+    finals = final_progress(sc)
+    assert [int(f["records_in"]) for f in finals] == [N // 2], "resumed after the first run"  # type: ignore[call-overload]
+    check_complete(sc.account(cql), N)
