@@ -19,6 +19,7 @@ TARGET_P99_MS = 250.0
 TARGET_RSS_GROWTH_PCT = 10.0
 TARGET_SOAK_MINUTES = 10.0
 TARGET_LARGE_MB_S = 25.0  # issue 11: ~1 MiB records
+TARGET_PARTITION_SPREAD_PCT = 10.0  # issue 14: throughput within 10% across partition counts
 
 VARIANTS = ("passthrough", "floor", "dataflow", "exactly-once", "naive")
 
@@ -211,6 +212,18 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "",
         )
     )
+    sweep = report.get("partition_sweep") or []
+    rates = [r["dataflow"].get("rate_rps") for r in sweep]
+    spread = (max(rates) / min(rates) - 1) * 100 if len(rates) > 1 and all(rates) else None
+    out.append(
+        _target(
+            "dataflow rate across partitions (%)",
+            f"<= {TARGET_PARTITION_SPREAD_PCT:g}",
+            spread,
+            lambda v: v <= TARGET_PARTITION_SPREAD_PCT,
+            "fastest over slowest - 1, steady-window rates of the partition sweep",
+        )
+    )
     soak = report.get("soak") or {}
     growth = (soak.get("rss") or {}).get("growth_pct")
     minutes = soak.get("minutes")
@@ -318,6 +331,22 @@ def format_table(report: Mapping[str, Any]) -> str:
             f"{_fmt(rss.get('rss_end_mb'), ',.0f')} MB at the end "
             f"({_fmt(rss.get('growth_pct'), '+.1f')}%)"
         )
+    if sweep := report.get("partition_sweep"):
+        lines += [
+            "",
+            "partition sweep (input and output topics of N partitions; whole run = records / wall time, "
+            "start-up included):",
+            f"{'partitions':>12}{'variant':>10}{'records/s':>11}{'whole run/s':>13}{'CPU s/1k':>10}"
+            f"{'threads':>9}{'peak RSS MB':>13}",
+        ]
+        for r in sweep:
+            for name in ("floor", "dataflow"):
+                v = r.get(name) or {}
+                lines.append(
+                    f"{r['partitions']:>12}{name:>10}{_fmt(v.get('rate_rps')):>11}{_fmt(v.get('rate_whole_run')):>13}"
+                    f"{_fmt(v.get('cpu_s_per_1k'), '.3f'):>10}{_fmt(v.get('peak_threads')):>9}"
+                    f"{_fmt(v.get('peak_rss_mb')):>13}"
+                )
     lines += ["", "targets:"]
     for t in report.get("targets", []):
         mark = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]

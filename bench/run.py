@@ -10,6 +10,7 @@ its own PostgreSQL database (`--pg-database`), topics `bench.<run id>.*` and key
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -99,6 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="enrichment_bench",
         help="PostgreSQL database of the benchmark's customers, on PG_DSN's server",
     )
+    p.add_argument(
+        "--partition-sweep",
+        default="",
+        help="comma-separated partition counts (e.g. 1,32,256): the floor and the dataflow again over "
+        "--sweep-records records in topics of each count; threads, RSS and rates side by side (default: none)",
+    )
+    p.add_argument("--sweep-records", type=int, default=60_000, help="records per sweep run (default 60000)")
     p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
     p.add_argument(
         "--profile",
@@ -111,6 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not chosen:
         p.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(metrics.VARIANTS)}")
     args.variants = [v for v in metrics.VARIANTS if v in chosen]
+    try:
+        args.partition_sweep = [int(n) for n in args.partition_sweep.split(",") if n.strip()]
+    except ValueError:
+        p.error("--partition-sweep: comma-separated integers")
+    if any(n < 1 for n in args.partition_sweep):
+        p.error("--partition-sweep: at least 1 partition")
     if args.records < 1000:
         p.error("--records: at least 1000")
     return args
@@ -168,6 +182,30 @@ def cleanup(bench: Bench) -> None:
     finally:
         cluster.shutdown()
     bench.display.done(f"cleanup: deleted {len(deleted)} topics and {len(mine)} keyspaces")
+
+
+def partition_sweep(bench: Bench, args: argparse.Namespace, settings: Settings, space: int) -> list[dict[str, Any]]:
+    """The floor and the dataflow over the same records in input and output topics of each
+    partition count: one consumer per worker should keep threads and RSS flat."""
+    rows: list[dict[str, Any]] = []
+    for count in args.partition_sweep:
+        sweep = dataclasses.replace(bench, partitions=count, tag=f"_p{count}", running=bench.running)
+        topic = f"{bench.prefix}.events_p{count}"
+        create_topics(settings, [topic], count, log_append_time=False)
+        recs = records(args.sweep_records, space, args.uniform, 7, settings.max_value_bytes)
+        loaded = load(settings, topic, recs, SEEDED)
+        row: dict[str, Any] = {"partitions": count, "records": loaded.records}
+        for name, run in (("floor", variants.floor), ("dataflow", variants.dataflow)):
+            result = run(sweep, loaded)
+            row[name] = {
+                k: result.get(k)
+                for k in ("rate_rps", "wall_s", "cpu_s_per_1k", "cpu_s_per_1k_whole_run", "peak_rss_mb", "peak_threads")
+            }
+            row[name]["gate_ok"] = result.get("gate", {}).get("ok")
+            row[name]["rate_whole_run"] = round(loaded.records / result["wall_s"], 1) if result.get("wall_s") else None
+            bench.display.done(f"[sweep {count} partitions, {name}] {_line(result)}")
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             report["large_records"] = variants.large_records(bench, args.large_records)
             large = report["large_records"]
             display.done(f"[large] {large.get('mb_per_s')} MB/s, {_line(large)}")
+        if args.partition_sweep:
+            report["partition_sweep"] = partition_sweep(bench, args, settings, space)
         if args.soak_minutes > 0:
             soak_rate = args.soak_rate or (0.25 * rates["dataflow"] if rates.get("dataflow") else 0)
             if soak_rate:
@@ -307,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["load_avg_end"] = os.getloadavg()
     report["targets"] = metrics.targets(report)
     gates = [v.get("gate", {}).get("ok") for v in report["variants"].values()]
+    gates += [r[v]["gate_ok"] for r in report.get("partition_sweep", []) for v in ("floor", "dataflow")]
     gates += [
         report[k]["gate"]["ok"]
         for k in ("latency_run", "latency_run_exactly_once", "large_records", "soak")

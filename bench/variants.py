@@ -55,6 +55,7 @@ class Bench:
     marks: Watermarks
     profile: bool = False
     running: list[Monitored] = field(default_factory=list)
+    tag: str = ""  # added to the variants' topic and keyspace names (the partition sweep)
 
     @property
     def prefix(self) -> str:
@@ -66,6 +67,7 @@ class Bench:
 
     def names(self, variant: str) -> tuple[str, str, str]:
         """Success topic, failure topic, history keyspace of a variant."""
+        variant += self.tag
         return f"{self.prefix}.{variant}.enriched", f"{self.prefix}.{variant}.failed", f"{self.ks_prefix}_{variant}"
 
     def start(

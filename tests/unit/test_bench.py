@@ -181,7 +181,7 @@ def test_table_with_nothing_measured() -> None:
 def test_profile_categories_first_match_from_the_root() -> None:
     raw = [
         "thread (1): MainThread;<module> (run.py:1);_HistoryPartition.write_batch (flows/history.py:9);"
-        "HistoryWriter.write (flows/history.py:8);HistoryWriter._write_once (flows/history.py:7);"
+        "HistoryWriter.write (flows/history.py:8);HistoryWriter.finish (flows/history.py:7);_Round.wait (x:1);"
         "Condition.wait (threading.py:327) 30",
         "thread (1): MainThread;<module> (run.py:1);build_flow.<locals>.decode_step (flows/pipeline.py:1);"
         "decode_record (flows/decode.py:3) 10",
@@ -190,7 +190,7 @@ def test_profile_categories_first_match_from_the_root() -> None:
         "garbage",
     ]
     threads = profile.parse(raw)
-    assert threads["MainThread"] == {"history: execute + wait for acks": 30, "decode + validate": 10, profile.OTHER: 10}
+    assert threads["MainThread"] == {"history: wait for acks, retries": 30, "decode + validate": 10, profile.OTHER: 10}
     assert threads["event_loop"] == {"CQL driver I/O (event loop)": 5}
 
 
@@ -199,13 +199,13 @@ def test_profile_summary_per_record(tmp_path: object) -> None:
 
     path = Path(str(tmp_path)) / "raw.txt"
     path.write_text(
-        "thread (1): MainThread;a;HistoryWriter._write_once (x) 100\nthread (1): MainThread;a;decode_batch (x) 100\n"
+        "thread (1): MainThread;a;HistoryWriter.finish (x) 100\nthread (1): MainThread;a;decode_batch (x) 100\n"
     )
     summary = profile.summarize(path, records=1000, rate_hz=100)
     main = summary["threads"]["MainThread"]
     assert main["us_per_record"] == 2000.0  # 200 samples at 100 Hz over 1,000 records
     assert {c["name"]: c["share"] for c in main["categories"]} == {
-        "history: execute + wait for acks": 0.5,
+        "history: wait for acks, retries": 0.5,
         "decode + validate": 0.5,
     }
     assert "MainThread: 2000.0 us" in profile.format_summary(summary)
@@ -257,3 +257,29 @@ def test_per_second_groups_by_create_second() -> None:
     assert [r["t"] for r in rows] == [0, 1, 2]
     assert rows[0]["count"] == 2 and rows[0]["max"] == 30.0
     assert rows[1]["p50"] == 500.0 and rows[2]["p99"] == 7.0
+
+
+def test_partition_sweep_target_and_table() -> None:
+    def run(rate: float, threads: int, rss: float) -> dict:
+        return {
+            "rate_rps": rate,
+            "rate_whole_run": rate / 2,
+            "cpu_s_per_1k": 0.04,
+            "peak_threads": threads,
+            "peak_rss_mb": rss,
+            "gate_ok": True,
+        }
+
+    sweep = [
+        {"partitions": 1, "records": 60_000, "floor": run(30_000, 5, 110), "dataflow": run(20_000, 24, 104)},
+        {"partitions": 256, "records": 60_000, "floor": run(26_000, 5, 128), "dataflow": run(17_000, 24, 113)},
+    ]
+    report = _report(partition_sweep=sweep)
+    spread = {t["name"]: t for t in metrics.targets(report)}["dataflow rate across partitions (%)"]
+    assert round(spread["value"], 1) == 17.6 and spread["met"] is False
+    report["targets"] = metrics.targets(report)
+    table = metrics.format_table(report)
+    assert "partition sweep" in table
+    row = next(line for line in table.splitlines() if line.split()[:2] == ["256", "dataflow"])
+    assert row.split()[2:] == ["17,000", "8,500", "0.040", "24", "113"]
+    assert {t["name"]: t for t in metrics.targets(_report())}["dataflow rate across partitions (%)"]["met"] is None
