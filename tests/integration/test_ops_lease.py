@@ -71,10 +71,10 @@ def _env(topics: Topics) -> dict[str, str]:
     return {**os.environ, **topics.env, "PYTHONPATH": str(ROOT)}
 
 
-def start_replay(topics: Topics, target: str, cwd: Path) -> subprocess.Popen[str]:
+def start_replay(topics: Topics, target: str, cwd: Path, chunk: str = CHUNK) -> subprocess.Popen[str]:
     cwd.mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "ops", "replay", "--to", target, "--chunk-size", CHUNK, "-q"],
+        [sys.executable, "-m", "ops", "replay", "--to", target, "--chunk-size", chunk, "-q"],
         cwd=cwd,
         env=_env(topics),
         stdout=subprocess.PIPE,
@@ -162,7 +162,8 @@ def test_a_killed_replay_holds_its_lease_until_it_expires_then_a_rerun_completes
     lease lasts (naming it), then settles its chunk in flight and produces the rest:
     nothing twice, nothing missing."""
     target = new_target(topics, "killed")
-    victim = start_replay(topics, target, tmp_path / "alice")
+    # chunks of one: the run takes long enough to be killed part-way on a fast machine
+    victim = start_replay(topics, target, tmp_path / "alice", chunk="1")
     deadline = time.monotonic() + 120
     while records_in(topics.settings, target) < 20:
         assert victim.poll() is None, victim.communicate()
