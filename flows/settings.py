@@ -242,6 +242,8 @@ class Settings:
     commit_interval_ms: int = _env("COMMIT_INTERVAL_MS", "100", _int_range(10, 60_000))
     # at-least-once: finished offsets committed to CONSUMER_GROUP this often, for visibility
     offset_commit_interval_seconds: float = _env("OFFSET_COMMIT_INTERVAL_SECONDS", "1", _float_range(0.1))
+    # at-least-once: a worker waits for a batch's acknowledgements while it processes the next
+    overlap_acks: bool = _env("OVERLAP_ACKS", "true", _bool)
     # exactly-once: a group member silent this long is replaced (and its commits fenced); a
     # killed process's partitions wait this long before a restart or another member gets them
     kafka_session_timeout_ms: int = _env("KAFKA_SESSION_TIMEOUT_MS", "10000", _int_range(6000, 300_000))

@@ -187,12 +187,14 @@ def _peak_threads(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return peak
 
 
-def test_many_partitions_one_consumer_per_worker_and_resume(tmp_path: Path, cql: Session) -> None:
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_many_partitions_one_consumer_per_worker_and_resume(overlap: str, tmp_path: Path, cql: Session) -> None:
     """A 64-partition input, read by 1 process x 2 workers: every record once, and the
     process runs about as many threads as with 4 partitions (one consumer per worker, not
     per partition: before, each partition had a consumer and its librdkafka threads).
-    More records arrive and a second run resumes from the snapshots: only the new ones."""
-    sc = Scenario(tmp_path, partitions=64)
+    More records arrive and a second run resumes from the snapshots: only the new ones.
+    With and without OVERLAP_ACKS (the snapshots are the delivered offsets either way)."""
+    sc = Scenario(tmp_path, partitions=64, OVERLAP_ACKS=overlap)
     produce_all(sc.settings, sc.topics.input, sc.records(N // 2, seed=SEED))
     proc = sc.start(stop_at_end=True, BYTEWAX_WORKERS_PER_PROCESS="2")
     threads = _peak_threads(proc, 240)

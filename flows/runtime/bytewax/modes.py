@@ -25,8 +25,6 @@ from flows.runtime.bytewax.preflight import Preflight
 from flows.runtime.bytewax.sink import DeliverySink
 from flows.runtime.bytewax.source import KafkaInput, WorkerOutputs
 
-PIPELINE_DEPTH = 1  # at-least-once: batches awaiting acknowledgements while the next is handed over
-
 
 def input_and_output(
     app: App, preflight: Preflight, lifecycle: Lifecycle, identity: str
@@ -40,7 +38,7 @@ def input_and_output(
         outputs = WorkerOutputs()
         source = KafkaInput(s, preflight.partitions, lifecycle.stopping, outputs, m)
         return source, DeliverySink(
-            lambda w: app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=PIPELINE_DEPTH),
+            lambda w: app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=1 if s.overlap_acks else 0),
             on_write=outputs.register,
         )
 
