@@ -334,8 +334,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     if sweep := report.get("partition_sweep"):
         lines += [
             "",
-            "partition sweep (input and output topics of N partitions; whole run = records / wall time, "
-            "start-up included):",
+            "partition sweep (input topics of N partitions; the dataflow's outputs as above, the floor's N; "
+            "whole run = records / wall time, start-up included):",
             f"{'partitions':>12}{'variant':>10}{'records/s':>11}{'whole run/s':>13}{'CPU s/1k':>10}"
             f"{'threads':>9}{'peak RSS MB':>13}",
         ]

@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--partition-sweep",
         default="",
         help="comma-separated partition counts (e.g. 1,32,256): the floor and the dataflow again over "
-        "--sweep-records records in topics of each count; threads, RSS and rates side by side (default: none)",
+        "--sweep-records records in input topics of each count (outputs keep --partitions); threads, RSS and "
+        "rates side by side (default: none)",
     )
     p.add_argument("--sweep-records", type=int, default=60_000, help="records per sweep run (default 60000)")
     p.add_argument("--keep", action="store_true", help="keep the run's topics and keyspaces")
@@ -185,18 +186,23 @@ def cleanup(bench: Bench) -> None:
 
 
 def partition_sweep(bench: Bench, args: argparse.Namespace, settings: Settings, space: int) -> list[dict[str, Any]]:
-    """The floor and the dataflow over the same records in input and output topics of each
-    partition count: one consumer per worker should keep threads and RSS flat."""
+    """The floor and the dataflow over the same records in input topics of each partition
+    count: one consumer per worker should keep threads, RSS and the rate flat. The
+    dataflow's output topics keep --partitions; the floor copies each record to the same
+    partition, so its output topics have the input's count."""
     rows: list[dict[str, Any]] = []
     for count in args.partition_sweep:
-        sweep = dataclasses.replace(bench, partitions=count, tag=f"_p{count}", running=bench.running)
+        sweeps = {
+            "floor": dataclasses.replace(bench, partitions=count, tag=f"_p{count}", running=bench.running),
+            "dataflow": dataclasses.replace(bench, tag=f"_p{count}", running=bench.running),
+        }
         topic = f"{bench.prefix}.events_p{count}"
         create_topics(settings, [topic], count, log_append_time=False)
         recs = records(args.sweep_records, space, args.uniform, 7, settings.max_value_bytes)
         loaded = load(settings, topic, recs, SEEDED)
         row: dict[str, Any] = {"partitions": count, "records": loaded.records}
         for name, run in (("floor", variants.floor), ("dataflow", variants.dataflow)):
-            result = run(sweep, loaded)
+            result = run(sweeps[name], loaded)
             row[name] = {
                 k: result.get(k)
                 for k in ("rate_rps", "wall_s", "cpu_s_per_1k", "cpu_s_per_1k_whole_run", "peak_rss_mb", "peak_threads")
