@@ -7,7 +7,7 @@ from typing import Any
 from flows.core.sizes import topic_sizes_to_create
 from flows.settings import Settings
 
-PREFETCH_KBYTES = 4096  # per partition: a few source batches of ordinary records
+PREFETCH_KBYTES = 4096  # a few source batches of ordinary records
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -18,8 +18,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": settings.stop_at_end,
-        # prefetch per partition: a few source batches, not the 64 MiB default (memory stays
-        # flat), but at least two of the largest records, so large records stream
+        # prefetch (the consumer's queue, whatever its number of partitions): a few source
+        # batches, not the 64 MiB default (memory stays flat), but at least two of the
+        # largest records, so large records stream
         "queued.max.messages.kbytes": max(PREFETCH_KBYTES, 2 * settings.max_value_bytes // 1024 + 64),
         # a full prefetch queue makes librdkafka wait this long before fetching again (its
         # default, 1 s, starves a stream of large records that fill the queue in a few)
