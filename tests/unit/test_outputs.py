@@ -28,17 +28,20 @@ class Recorder:
         self.log.append(f"close {self.name}")
 
 
+def three(history: Recorder, out: Recorder, dlq: Recorder) -> list[tuple[Output, Recorder]]:
+    """The flow's three outputs (every outcome, enriched ones, failed ones), as recorders."""
+    return [
+        (Output("history", everything, lambda _: history), history),
+        (Output("out", enriched, lambda _: out), out),
+        (Output("dlq", failed, lambda _: dlq), dlq),
+    ]
+
+
 def test_each_output_gets_what_it_selects_written_first_flushed_in_order_and_rerouted_again() -> None:
     log: list[str] = []
     good, bad, moved = ok(), dead(10), dead(20, offset=9)
     history, out, dlq = Recorder("history", log), Recorder("out", log, [moved]), Recorder("dlq", log)
-    delivery = Delivery(
-        [
-            (Output("history", everything, lambda _: history), history),
-            (Output("out", enriched, lambda _: out), out),
-            (Output("dlq", failed, lambda _: dlq), dlq),
-        ]
-    )
+    delivery = Delivery(three(history, out, dlq))
     delivery.write([good, bad])
     assert log == [
         "write history 2",
@@ -105,11 +108,7 @@ def test_progress_counts_a_batch_only_after_every_output_flushed_it_rerouted_out
     good, bad, stale = ok(), dead(10), dead(30, offset=11)
     history, out, dlq = Recorder("history", log), Recorder("out", log, [dead(20, offset=9)]), Recorder("dlq", log)
     delivery = Delivery(
-        [
-            (Output("history", everything, lambda _: history), history),
-            (Output("out", enriched, lambda _: out), out),
-            (Output("dlq", failed, lambda _: dlq), dlq),
-        ],
+        three(history, out, dlq),
         progress=Keeper(log, drop=[stale]),
     )
     delivery.write([good, bad, stale])
@@ -124,11 +123,7 @@ def test_with_depth_one_a_batch_is_awaited_while_the_next_is_handed_over_and_cou
     log: list[str] = []
     history, out, dlq = Recorder("history", log), Recorder("out", log), Recorder("dlq", log)
     delivery = Delivery(
-        [
-            (Output("history", everything, lambda _: history), history),
-            (Output("out", enriched, lambda _: out), out),
-            (Output("dlq", failed, lambda _: dlq), dlq),
-        ],
+        three(history, out, dlq),
         progress=Keeper(log),
         depth=1,
     )
@@ -163,11 +158,7 @@ def test_rerouted_outcomes_wait_for_the_rounds_in_flight_and_go_out_alone() -> N
     moved = dead(20, offset=9)
     history, out, dlq = Recorder("history", log), Recorder("out", log, [moved]), Recorder("dlq", log)
     delivery = Delivery(
-        [
-            (Output("history", everything, lambda _: history), history),
-            (Output("out", enriched, lambda _: out), out),
-            (Output("dlq", failed, lambda _: dlq), dlq),
-        ],
+        three(history, out, dlq),
         progress=Keeper(log),
         depth=1,
     )

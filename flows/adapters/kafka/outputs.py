@@ -39,19 +39,21 @@ class _KafkaOutput:
         self.name = name
         self.kafka = kafka
         self.metrics = metrics
-        self._rounds: collections.deque[tuple[Sequence[Outcome], Sending | None, float]] = collections.deque()
+        self._rounds: collections.deque[tuple[Sequence[Outcome], Sending | None, float, list[Outcome]]] = (
+            collections.deque()
+        )
 
-    def _send(self, items: Sequence[Outcome]) -> None:
-        """Start a round (maybe empty)."""
+    def _send(self, items: Sequence[Outcome], unsent: list[Outcome] | None = None) -> None:
+        """Start a round (maybe empty); `unsent` are its outcomes not sent, for `_wait` to return."""
         sending = self.kafka.send([r.message for r in items]) if items else None
-        self._rounds.append((items, sending, time.perf_counter()))
+        self._rounds.append((items, sending, time.perf_counter(), unsent or []))
 
     def _wait(self) -> list[Outcome]:
-        """Wait for the oldest round's messages; those refused even alone."""
-        items, sending, started = self._rounds.popleft()
+        """Wait for the oldest round's messages; those refused even alone, then its unsent."""
+        items, sending, started, unsent = self._rounds.popleft()
         if sending is None:
-            return []
-        refused = [items[i] for i in self.kafka.wait(sending)]
+            return unsent
+        refused = [items[i] for i in self.kafka.wait(sending)] + unsent
         if self.metrics is not None:
             self.metrics.add_written(self.name, len(items), time.perf_counter() - started)
         return refused
@@ -117,27 +119,25 @@ class DeadLetters(_KafkaOutput):
         self.limit = limit
         self.retries = retries
         self.notes = notes
-        self._oversize: collections.deque[list[Outcome]] = collections.deque()  # per round
 
     def write(self, items: Sequence[Outcome]) -> None:
         """Hand the round's dead letters to the producer; one larger than the topic takes
         skips the plain attempt."""
-        oversize: list[Outcome] = []
-        self._oversize.append(oversize)
         if self.limit is None:
             self._send(items)
             return
         fitting: list[Outcome] = []
+        oversize: list[Outcome] = []
         for r in items:
             if record_size(r.message.key, r.message.value, r.message.headers) > self.limit:
                 oversize.append(r)
             else:
                 fitting.append(r)
-        self._send(fitting)
+        self._send(fitting, oversize)
 
     def flush(self) -> list[Outcome]:
         """Wait for Kafka, then deliver what the topic refused another way; never re-routes."""
-        todo = self._wait() + self._oversize.popleft()
+        todo = self._wait()
         events = [(self._fallback(r), r) for r in todo]
         if events:
             if self.metrics is not None:

@@ -215,9 +215,9 @@ class KafkaWriter:
         behind it, only poll (a flush would wait for them too); else flush, which sends at
         once what lingers."""
         deadline = time.monotonic() + self._timeout_s + 30
-        wait = producer.poll if later else producer.flush
+        wait, timeout = (producer.poll, 0.1) if later else (producer.flush, 1.0)
         while not sending.done:
-            wait(0.1 if later else 1.0)
+            wait(timeout)
             if time.monotonic() > deadline:
                 raise self._retries.gave_up(
                     DeliveryFailed(

@@ -99,11 +99,15 @@ class _Round:
 class _Pending:
     """A round of rows being written."""
 
-    def __init__(self, batches: list[list[tuple[Any, ...]]], sent: _Round, count: int) -> None:
+    def __init__(self, batches: list[list[tuple[Any, ...]]], sent: _Round) -> None:
         self.batches = batches
         self.sent = sent
-        self.count = count
         self.started = time.perf_counter()
+
+    @property
+    def count(self) -> int:
+        """Rows in the round."""
+        return sum(len(b) for b in self.batches)
 
 
 class HistoryWriter:
@@ -179,7 +183,7 @@ class HistoryWriter:
         """Send the rows' writes (returns before they are acknowledged)."""
         batches = self._batches([msgspec.structs.astuple(r) for r in rows])
         sent = _Round(self.session, [self._statement(b) for b in batches], self.concurrency)
-        return _Pending(batches, sent, len(rows))
+        return _Pending(batches, sent)
 
     def finish(self, pending: _Pending) -> None:
         """Return when every row of the round is acknowledged: the writes that failed are
