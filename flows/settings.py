@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from flows import connections
 from flows.errors import SettingsError
 
 T = TypeVar("T")
@@ -172,6 +173,11 @@ def _optional(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _optional_one_of(*choices: str) -> Callable[[str], str | None]:
+    one_of = _one_of(*choices)
+    return lambda raw: one_of(raw) if raw.strip() else None
+
+
 def _secret(raw: str) -> Secret:
     return Secret(raw)
 
@@ -202,14 +208,40 @@ class Settings:
     kafka_security_protocol: str = _env(
         "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
     )
-    kafka_sasl_mechanism: str | None = _env("KAFKA_SASL_MECHANISM", "", _optional)
+    kafka_sasl_mechanism: str | None = _env(
+        "KAFKA_SASL_MECHANISM", "", _optional_one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+    )
     kafka_sasl_username: str | None = _env("KAFKA_SASL_USERNAME", "", _optional)
     kafka_sasl_password: Secret = _env("KAFKA_SASL_PASSWORD", "", _secret, secret=True)
+    # OAUTHBEARER: a token from an OIDC provider (client credentials) or signed for Amazon MSK
+    kafka_sasl_oauthbearer_method: str | None = _env(
+        "KAFKA_SASL_OAUTHBEARER_METHOD", "", _optional_one_of("oidc", "aws-msk-iam")
+    )
+    kafka_oidc_client_id: str | None = _env("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", "", _optional)
+    kafka_oidc_client_secret: Secret = _env("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", "", _secret, secret=True)
+    kafka_oidc_token_endpoint_url: str | None = _env("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", "", _optional)
+    kafka_oidc_scope: str | None = _env("KAFKA_SASL_OAUTHBEARER_SCOPE", "", _optional)
+    kafka_oidc_extensions: str | None = _env("KAFKA_SASL_OAUTHBEARER_EXTENSIONS", "", _optional)
+    kafka_msk_iam_region: str | None = _env("KAFKA_MSK_IAM_REGION", "", _optional)
+    kafka_msk_iam_role_arn: str | None = _env("KAFKA_MSK_IAM_ROLE_ARN", "", _optional)
     kafka_ssl_ca_location: str | None = _env("KAFKA_SSL_CA_LOCATION", "", _optional)
+    kafka_ssl_certificate_location: str | None = _env("KAFKA_SSL_CERTIFICATE_LOCATION", "", _optional)
+    kafka_ssl_key_location: str | None = _env("KAFKA_SSL_KEY_LOCATION", "", _optional)
+    kafka_ssl_key_password: Secret = _env("KAFKA_SSL_KEY_PASSWORD", "", _secret, secret=True)
+    kafka_ssl_endpoint_identification: str = _env(
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "https", _one_of("https", "none")
+    )
+    # any other librdkafka property: KAFKA_CLIENT_<NAME> (flows/connections.py)
+    kafka_client_properties: tuple[tuple[str, str], ...] = field(default=(), metadata={"env": None, "secret": False})
     # --- PostgreSQL
     pg_password: Secret = _env("PG_PASSWORD", "", _secret, secret=True)
-    pg_sslmode: str | None = _env("PG_SSLMODE", "", _optional)
+    pg_sslmode: str | None = _env(
+        "PG_SSLMODE", "", _optional_one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+    )
     pg_sslrootcert: str | None = _env("PG_SSLROOTCERT", "", _optional)
+    pg_sslcert: str | None = _env("PG_SSLCERT", "", _optional)
+    pg_sslkey: str | None = _env("PG_SSLKEY", "", _optional)
+    pg_sslpassword: Secret = _env("PG_SSLPASSWORD", "", _secret, secret=True)
     pg_pool_min: int = _env("PG_POOL_MIN", "1", _int_range(0, 100))
     pg_pool_max: int = _env("PG_POOL_MAX", "4", _int_range(1, 100))
     # --- ScyllaDB / Cassandra
@@ -218,6 +250,11 @@ class Settings:
     scylla_local_dc: str | None = _env("SCYLLA_LOCAL_DC", "", _optional)
     scylla_ssl: bool = _env("SCYLLA_SSL", "false", _bool)
     scylla_ssl_ca: str | None = _env("SCYLLA_SSL_CA", "", _optional)
+    scylla_ssl_certfile: str | None = _env("SCYLLA_SSL_CERTFILE", "", _optional)
+    scylla_ssl_keyfile: str | None = _env("SCYLLA_SSL_KEYFILE", "", _optional)
+    scylla_ssl_key_password: Secret = _env("SCYLLA_SSL_KEY_PASSWORD", "", _secret, secret=True)
+    # off only for contact points whose certificates name no IP (the chain is still verified)
+    scylla_ssl_check_hostname: bool = _env("SCYLLA_SSL_CHECK_HOSTNAME", "true", _bool)
     scylla_replication_class: str = _env(
         "SCYLLA_REPLICATION_CLASS", "SimpleStrategy", _one_of("SimpleStrategy", "NetworkTopologyStrategy")
     )
@@ -265,6 +302,8 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             meta = f.metadata
+            if meta["env"] is None:
+                continue
             raw = env.get(meta["env"])
             if raw is None or (raw.strip() == "" and not meta["secret"]):
                 raw = meta["default"]
@@ -273,6 +312,7 @@ class Settings:
             except ValueError as exc:
                 shown = "(hidden)" if meta["secret"] else repr(raw)
                 raise SettingsError(f"{meta['env']}={shown}: {exc}") from None
+        values["kafka_client_properties"] = connections.client_properties(env)
         settings = cls(**values)
         settings._check()
         return settings
@@ -291,10 +331,6 @@ class Settings:
             parse_dsn(self.pg_dsn.get())
         except DsnError as exc:
             raise SettingsError(f"PG_DSN=(hidden): {exc}") from None
-        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
-            raise SettingsError(
-                f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
-            )
         if self.exactly_once and self.commit_interval_ms * 2 > self.transaction_timeout_ms:
             raise SettingsError(
                 f"COMMIT_INTERVAL_MS={self.commit_interval_ms}: must be under half of "
@@ -302,6 +338,7 @@ class Settings:
             )
         if self.scylla_replication_class == "NetworkTopologyStrategy" and not self.scylla_local_dc:
             raise SettingsError("SCYLLA_LOCAL_DC: required with SCYLLA_REPLICATION_CLASS=NetworkTopologyStrategy")
+        connections.check(self)
 
     @property
     def exactly_once(self) -> bool:
@@ -312,30 +349,11 @@ class Settings:
 
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings shared by every client: brokers and security."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username:
-            conf["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password:
-            conf["sasl.password"] = self.kafka_sasl_password.get()
-        if self.kafka_ssl_ca_location:
-            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
-        return conf
+        return connections.kafka_common(self)
 
     def pg_connect_kwargs(self) -> dict[str, Any]:
         """psycopg connection arguments besides the DSN (password, TLS)."""
-        kwargs: dict[str, Any] = {}
-        if self.pg_password:
-            kwargs["password"] = self.pg_password.get()
-        if self.pg_sslmode:
-            kwargs["sslmode"] = self.pg_sslmode
-        if self.pg_sslrootcert:
-            kwargs["sslrootcert"] = self.pg_sslrootcert
-        return kwargs
+        return connections.pg_connect_kwargs(self)
 
     def describe(self) -> dict[str, Any]:
         """Every setting, secrets hidden and the DSN redacted: safe to log."""
@@ -346,10 +364,13 @@ class Settings:
                 value = redact_dsn(value.get())
             elif isinstance(value, Secret):
                 value = "****" if value else ""
+            elif f.name == "kafka_client_properties":
+                out["KAFKA_CLIENT_*"] = connections.shown_properties(value)
+                continue
             elif isinstance(value, tuple):
                 value = ",".join(value)
             out[f.metadata["env"]] = value
         return out
 
 
-ENV_NAMES: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings))
+ENV_NAMES: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings) if f.metadata["env"])

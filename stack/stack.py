@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import tls  # stack/tls.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
@@ -37,6 +39,8 @@ JAVA_HOME = Path(_env("STACK_JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64"))
 HOST = "127.0.0.1"
 KAFKA_PORT = int(_env("STACK_KAFKA_PORT", "9092"))
 KAFKA_CONTROLLER_PORT = int(_env("STACK_KAFKA_CONTROLLER_PORT", "9093"))
+KAFKA_SSL_PORT = int(_env("STACK_KAFKA_SSL_PORT", "9094"))  # TLS, client certificate required
+KAFKA_SASL_SSL_PORT = int(_env("STACK_KAFKA_SASL_SSL_PORT", "9095"))  # TLS + SCRAM or OAUTHBEARER
 KAFKA_HEAP = _env("STACK_KAFKA_HEAP", "512m")
 PG_PORT = int(_env("STACK_PG_PORT", "5432"))
 PG_DATABASE = "enrichment"
@@ -45,6 +49,11 @@ CASSANDRA_STORAGE_PORT = int(_env("STACK_CASSANDRA_STORAGE_PORT", "7000"))
 CASSANDRA_HEAP = _env("STACK_CASSANDRA_HEAP", "1g")
 START_TIMEOUT = float(_env("STACK_START_TIMEOUT", "180"))
 STOP_TIMEOUT = float(_env("STACK_STOP_TIMEOUT", "45"))
+
+TLS_DIR = STACK_DIR / "tls"
+CONFIG_VERSION = f"2-tls{tls.VERSION}"  # bump when a server's configuration changes: running ones must restart
+KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD = tls.KAFKA_SCRAM_USER, tls.KAFKA_SCRAM_PASSWORD
+PG_TLS_USER, PG_TLS_PASSWORD = tls.PG_TLS_USER, tls.PG_TLS_PASSWORD
 
 KAFKA_VERSION_POM = HERE / "maven" / "kafka" / "pom.xml"
 CASSANDRA_VERSION_POM = HERE / "maven" / "cassandra" / "pom.xml"
@@ -200,6 +209,14 @@ class Server:
         """One client round trip; returns a version string or raises."""
         raise NotImplementedError
 
+    def ready(self) -> None:
+        """Once it answers: create what the stack's clients need (idempotent)."""
+
+    def config_current(self) -> bool:
+        """Started with this version of the stack's server configuration."""
+        stamp = self.dir / "config.version"
+        return stamp.exists() and stamp.read_text().strip() == CONFIG_VERSION
+
     def stop(self) -> None:
         pid = self.pid()
         if pid is None:
@@ -243,11 +260,26 @@ class Kafka(Server):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{HOST}:{KAFKA_CONTROLLER_PORT}",
-                    f"listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT}",
-                    f"advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT}",
+                    f"listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT},"
+                    f"SSL://{HOST}:{KAFKA_SSL_PORT},SASL_SSL://{HOST}:{KAFKA_SASL_SSL_PORT}",
+                    f"advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},SSL://{HOST}:{KAFKA_SSL_PORT},"
+                    f"SASL_SSL://{HOST}:{KAFKA_SASL_SSL_PORT}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
+                    # TLS: one server certificate (PEM: key and chain in one file), the stack's CA
+                    "ssl.keystore.type=PEM",
+                    f"ssl.keystore.location={TLS_DIR / 'kafka.pem'}",
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={TLS_DIR / 'ca.pem'}",
+                    "listener.name.ssl.ssl.client.auth=required",
+                    "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                    # OAUTHBEARER with Kafka's default validator: unsigned tokens (alg none), the
+                    # stand-in for a provider's signed ones (tests/integration/oidc.py issues them)
+                    "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config="
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;",
                     f"log.dirs={data}",
                     "num.partitions=1",
                     "offsets.topic.replication.factor=1",
@@ -312,6 +344,20 @@ class Kafka(Server):
         if not md.brokers:
             raise RuntimeError("no brokers in metadata")
         return f"Apache Kafka {pom_version(KAFKA_VERSION_POM, 'kafka.version')} (KRaft), cluster {md.cluster_id}"
+
+    def ready(self) -> None:
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0, "logger": _quiet_logger()})
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+        upsert = UserScramCredentialUpsertion(KAFKA_SCRAM_USER, info, KAFKA_SCRAM_PASSWORD.encode())
+        for fut in admin.alter_user_scram_credentials([upsert], request_timeout=15).values():
+            fut.result(timeout=20)
 
 
 def _quiet_logger():  # type: ignore[no-untyped-def]
@@ -393,9 +439,12 @@ class Postgres(Server):
             )
             if res.returncode != 0:
                 raise StackError(f"postgres: initdb failed:\n{res.stdout}{res.stderr}")
+        self._tls(data)
         opts = (
             f"-p {PG_PORT} -c listen_addresses={HOST} -k {self.dir} "
-            "-c max_connections=200 -c shared_buffers=128MB -c fsync=on"
+            "-c max_connections=200 -c shared_buffers=128MB -c fsync=on "
+            f"-c ssl=on -c ssl_cert_file={self.dir / 'server.crt'} -c ssl_key_file={self.dir / 'server.key'} "
+            f"-c ssl_ca_file={self.dir / 'ca.pem'}"
         )
         self.log.touch()
         if self.user:
@@ -413,6 +462,36 @@ class Postgres(Server):
             except (OSError, ValueError, IndexError):
                 time.sleep(0.1)
         raise StackError(f"postgres did not start:\n{tail(self.log)}")
+
+    def _tls(self, data: Path) -> None:
+        """The server's certificate (its key readable by the server's user only), and the
+        TLS user's rules ahead of initdb's: PG_TLS_USER connects only over TLS, with a
+        client certificate whose CN is its name and a password."""
+        for src, dst in (("postgres.crt", "server.crt"), ("postgres.key", "server.key"), ("ca.pem", "ca.pem")):
+            target = self.dir / dst
+            shutil.copyfile(TLS_DIR / src, target)
+            target.chmod(0o600)
+            if self.user:
+                shutil.chown(target, self.user, self.user)
+        hba = data / "pg_hba.conf"
+        marker = "# enrichment-stack TLS rules\n"
+        rules = hba.read_text().split(marker)[-1]
+        hba.write_text(
+            marker
+            + f"hostssl all {PG_TLS_USER} {HOST}/32 scram-sha-256 clientcert=verify-full\n"
+            + f"host all {PG_TLS_USER} 0.0.0.0/0 reject\n"
+            + marker
+            + rules
+        )
+
+    def ready(self) -> None:
+        import psycopg
+
+        dsn = f"host={HOST} port={PG_PORT} user=postgres dbname=postgres connect_timeout=3"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_TLS_USER,)).fetchone() is None:
+                conn.execute(f'CREATE ROLE "{PG_TLS_USER}" LOGIN SUPERUSER')  # constant name, not input
+            conn.execute(f"ALTER ROLE \"{PG_TLS_USER}\" PASSWORD '{PG_TLS_PASSWORD}'")  # constants
 
     def probe(self) -> str:
         import psycopg
@@ -538,6 +617,15 @@ batch_size_fail_threshold: 1024KiB
 unlogged_batch_across_partitions_warn_threshold: 1000
 disk_access_mode: mmap_index_only
 dynamic_snitch: false
+# TLS beside plaintext on the same port; a TLS client must show a certificate of the CA
+client_encryption_options:
+  enabled: true
+  optional: true
+  require_client_auth: true
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: {TLS_DIR / "cassandra.pem"}
+  truststore: {TLS_DIR / "ca.pem"}
 """)
         logback = d / "logback.xml"
         logback.write_text("""\
@@ -621,6 +709,7 @@ def wait_ready(servers: list[Server], started: dict[str, float]) -> None:
                 raise StackError(f"{server.name} died during start; last lines of {server.log}:\n{tail(server.log)}")
             version = answers(server)
             if version:
+                server.ready()
                 took = time.monotonic() - started[server.name]
                 say(f"{server.name}: ready on {server.address()} after {took:.1f}s ({version})")
                 pending.remove(server)
@@ -642,6 +731,8 @@ def selected(args: argparse.Namespace) -> list[Server]:
 
 def cmd_up(args: argparse.Namespace) -> None:
     STACK_DIR.mkdir(parents=True, exist_ok=True)
+    tls.ensure(TLS_DIR)
+    TLS_DIR.chmod(0o755)  # PostgreSQL's user reads the CA from here
     t0 = time.monotonic()
     to_start: list[Server] = []
     for server in selected(args):
@@ -649,6 +740,11 @@ def cmd_up(args: argparse.Namespace) -> None:
         if pid is not None:
             version = answers(server)
             if version:
+                if not server.config_current():
+                    raise StackError(
+                        f"{server.name} runs with an older configuration of the stack (before its TLS "
+                        "listeners); restart it: make down && make up"
+                    )
                 say(f"{server.name}: already running (pid {pid}, {server.address()}), nothing to do")
                 continue
             to_start.append(server)  # running but not answering yet: just wait for it
@@ -669,6 +765,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         if server.pid() is None:
             say(f"{server.name}: starting on {server.address()} (log: {server.log})")
             server.start()
+            (server.dir / "config.version").write_text(CONFIG_VERSION)
     wait_ready(to_start, started)
     say(f"stack up in {time.monotonic() - t0:.1f}s")
 

@@ -463,3 +463,19 @@ def test_parity_with_the_dataflow(customers, cql: Session, topics_made, lambda_e
     lambda_rows = normalised_rows(history(cql, via_lambda), via_lambda)
     dataflow_rows = normalised_rows(history(cql, via_dataflow), via_dataflow)
     assert len(lambda_rows) == len(records) and lambda_rows == dataflow_rows
+
+
+def test_handler_over_scram_and_client_certificates(customers, cql: Session, topics_made, lambda_env) -> None:
+    """The Lambda connects as the dataflow does (tests/integration/test_tls.py): Kafka over
+    SASL_SSL with SCRAM, PostgreSQL verify-full with a client certificate, Cassandra with one."""
+    from .test_tls import cql_tls, kafka_scram, pg_tls
+
+    topics = new_topics(topics_made, "itlamtls", partitions=2)
+    records = list(sample.events(30, N_CUSTOMERS, bad_ratio=0.2, seed=8, max_value_bytes=4096))
+    messages = produce(topics, records)
+    lambda_env(topics, **kafka_scram(), **pg_tls(), **cql_tls())
+    summary = lambda_handler.handler(aws_event(messages, "aws:kafka"), Context())
+    assert summary["records"] == len(records)
+    out = list(read_topic(topics.settings, topics.output)) + list(read_topic(topics.settings, topics.failure))
+    assert sorted(coordinates(m) for m in out) == sorted((m.partition(), m.offset()) for m in messages)
+    assert len(history(cql, topics)) == len(records)

@@ -46,6 +46,7 @@ def test_secrets_never_show() -> None:
             "KAFKA_SASL_PASSWORD": "hunter2",
             "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": "u",
             "SCYLLA_PASSWORD": "hunter2",
         }
     )

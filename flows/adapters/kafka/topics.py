@@ -4,6 +4,8 @@ creation (`ensure_topics`). Production creates topics with its own tooling."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,16 +29,45 @@ def _admin(settings: Settings, extra: Mapping[str, Any] | None = None) -> AdminC
     return AdminClient({**settings.kafka_common(), "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
 
 
+class _Reasons(logging.Handler):
+    """librdkafka's log lines of one client, kept: the reason a connection failed (a
+    certificate, a password) is only in them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def summary(self) -> str:
+        """The distinct reasons, without librdkafka's prefixes and timings."""
+        seen: dict[str, None] = {}
+        for line in self.lines:
+            reason = re.sub(r"^\S+ \[[^]]*\] \[thrd:[^]]*\]: |^[a-z_]+://\S+: |\s*\(after \d+ms[^)]*\)", "", line)
+            reason = re.sub(r"^[a-z_]+://\S+: ", "", reason)
+            seen.setdefault(reason.strip(), None)
+        return "; ".join(list(seen)[:3])
+
+
 def check_kafka(settings: Settings, topics: Iterable[str], client: Mapping[str, Any] | None = None) -> dict[str, int]:
-    """Kafka answers and each topic exists: their partition counts, or PreflightError.
-    `client` adds librdkafka settings (the operator tools route its log lines)."""
-    admin = _admin(settings, client)
+    """Kafka answers and each topic exists: their partition counts, or PreflightError
+    with librdkafka's reason (a TLS or SASL failure is only in its log lines).
+    `client` adds librdkafka settings."""
+    reasons = _Reasons()
+    log = logging.Logger("flows.preflight.kafka")  # not registered: its lines are only kept
+    log.addHandler(reasons)
+    admin = _admin(settings, {"logger": log, **(client or {})})
     try:
         md = admin.list_topics(timeout=settings.startup_timeout_seconds)
     except Exception as exc:
+        admin.poll(0)  # serves the log lines queued so far
+        why = reasons.summary() or str(exc)
+        if re.search(r"alert (certificate unknown|bad certificate|certificate expired|unknown ca)", why):
+            why += " (the broker refused the client certificate: expired, or not signed by a CA it trusts)"
         raise PreflightError(
-            f"Kafka at {settings.kafka_bootstrap_servers} unreachable within "
-            f"{settings.startup_timeout_seconds:g}s: {exc}"
+            f"Kafka at {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}) can't be used "
+            f"within {settings.startup_timeout_seconds:g}s: {why}"
         ) from None
     counts: dict[str, int] = {}
     for topic in topics:

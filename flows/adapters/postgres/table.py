@@ -43,7 +43,7 @@ def check_postgres(settings: Settings) -> None:
     except PreflightError:
         raise
     except Exception as exc:
-        raise PreflightError(f"PostgreSQL at {where} unreachable: {_first_line(exc)}") from None
+        raise PreflightError(f"PostgreSQL at {where}: can't connect: {_first_line(exc)}") from None
     if not found or found[0] is None:
         raise PreflightError(f"PostgreSQL table '{CUSTOMERS_TABLE}' does not exist in {where}")
 

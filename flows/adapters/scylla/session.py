@@ -3,8 +3,9 @@ schema (created when missing) and the start-up check. Only CQL both accept is us
 
 from __future__ import annotations
 
+import atexit
 import logging
-import ssl
+import re
 from typing import Any
 
 from cassandra import ConsistencyLevel
@@ -17,11 +18,31 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 
+from flows.connections import cql_ssl_context
 from flows.core.model import HistoryRow
 from flows.errors import PreflightError
 from flows.settings import Settings
 
 TABLE = "event_history"
+
+
+def _skip_idle_loop_join() -> None:
+    """At exit, when every Cluster of the process was shut down, don't let the driver join
+    its event-loop thread: that join waits up to 5 s (about half the runs) for a loop with
+    nothing left to do, so `ops trace` and every short-lived CQL user sat idle at exit. The
+    thread is a daemon; with no cluster open there is nothing it could still finish."""
+    import cassandra.cluster as driver
+
+    try:
+        from cassandra.io import libevreactor
+    except ImportError:  # another reactor: nothing to skip
+        return
+    if not driver._clusters_for_shutdown:
+        libevreactor._global_loop = None
+
+
+# registered after the driver's own exit hooks, so it runs before them
+atexit.register(_skip_idle_loop_join)
 COLUMNS = (
     "event_id",
     "source_topic",
@@ -57,8 +78,8 @@ def connect(settings: Settings, connect_timeout: float | None = None) -> Cluster
     kwargs: dict[str, Any] = {}
     if settings.scylla_username:
         kwargs["auth_provider"] = PlainTextAuthProvider(settings.scylla_username, settings.scylla_password.get())
-    if settings.scylla_ssl:
-        ctx = ssl.create_default_context(cafile=settings.scylla_ssl_ca)
+    ctx = cql_ssl_context(settings)
+    if ctx is not None:
         kwargs["ssl_context"] = ctx
     return Cluster(
         list(settings.scylla_hosts),
@@ -110,10 +131,31 @@ def check_cql(settings: Settings) -> None:
         session = cluster.connect()
         session.execute("SELECT release_version FROM system.local", timeout=settings.startup_timeout_seconds)
     except Exception as exc:
-        hosts = ",".join(settings.scylla_hosts)
-        raise PreflightError(
-            f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: {type(exc).__name__}: {str(exc)[:200]}"
-        ) from None
+        where = f"{','.join(settings.scylla_hosts)}:{settings.scylla_port}{', TLS' if settings.scylla_ssl else ''}"
+        why = _reasons(exc, settings.scylla_ssl)
+        raise PreflightError(f"ScyllaDB/Cassandra at {where}: can't connect: {why}") from None
     finally:
         cluster.shutdown()
         driver_log.setLevel(level)
+
+
+def _reasons(exc: Exception, tls: bool) -> str:
+    """The driver's NoHostAvailable as one line: each host and its last error (a TLS
+    failure's reason is in there, e.g. "certificate verify failed: IP address mismatch")."""
+    errors = getattr(exc, "errors", None)
+    if not isinstance(errors, dict) or not errors:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+    parts = []
+    for host, err in list(errors.items())[:3]:
+        text = str(err.args[1]) if isinstance(err, OSError) and len(err.args) > 1 else str(err)
+        text = re.sub(r"^Tried connecting to \[.*?\]\. Last error: ", "", text)
+        parts.append(f"{host}: {text[:300]}")
+    why = "; ".join(parts)
+    if tls and re.search(
+        r"EOF occurred in violation of protocol|ALERT_(INTERNAL_ERROR|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE)", why
+    ):
+        why += (
+            " (the server ended the TLS handshake: it refused the client certificate, expired or not signed "
+            "by a CA it trusts, or it requires one: SCYLLA_SSL_CERTFILE)"
+        )
+    return why
