@@ -23,7 +23,7 @@ from flows.runtime.bytewax.preflight import Preflight
 from flows.runtime.bytewax.recovery import cluster_place, ensure_recovery_dir, recovery_dir_from
 from flows.runtime.memory import pin_mmap_threshold
 from flows.settings import Settings
-from flows.telemetry.logs import setup_logging
+from flows.telemetry.logs import set_identity, setup_logging
 from flows.telemetry.progress import ProgressReporter
 
 try:
@@ -50,7 +50,9 @@ if running:
 
 app = compose.build(settings, give_up=lifecycle.give_up if running else None)
 preflight = Preflight(settings)
-identity = f"{socket.gethostname()}-p{cluster_place(sys.argv[1:], os.environ).process_id if running else 0}"
+process_id = cluster_place(sys.argv[1:], os.environ).process_id if running else 0
+identity = f"{socket.gethostname()}-p{process_id}"
+set_identity(service="enrichment-dataflow", host=socket.gethostname(), process=process_id)
 source, sink = input_and_output(app, preflight, lifecycle, identity)
 
 flow = build_flow(

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flows.errors import DependencyUnavailable
 
@@ -34,6 +34,16 @@ class Kind(StrEnum):
 
 Classify = Callable[[BaseException], Kind]
 GiveUp = Callable[[BaseException], None]
+
+
+class Observer(Protocol):
+    """Told of every retry and of each dependency going down or coming back (the metrics)."""
+
+    def retried(self, dependency: str) -> None:
+        """A failed call will be tried again."""
+
+    def dependency_up(self, dependency: str, up: bool) -> None:
+        """The dependency answers (`up`), or failed in a way that may pass."""
 
 
 def network_kind(exc: BaseException) -> Kind:
@@ -68,9 +78,15 @@ class Backoff:
 class Retries:
     """The process's retry policy: one deadline and one give-up hook for every dependency."""
 
-    def __init__(self, deadline_s: float, give_up: GiveUp | None = None) -> None:
+    def __init__(self, deadline_s: float, give_up: GiveUp | None = None, observer: Observer | None = None) -> None:
         self.deadline_s = deadline_s
         self.give_up = give_up
+        self.observer = observer
+
+    def dependency_up(self, dependency: str, up: bool) -> None:
+        """A dependency answered (`up`) or failed in a way that may pass; for the observer."""
+        if self.observer is not None:
+            self.observer.dependency_up(dependency, up)
 
     def gave_up(self, exc: BaseException) -> BaseException:
         """Tell the hook a dependency is gone for good; returns `exc` for the caller to raise."""
@@ -80,7 +96,9 @@ class Retries:
 
     def call(self, what: str, fn: Callable[[], T], classify: Classify, backoff: Backoff | None = None) -> T:
         """Call `fn` until it succeeds; retriable failures are retried until the deadline,
-        any other is raised at once."""
+        any other is raised at once. The first word of `what` names the dependency
+        (`postgresql`, `cassandra`, `kafka`) for the observer."""
+        dependency = what.split(" ", 1)[0]
         backoff = backoff or Backoff(self.deadline_s)
         start = backoff.clock()
         attempt = 0
@@ -90,6 +108,7 @@ class Retries:
             except Exception as exc:
                 if classify(exc) is not Kind.RETRIABLE:
                     raise
+                self.dependency_up(dependency, False)
                 waited = backoff.clock() - start
                 if waited >= backoff.deadline_s:
                     raise self.gave_up(
@@ -111,9 +130,12 @@ class Retries:
                         }
                     },
                 )
+                if self.observer is not None:
+                    self.observer.retried(dependency)
                 backoff.sleep(delay)
                 attempt += 1
             else:
                 if attempt:
+                    self.dependency_up(dependency, True)
                     log.info("%s recovered", what, extra={"fields": {"dependency": what, "attempts": attempt + 1}})
                 return result

@@ -1,12 +1,12 @@
 """The tools' connection to ScyllaDB/Cassandra: the dataflow's own settings and cluster
-options (`flows.adapters.scylla.session.connect`), with an unreachable database reported as one line and
+options (`flows.adapters.scylla.session.connect`), with a database it can't connect to reported as one line and
 exit status 2 before any work is done."""
 
 from __future__ import annotations
 
 from cassandra.cluster import Cluster, Session
 
-from flows.adapters.scylla.session import connect
+from flows.adapters.scylla.session import connect, connect_failure
 from flows.settings import Settings
 from ops.errors import USAGE, OpsError
 
@@ -19,8 +19,4 @@ def open_session(settings: Settings) -> tuple[Cluster, Session]:
         return cluster, cluster.connect()
     except Exception as exc:
         cluster.shutdown()
-        hosts = ",".join(settings.scylla_hosts)
-        raise OpsError(
-            f"ScyllaDB/Cassandra at {hosts}:{settings.scylla_port} unreachable: {type(exc).__name__}: {str(exc)[:200]}",
-            USAGE,
-        ) from None
+        raise OpsError(connect_failure(settings, exc), USAGE) from None

@@ -178,4 +178,5 @@ def decode_batch(records: Sequence[SourceRecord], max_bytes: int) -> list[Decode
 
 def build(settings: Settings, give_up: GiveUp | None = None, registry: CollectorRegistry | None = REGISTRY) -> App:
     """The process's App: its metrics (in `registry`), its retry policy and log aggregation."""
-    return App(settings, Metrics(registry), Retries(settings.retry_deadline_seconds, give_up))
+    metrics = Metrics(registry)
+    return App(settings, metrics, Retries(settings.retry_deadline_seconds, give_up, observer=metrics))

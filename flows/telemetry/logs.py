@@ -6,12 +6,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+import threading
 from typing import Any
 
 import msgspec
 from typing_extensions import override
 
 _ENCODER = msgspec.json.Encoder(enc_hook=str)
+# who logs: the service and process (set once at start) and, on a worker's thread, its index
+_IDENTITY: dict[str, Any] = {}
+_WORKERS: dict[int, int] = {}  # by thread identifier: Bytewax's threads lose threading.local
+
+
+def set_identity(**fields: Any) -> None:
+    """Fields every line of this process carries: `service`, `host`, `process`, ..."""
+    _IDENTITY.update(fields)
+
+
+def bind_worker(index: int) -> None:
+    """This thread is worker `index`: its lines carry `worker`."""
+    _WORKERS[threading.get_ident()] = index
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +38,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
+            **_IDENTITY,
         }
+        worker = _WORKERS.get(record.thread or 0)
+        if worker is not None:
+            doc["worker"] = worker
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             doc.update(fields)

@@ -12,19 +12,24 @@ shows up without a new metric.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+import flows
 from flows.core.model import Code, Outcome
 
 PREFIX = "enrichment"
+# the dependencies as the retry policy names them (flows/retry.py)
+DEPENDENCIES = ("kafka", "postgresql", "cassandra")
 FALLBACK_KINDS = (
     "output_refused",
     "dead_letter_compressed",
@@ -72,6 +77,8 @@ class Metrics:
         self.written: Counter[str] = Counter()
         self.degraded: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter({kind: 0 for kind in FALLBACK_KINDS})
+        self.retries: Counter[str] = Counter({name: 0 for name in DEPENDENCIES})
+        self.up: dict[str, int] = dict.fromkeys(DEPENDENCIES, 1)  # the start-up checks passed
         self._high: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._lookup_seconds: Histogram | None = None
@@ -151,6 +158,16 @@ class Metrics:
         with self._lock:
             self.fallbacks.update(counts)
 
+    def retried(self, dependency: str) -> None:
+        """A call to a dependency failed in a way that may pass and will be tried again."""
+        with self._lock:
+            self.retries[dependency] += 1
+
+    def dependency_up(self, dependency: str, up: bool) -> None:
+        """A dependency answered again, or failed in a way that may pass."""
+        with self._lock:
+            self.up[dependency] = int(up)
+
     def set_high(self, topic: str, partition: int, offset: int) -> None:
         """The end of an input partition, as its consumer last saw it."""
         with self._lock:
@@ -207,6 +224,31 @@ class Metrics:
         return out
 
 
+def _build() -> dict[str, str]:
+    import confluent_kafka
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return ""
+
+    return {
+        "version": flows.__version__,
+        "python": platform.python_version(),
+        "bytewax": version("bytewax"),  # not installed in the Lambda
+        "confluent_kafka": version("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "scylla_driver": version("scylla-driver"),
+        "psycopg": version("psycopg"),
+    }
+
+
+BUILD = _build()
+# a counter's `_created` series doubles the series count for a value nobody reads
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
 class _Collector(Collector):
     """The counters as Prometheus reads them at scrape time."""
 
@@ -239,7 +281,24 @@ class _Collector(Collector):
                 m.fallbacks,
                 "kind",
             )
+            yield _counter(
+                "dependency_retries",
+                "Calls to a dependency that failed in a way that may pass and were tried again",
+                m.retries,
+                "dependency",
+            )
+            up = GaugeMetricFamily(
+                f"{PREFIX}_dependency_up",
+                "1 while the dependency answers; 0 from a failure that may pass until it answers again",
+                labels=["dependency"],
+            )
+            for name, value in sorted(m.up.items()):
+                up.add_metric([name], value)
             in_flight = max(0, m.records_in - m.delivered)
+        yield up
+        info = GaugeMetricFamily(f"{PREFIX}_build_info", "The running build: always 1", labels=list(BUILD))
+        info.add_metric(list(BUILD.values()), 1)
+        yield info
         yield GaugeMetricFamily(
             f"{PREFIX}_records_in_flight", "Records read and not yet delivered to every output", value=in_flight
         )

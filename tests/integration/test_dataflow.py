@@ -109,12 +109,12 @@ def _one_error_line(run) -> str:
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
-        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "Kafka at 127.0.0.1:1 unreachable"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "Kafka at 127.0.0.1:1 (PLAINTEXT): can't connect"),
         (
             {"PG_DSN": "postgresql://postgres:s3cret@127.0.0.1:1/enrichment"},
             "PostgreSQL at postgresql://postgres:****@",
         ),
-        ({"SCYLLA_PORT": "1"}, "ScyllaDB/Cassandra at 127.0.0.1:1 unreachable"),
+        ({"SCYLLA_PORT": "1"}, "ScyllaDB/Cassandra at 127.0.0.1:1: can't connect"),
         ({"INPUT_TOPIC": "no.such.topic.anywhere"}, "Kafka topic 'no.such.topic.anywhere' does not exist"),
     ],
 )

@@ -361,9 +361,9 @@ def test_a_topic_that_refuses_a_dead_letter_at_run_time_does_not_fail_the_batch(
         (
             {"PG_DSN": "postgresql://postgres:s3cret@127.0.0.1:1/enrichment"},
             PreflightError,
-            "PostgreSQL at postgresql://postgres:****@127.0.0.1:1/enrichment unreachable",
+            "PostgreSQL at postgresql://postgres:****@127.0.0.1:1/enrichment: can't connect",
         ),
-        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, PreflightError, "Kafka at 127.0.0.1:1 unreachable"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, PreflightError, "Kafka at 127.0.0.1:1 (PLAINTEXT): can't connect"),
         ({"SCYLLA_PORT": "1"}, DependencyUnavailable, "cassandra: still failing after"),
     ],
 )
@@ -465,9 +465,10 @@ def test_parity_with_the_dataflow(customers, cql: Session, topics_made, lambda_e
     assert len(lambda_rows) == len(records) and lambda_rows == dataflow_rows
 
 
-def test_handler_over_scram_and_client_certificates(customers, cql: Session, topics_made, lambda_env) -> None:
+def test_handler_over_scram_and_client_certificates(customers, cql: Session, topics_made, lambda_env, capsys) -> None:
     """The Lambda connects as the dataflow does (tests/integration/test_tls.py): Kafka over
-    SASL_SSL with SCRAM, PostgreSQL verify-full with a client certificate, Cassandra with one."""
+    SASL_SSL with SCRAM, PostgreSQL verify-full with a client certificate, Cassandra with one.
+    Its metrics are the EMF lines on stdout (tests/unit/test_emf.py has the format)."""
     from .test_tls import cql_tls, kafka_scram, pg_tls
 
     topics = new_topics(topics_made, "itlamtls", partitions=2)
@@ -476,6 +477,11 @@ def test_handler_over_scram_and_client_certificates(customers, cql: Session, top
     lambda_env(topics, **kafka_scram(), **pg_tls(), **cql_tls())
     summary = lambda_handler.handler(aws_event(messages, "aws:kafka"), Context())
     assert summary["records"] == len(records)
+    emf_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    main = next(d for d in emf_lines if "Records" in d)
+    assert (main["Records"], main["Enriched"], main["Failed"]) == (30, summary["enriched"], summary["failed"])
+    dead = {d["ErrorCode"]: d["DeadLetters"] for d in emf_lines if "ErrorCode" in d}
+    assert dead == summary["failed_by_code"]
     out = list(read_topic(topics.settings, topics.output)) + list(read_topic(topics.settings, topics.failure))
     assert sorted(coordinates(m) for m in out) == sorted((m.partition(), m.offset()) for m in messages)
     assert len(history(cql, topics)) == len(records)

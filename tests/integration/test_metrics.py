@@ -4,6 +4,7 @@ dataflow (`BYTEWAX_DATAFLOW_API_ENABLED`), against what the dataflow produced.""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 import urllib.request
@@ -121,3 +122,13 @@ def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
     assert m['enrichment_output_write_duration_seconds_sum{output="history"}'] > 0
     # Bytewax's own metrics are on the same page
     assert any(name.startswith("bytewax_item_inp_count") for name in m), sorted({n.split("{")[0] for n in m})
+    # every dependency answered all along; the build is named; no `_created` series
+    for dependency in ("kafka", "postgresql", "cassandra"):
+        assert m[f'enrichment_dependency_up{{dependency="{dependency}"}}'] == 1
+        assert m[f'enrichment_dependency_retries_total{{dependency="{dependency}"}}'] == 0
+    assert [n for n in m if n.startswith("enrichment_build_info{")], "build_info"
+    assert not [n for n in m if n.split("{")[0].endswith("_created")]
+    # log lines say which process and which worker wrote them
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert lines and all(line["service"] == "enrichment-dataflow" and line["process"] == 0 for line in lines)
+    assert {line["worker"] for line in lines if "worker" in line} == {0}, "one worker, index 0"

@@ -488,7 +488,7 @@ def test_trace_of_an_unknown_event_exits_1(world: World) -> None:
 def test_unreachable_kafka_exits_2_with_one_line(world: World) -> None:
     done = ops(world, "reconcile", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STARTUP_TIMEOUT_SECONDS": "2"})
     assert done.returncode == 2
-    assert done.stderr.startswith("ops reconcile: error: Kafka at 127.0.0.1:1 unreachable")
+    assert done.stderr.startswith("ops reconcile: error: Kafka at 127.0.0.1:1 (PLAINTEXT): can't connect")
     assert done.stderr.count("\n") == 1
 
 

@@ -194,20 +194,30 @@ def test_end_to_end_with_scram_over_tls(topics: Topics, cql: Session) -> None:
     assert history_rows(cql, topics, source_topic(enriched)) == 30
 
 
+KAFKA_SSL_AT = "Kafka at 127.0.0.1:9094 (SSL): can't connect"
+KAFKA_SASL_AT = "Kafka at 127.0.0.1:9095 (SASL_SSL): can't connect"
 CQL_AT = "ScyllaDB/Cassandra at 127.0.0.1:9042, TLS: can't connect"
 REFUSED = {
-    "kafka, wrong CA": (kafka_mtls(ca="other-ca"), "Kafka at 127.0.0.1:9094 (SSL)", "certificate verify failed"),
+    "kafka, wrong CA": (
+        kafka_mtls(ca="other-ca"),
+        KAFKA_SSL_AT,
+        "certificate verify failed",
+    ),
     "kafka, expired client certificate": (
         kafka_mtls(client="expired"),
-        "Kafka at 127.0.0.1:9094 (SSL)",
+        KAFKA_SSL_AT,
         "refused the client certificate",
     ),
     "kafka, client certificate of another CA": (
         kafka_mtls(client="rogue"),
-        "Kafka at 127.0.0.1:9094 (SSL)",
+        KAFKA_SSL_AT,
         "refused the client certificate",
     ),
-    "kafka, wrong SCRAM password": (kafka_scram("wrong"), "Kafka at 127.0.0.1:9095 (SASL_SSL)", "invalid credentials"),
+    "kafka, wrong SCRAM password": (
+        kafka_scram("wrong"),
+        "Kafka at 127.0.0.1:9095 (SASL_SSL): can't connect",
+        "invalid credentials",
+    ),
     "postgres, wrong CA": (pg_tls(ca="other-ca"), "PostgreSQL at", "certificate verify failed"),
     "postgres, expired client certificate": (pg_tls(client="expired"), "PostgreSQL at", "certificate expired"),
     "postgres, no client certificate": (pg_tls(client=None), "PostgreSQL at", "requires a valid client certificate"),
@@ -336,6 +346,6 @@ def test_msk_iam_token_reaches_the_broker(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(PreflightError) as refused:
         check_kafka(settings, [])
     assert signed, "librdkafka called the token provider"
-    assert "Kafka at 127.0.0.1:9095 (SASL_SSL)" in str(refused.value)
+    assert KAFKA_SASL_AT in str(refused.value)
     assert "SASL authentication error" in str(refused.value) and "invalid_token" in str(refused.value)
     assert "example-secret" not in str(refused.value)

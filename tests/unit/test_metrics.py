@@ -73,3 +73,24 @@ def test_counters_without_prometheus() -> None:
     m.observe_lookup("customers", 0.1)
     m.add_written("history", 2, 0.1)
     assert m.in_flight() == 1 and m.snapshot()["records_in"] == 3
+
+
+def test_build_info_and_no_created_series() -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    import flows
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.observe_lookup("customers", 0.01)
+    metrics.add_written("history", 5, 0.02)
+    text = generate_latest(registry).decode()
+    assert "_created" not in text
+    info = re.search(r"^enrichment_build_info\{(.*)\} 1\.0$", text, re.MULTILINE)
+    assert info is not None and f'version="{flows.__version__}"' in info.group(1)
+    assert 'librdkafka="' in info.group(1) and 'python="' in info.group(1)
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert f'version = "{flows.__version__}"' in pyproject

@@ -68,3 +68,31 @@ def test_anything_but_retriable_raises_at_once(kind: Kind) -> None:
 def test_network_errors_may_pass_and_the_rest_is_fatal() -> None:
     assert network_kind(ConnectionRefusedError()) is Kind.RETRIABLE and network_kind(TimeoutError()) is Kind.RETRIABLE
     assert network_kind(ValueError()) is Kind.FATAL
+
+
+def test_the_observer_counts_retries_and_sees_the_dependency_go_and_come_back() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flows.telemetry.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    retries = Retries(30, observer=metrics)
+    clock = Clock()
+    calls = iter([ConnectionRefusedError(), TimeoutError(), "ok"])
+    seen: list[int] = []
+
+    def flaky() -> str:
+        seen.append(metrics.up["postgresql"])
+        item = next(calls)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    assert retries.call("postgresql lookup", flaky, network_kind, backoff(clock)) == "ok"
+    assert seen == [1, 0, 0]  # down from the first failure until the call that worked
+    assert metrics.up["postgresql"] == 1 and metrics.retries["postgresql"] == 2
+    text = generate_latest(registry).decode()
+    assert 'enrichment_dependency_retries_total{dependency="postgresql"} 2.0' in text
+    assert 'enrichment_dependency_up{dependency="postgresql"} 1.0' in text
+    assert 'enrichment_dependency_up{dependency="cassandra"} 1.0' in text

@@ -66,7 +66,7 @@ def check_kafka(settings: Settings, topics: Iterable[str], client: Mapping[str, 
         if re.search(r"alert (certificate unknown|bad certificate|certificate expired|unknown ca)", why):
             why += " (the broker refused the client certificate: expired, or not signed by a CA it trusts)"
         raise PreflightError(
-            f"Kafka at {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}) can't be used "
+            f"Kafka at {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}): can't connect "
             f"within {settings.startup_timeout_seconds:g}s: {why}"
         ) from None
     counts: dict[str, int] = {}

@@ -91,6 +91,10 @@ class KafkaWriter:
             conf["message.max.bytes"] = min(max(max_bytes, 1000), LARGEST_PRODUCE_BYTES)
         if batch_bytes is not None:
             conf["batch.size"] = max(1, min(batch_bytes, conf["batch.size"]))
+        # the broker connection's state for the dependency_up gauge: librdkafka retries on
+        # its own and tells of a lost connection only through this callback
+        conf["error_cb"] = self._on_error
+        self._down = False
         self._conf = conf
         # exactly-once: a message the broker refuses fails the whole transaction (and the
         # records it covers would be read, and refused, again): what a topic can't take is
@@ -142,9 +146,17 @@ class KafkaWriter:
                     break
         return sending
 
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) and not self._down:
+            self._down = True
+            self._retries.dependency_up("kafka", False)
+
     def wait(self, sending: Sending) -> list[int]:
         """Wait for every report of `sending`; the indices refused even when sent alone."""
         self._await(self._producer, sending, later=sending.seq != self._sends)
+        if self._down and len(sending.errors) < len(sending.messages):  # Kafka took some: it answers
+            self._down = False
+            self._retries.dependency_up("kafka", True)
         refused = sorted(sending.errors)
         if not refused:
             return []

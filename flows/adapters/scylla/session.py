@@ -131,12 +131,16 @@ def check_cql(settings: Settings) -> None:
         session = cluster.connect()
         session.execute("SELECT release_version FROM system.local", timeout=settings.startup_timeout_seconds)
     except Exception as exc:
-        where = f"{','.join(settings.scylla_hosts)}:{settings.scylla_port}{', TLS' if settings.scylla_ssl else ''}"
-        why = _reasons(exc, settings.scylla_ssl)
-        raise PreflightError(f"ScyllaDB/Cassandra at {where}: can't connect: {why}") from None
+        raise PreflightError(connect_failure(settings, exc)) from None
     finally:
         cluster.shutdown()
         driver_log.setLevel(level)
+
+
+def connect_failure(settings: Settings, exc: Exception) -> str:
+    """One line for a failed connection: where, and each host's reason."""
+    where = f"{','.join(settings.scylla_hosts)}:{settings.scylla_port}{', TLS' if settings.scylla_ssl else ''}"
+    return f"ScyllaDB/Cassandra at {where}: can't connect: {_reasons(exc, settings.scylla_ssl)}"
 
 
 def _reasons(exc: Exception, tls: bool) -> str:

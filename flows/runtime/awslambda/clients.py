@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from flows.core.enrich import Enricher, close_lookups
 from flows.core.sizes import TopicLimits
 from flows.errors import SettingsError
 from flows.settings import Settings
-from flows.telemetry.logs import setup_logging
+from flows.telemetry.logs import set_identity, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class ClientHolder:
             if self._clients is None:
                 settings = self._settings()
                 setup_logging(settings.log_level)
+                set_identity(service="enrichment-lambda", function=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "local"))
                 self._clients = self._build(settings)
                 log.info("clients ready", extra={"fields": {"settings": settings.describe()}})
             return self._clients

@@ -15,6 +15,8 @@ idempotent upserts, Kafka messages of a retried batch may appear twice, with the
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,7 @@ from flows.adapters.postgres.errors import classify as postgres_kind
 from flows.adapters.scylla.errors import classify as cql_kind
 from flows.errors import DependencyError
 from flows.retry import Kind
+from flows.runtime.awslambda import emf
 from flows.runtime.awslambda.clients import ClientHolder
 from flows.runtime.awslambda.event import KafkaBatch, parse_event, reject_own_outputs, summarise
 from flows.runtime.memory import pin_mmap_threshold
@@ -40,25 +43,31 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     settings = clients.settings
     reject_own_outputs(batch, settings.output_topic, settings.failure_topic)
     request_id = getattr(context, "aws_request_id", None)
+    started, retries = time.monotonic(), Counter(clients.app.metrics.retries)
+    summary: dict[str, Any] | None = None
     try:
         results = clients.app.process(batch.records, clients.enricher)
+        try:
+            # the dataflow's delivery: history rows (idempotent upserts: a retried batch
+            # rewrites the same rows) and every message acknowledged; a message a topic
+            # refuses is re-routed, not raised
+            clients.delivery.write(results)
+        except Exception:
+            clients.renew_delivery()
+            raise
+        finally:
+            clients.app.flush_logs()
     except Exception as exc:
         _log_batch_failed(batch, exc, request_id)
         raise
-    try:
-        # the dataflow's delivery: history rows (idempotent upserts: a retried batch
-        # rewrites the same rows) and every message acknowledged; a message a topic
-        # refuses is re-routed, not raised
-        clients.delivery.write(results)
-    except Exception as exc:
-        clients.renew_delivery()
-        _log_batch_failed(batch, exc, request_id)
-        raise
+    else:
+        summary = summarise(batch, results)
+        log.info("batch done", extra={"fields": {**summary, "request_id": request_id}})
+        return summary
     finally:
-        clients.app.flush_logs()
-    summary = summarise(batch, results)
-    log.info("batch done", extra={"fields": {**summary, "request_id": request_id}})
-    return summary
+        retried = Counter(clients.app.metrics.retries)
+        retried.subtract(retries)
+        emf.invocation(summary, len(batch.records), time.monotonic() - started, retried)
 
 
 def _log_batch_failed(batch: KafkaBatch, exc: BaseException, request_id: str | None) -> None:

@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from flows.app.outputs import Delivery
 from flows.core.model import Outcome
+from flows.telemetry.logs import bind_worker
 
 
 class _Partition(StatelessSinkPartition[Outcome]):
@@ -18,12 +19,17 @@ class _Partition(StatelessSinkPartition[Outcome]):
         delivery: Delivery,
         after_close: Callable[[], None] | None,
         on_write: Callable[[Delivery], None] | None,
+        worker_index: int,
     ) -> None:
         self.delivery = delivery
         self._after_close = after_close
         self._on_write = on_write
+        self._worker_index: int | None = worker_index
 
     def write_batch(self, items: list[Outcome]) -> None:
+        if self._worker_index is not None:  # the first batch: this is the worker's thread
+            bind_worker(self._worker_index)
+            self._worker_index = None
         if self._on_write is not None:
             self._on_write(self.delivery)
         self.delivery.write(items)
@@ -56,5 +62,8 @@ class DeliverySink(DynamicSink[Outcome]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         after = self._after_close
         return _Partition(
-            self._build(worker_index), (lambda: after(worker_index)) if after is not None else None, self._on_write
+            self._build(worker_index),
+            (lambda: after(worker_index)) if after is not None else None,
+            self._on_write,
+            worker_index,
         )
