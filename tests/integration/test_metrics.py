@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tools import provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
+from ..unit.monitoring_names import used_names
 from .flowrun import Topics, start_dataflow
 from .resilience import sigterm
 
@@ -128,6 +129,9 @@ def test_metrics_count_what_the_dataflow_produced(tmp_path: Path) -> None:
         assert m[f'enrichment_dependency_retries_total{{dependency="{dependency}"}}'] == 0
     assert [n for n in m if n.startswith("enrichment_build_info{")], "build_info"
     assert not [n for n in m if n.split("{")[0].endswith("_created")]
+    # the Grafana dashboard and the alert rules (k8s/monitoring) query names this page has
+    scraped = {name.split("{")[0] for name in m}
+    assert used_names() <= scraped, used_names() - scraped
     # log lines say which process and which worker wrote them
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert lines and all(line["service"] == "enrichment-dataflow" and line["process"] == 0 for line in lines)

@@ -32,7 +32,13 @@ COMMANDS = {
 }
 # modules run as commands through another name (bench/__main__.py runs bench.run; the
 # kustomize wrapper passes --help to kustomize itself)
-RUN_AS = {"bench.run": "bench", "ops.cli": "ops", "stack.stack": "stack", "tools.kustomize": None}
+RUN_AS = {
+    "bench.run": "bench",
+    "ops.cli": "ops",
+    "stack.stack": "stack",
+    "tools.kustomize": None,
+    "tools.promtool": None,
+}
 CLOSED = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
     "PG_DSN": "postgresql://nobody@127.0.0.1:1/none",

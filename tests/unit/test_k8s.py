@@ -22,6 +22,8 @@ from flows.runtime.bytewax.recovery import ClusterPlace, cluster_place
 from flows.settings import ENV_NAMES, Settings, redact_dsn
 from tools import kustomize
 
+from . import k8s_schemas as schemas
+
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "k8s" / "overlays" / "example"
 BASE = ROOT / "k8s" / "base"
@@ -52,8 +54,10 @@ def rendered() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(kustomize.build(OVERLAY)) if d]
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one document of `kind` (the settings' ConfigMap for kind ConfigMap)."""
+    name = name or ("enrichment-settings" if kind == "ConfigMap" else None)
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"].startswith(name))]
     assert len(found) == 1, f"one {kind} expected, got {len(found)}"
     return found[0]
 
@@ -88,10 +92,9 @@ def test_bytewax_reads_what_the_manifests_set() -> None:
 def test_manifests_validate_against_kubernetes_schemas(directory: Path) -> None:
     docs = [d for d in yaml.safe_load_all(kustomize.build(directory)) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert {"ConfigMap", "Service", "StatefulSet"} <= set(kinds)
-    for version in K8S_VERSIONS:
-        for doc in docs:
-            kubernetes_validate.validate(doc, version, strict=True)
+    assert {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy"} <= set(kinds)
+    for doc in docs:
+        schemas.validate(doc, K8S_VERSIONS)
 
 
 def test_validator_rejects_a_broken_manifest(rendered: list[dict[str, Any]]) -> None:
@@ -153,22 +156,29 @@ def test_resources_security_and_shutdown(rendered: list[dict[str, Any]]) -> None
 
 
 def test_env_names_exist_in_the_code(rendered: list[dict[str, Any]]) -> None:
-    sts, cm, secret = one(rendered, "StatefulSet"), one(rendered, "ConfigMap"), one(rendered, "Secret")
+    sts, cm = one(rendered, "StatefulSet"), one(rendered, "ConfigMap")
+    keys = secret_keys(rendered)
     known = set(ENV_NAMES) | bytewax_env_names() | HOSTFILE_ONLY
     main = container(sts, "dataflow")
     assert set(env_of(main)) <= known
     assert set(cm["data"]) <= set(ENV_NAMES)
-    assert set(secret["data"]) == {"PG_PASSWORD", "KAFKA_SASL_PASSWORD", "SCYLLA_PASSWORD"} <= SECRET_SETTINGS
+    assert keys == {"PG_PASSWORD", "KAFKA_SASL_PASSWORD", "SCYLLA_PASSWORD"} <= SECRET_SETTINGS
     assert redact_dsn(cm["data"]["PG_DSN"]) == cm["data"]["PG_DSN"], "no password in the ConfigMap"
     refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in main["envFrom"]}
-    assert refs == {cm["metadata"]["name"], secret["metadata"]["name"]}
+    assert refs == {cm["metadata"]["name"], one(rendered, "ExternalSecret")["spec"]["target"]["name"]}
     # the settings as the pod sees them parse
-    settings = Settings.from_env({**cm["data"], **{k: "" for k in secret["data"]}})
+    settings = Settings.from_env({**cm["data"], **dict.fromkeys(keys, "")})
     assert settings.recovery_partitions >= int(env_of(main)["BYTEWAX_REPLICAS"])
     # the init container uses every variable it is given
     init = container(sts, "init-hostfile", init=True)
     script = init["command"][-1]
     assert all(f"${name}" in script for name in env_of(init))
+
+
+def secret_keys(docs: list[dict[str, Any]]) -> set[str]:
+    """The variables of the Secret the External Secrets Operator makes (no Secret is committed)."""
+    assert not [d for d in docs if d["kind"] == "Secret"], "no secret values in the manifests"
+    return {item["secretKey"] for item in one(docs, "ExternalSecret")["spec"]["data"]}
 
 
 def hostfile_lines(sts: dict[str, Any], tmp_path: Path) -> list[str]:
@@ -311,13 +321,13 @@ def test_waxctl_values_match_the_overlay(rendered: list[dict[str, Any]]) -> None
     """`waxctl dataflow deploy dataflow.py -V k8s/waxctl/values.yaml ...` (docs/scaling.md) deploys the
     same settings, secret, scraping and resources as the example overlay."""
     values = yaml.safe_load((ROOT / "k8s" / "waxctl" / "values.yaml").read_text())
-    sts, cm, secret = one(rendered, "StatefulSet"), one(rendered, "ConfigMap"), one(rendered, "Secret")
+    sts, cm, external = one(rendered, "StatefulSet"), one(rendered, "ConfigMap"), one(rendered, "ExternalSecret")
     env = {k: str(v) for k, v in values["env"].items()}
     assert set(env) <= set(ENV_NAMES)
     Settings.from_env(env)
     assert float(env.pop("SHUTDOWN_TIMEOUT_SECONDS")) < 10, "the chart's terminationGracePeriodSeconds is 10"
     assert env == {k: v for k, v in cm["data"].items() if k != "SHUTDOWN_TIMEOUT_SECONDS"}
-    assert secret["metadata"]["name"].startswith(values["envFromSecret"] + "-")
+    assert external["spec"]["target"]["name"] == values["envFromSecret"]
     assert values["podAnnotations"] == sts["spec"]["template"]["metadata"]["annotations"]
     assert values["resources"] == container(sts, "dataflow")["resources"]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
 from flows.settings import ENV_NAMES, Settings
-from tools import crds, kustomize
+from tools import kustomize
 
+from . import k8s_schemas as schemas
 from .test_k8s import K8S_VERSIONS, bytewax_env_names, container, env_of, one
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,44 +34,16 @@ def rendered() -> list[dict[str, Any]]:
     return render(EOS_OVERLAY)
 
 
-def strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """The CRD's schema as the API server applies it with strict field validation: an object
-    with declared properties takes no other field unless it preserves unknown fields."""
-    schema = copy.deepcopy(schema)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if (
-                "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(schema)
-    return schema
-
-
 def validate_scaledobject(doc: dict[str, Any]) -> None:
-    jsonschema.validate(doc, strict(crds.keda_schema("ScaledObject")))
+    schemas.validate(doc, K8S_VERSIONS)
 
 
 @pytest.mark.parametrize("directory", [EOS, EOS_OVERLAY], ids=["exactly-once", "overlay"])
 def test_manifests_validate_against_kubernetes_and_keda_schemas(directory: Path) -> None:
     docs = render(directory)
-    assert {"ConfigMap", "Deployment", "ScaledObject"} <= {d["kind"] for d in docs}
+    assert {"ConfigMap", "Deployment", "ScaledObject", "PodDisruptionBudget"} <= {d["kind"] for d in docs}
     for doc in docs:
-        if doc["kind"] == "ScaledObject":
-            assert doc["apiVersion"] == "keda.sh/v1alpha1"
-            validate_scaledobject(doc)
-        else:
-            for version in K8S_VERSIONS:
-                kubernetes_validate.validate(doc, version, strict=True)
+        schemas.validate(doc, K8S_VERSIONS)
 
 
 def test_keda_schema_rejects_a_broken_scaledobject(rendered: list[dict[str, Any]]) -> None:
