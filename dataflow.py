@@ -59,6 +59,6 @@ flow = build_flow(
     app,
     source=source,
     sink=sink,
-    enricher=lambda: app.enricher(preflight.limits(), "enrichment"),
+    enricher=lambda: app.enricher(preflight.limits(), "enrichment", listen=True),
     reporter=ProgressReporter(settings.progress_interval_seconds, app.metrics, [app.flush_logs]),
 )

@@ -272,6 +272,9 @@ class Settings:
     cache_max_size: int = _env("CACHE_MAX_SIZE", "100000", _int_range(0))
     # "not found" answers have their own LRU, so unknown ids never evict known customers
     cache_negative_max_size: int = _env("CACHE_NEGATIVE_MAX_SIZE", "10000", _int_range(0))
+    # `notify`: PostgreSQL announces customer changes and every cache drops them at once
+    # (needs `python -m ops migrate install`); `ttl`: entries live out their TTL
+    cache_invalidation: str = _env("CACHE_INVALIDATION", "ttl", _one_of("ttl", "notify"))
     lookup_batch_size: int = _env("LOOKUP_BATCH_SIZE", "1000", _int_range(1, 100000))
     source_batch_size: int = _env("SOURCE_BATCH_SIZE", "1000", _int_range(1, 100000))
     # --- progress in Kafka (docs/operations.md, "Guarantees")

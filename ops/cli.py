@@ -19,20 +19,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO, TypeVar
 
+import psycopg
 from confluent_kafka import KafkaException
 
+from flows.adapters.postgres import changes
+from flows.adapters.postgres.customers import CUSTOMERS_TABLE
 from flows.errors import SettingsError
-from flows.settings import Settings
+from flows.settings import Settings, redact_dsn
 from ops import reconcile, replay, replay_rules, replay_setup, show, trace
-from ops.errors import FAILED, INTERRUPTED, USAGE, OpsError
+from ops.errors import FAILED, FOUND_GAPS, INTERRUPTED, OK, USAGE, OpsError
 from ops.ranges import OffsetSpan, check_spans, parse_span, parse_time
 
 T = TypeVar("T")
 
+PARKED_CODE = "customer_not_found"
 EXIT_STATUSES = """exit status:
   0    done: nothing missing (reconcile), everything found (trace)
-  1    reconcile: input records without output; trace: no history row, or an output record not found
-  2    bad arguments or settings; Kafka, Cassandra/ScyllaDB, the history keyspace or a
+  1    reconcile: input records without output; trace: no history row, or an output record not
+       found; migrate status: the trigger is not installed
+  2    bad arguments or settings; Kafka, PostgreSQL, Cassandra/ScyllaDB, the history keyspace or a
        topic missing at start; a refused replay target; another replay holding the lease
        on the same replay state (the line names it), or replay state that can't be read
   3    failed part-way (a replayed chunk not acknowledged, a read stalled, the replay's
@@ -109,7 +114,7 @@ def build_parser(now: dt.datetime) -> Parser:
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{replay,trace,reconcile}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{replay,trace,reconcile,migrate}")
     spans = _typed(parse_span, "offset range")
     moment = _typed(lambda t: parse_time(t, now), "time")
 
@@ -158,6 +163,33 @@ def build_parser(now: dt.datetime) -> Parser:
         type=spans,
         metavar="RANGE",
         help="only these offsets of the failure topic: " + OFFSETS_HELP,
+    )
+    rp.add_argument(
+        "--if-customer-exists",
+        action="store_true",
+        help="only customer_not_found dead letters whose customer_id is in PostgreSQL now (parked "
+        "records whose customer arrived); the others stay parked for a later run",
+    )
+    rp.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --if-customer-exists: keep running, and replay parked records as their customers "
+        "arrive (woken by PostgreSQL's change announcements, see `migrate`, or every --interval)",
+    )
+    rp.add_argument(
+        "--interval",
+        type=_typed(_positive_float, "seconds"),
+        default=30.0,
+        metavar="SECONDS",
+        help="--follow: look again at least this often (default 30)",
+    )
+    rp.add_argument(
+        "--settle",
+        type=_typed(_positive_float, "seconds"),
+        default=2.0,
+        metavar="SECONDS",
+        help="--follow: wait this long after a change before replaying, so the dataflow's caches have "
+        "dropped the customer (default 2; with CACHE_INVALIDATION=ttl use CACHE_NEGATIVE_TTL_SECONDS)",
     )
     rp.add_argument("--dry-run", action="store_true", help="count what would be replayed, by code; produce nothing")
     rp.add_argument(
@@ -250,6 +282,22 @@ def build_parser(now: dt.datetime) -> Parser:
         help="read outputs from this long before the earliest input record's timestamp (default 3600)",
     )
     cp.set_defaults(handler=_reconcile, parser=cp)
+
+    mp = sub.add_parser(
+        "migrate",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUSES,
+        help="install in PostgreSQL what CACHE_INVALIDATION=notify needs",
+        description=_wrap(
+            "Install (idempotent: run it again after an upgrade), remove or show the trigger that makes "
+            "PostgreSQL announce every change of the customers table on the channel enrichment_customers "
+            "(docs/design.md, Fresh reference data). The dataflow never installs it itself. status exits "
+            "1 when it is not installed."
+        ),
+    )
+    mp.add_argument("action", choices=("install", "uninstall", "status"))
+    mp.set_defaults(handler=_migrate, parser=mp)
     return parser
 
 
@@ -270,9 +318,12 @@ def _replay(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         chunk_size=args.chunk_size,
         legacy_dir=args.state_dir,
         restart=args.restart,
-        progress=not args.quiet,
+        progress=not args.quiet and not args.follow,
+        if_customer_exists=args.if_customer_exists,
     )
     replay_setup.warn_state_dir(args.state_dir)
+    if args.follow:
+        return replay.follow(settings, opts, out, args.interval, args.settle)
     return replay.run(settings, opts, out)
 
 
@@ -292,6 +343,27 @@ def _reconcile(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
     return reconcile.run(settings, reconcile.Options(args.spans, args.skew, not args.quiet), out)
 
 
+def _migrate(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        if args.action == "install":
+            changes.install(settings)
+        elif args.action == "uninstall":
+            changes.uninstall(settings)
+        found = changes.installed_triggers(settings)
+    except psycopg.Error as exc:
+        where = redact_dsn(settings.pg_dsn.get())
+        raise OpsError(f"PostgreSQL at {where}: {show.controls(str(exc).strip())[:300]}", USAGE) from None
+    if found == {changes.ROW_TRIGGER, changes.TRUNCATE_TRIGGER}:
+        print(
+            f"installed: table {CUSTOMERS_TABLE} announces its changes on channel {changes.CHANNEL} "
+            f"(triggers {changes.ROW_TRIGGER}, {changes.TRUNCATE_TRIGGER})",
+            file=out,
+        )
+        return 0
+    print(f"not installed: table {CUSTOMERS_TABLE} has no change trigger", file=out)
+    return OK if args.action == "uninstall" else FOUND_GAPS
+
+
 def parse_args(argv: Sequence[str] | None, now: dt.datetime) -> argparse.Namespace:
     """Parse and cross-check the arguments (argparse can't say "one of these two")."""
     parser = build_parser(now)
@@ -305,12 +377,20 @@ def parse_args(argv: Sequence[str] | None, now: dt.datetime) -> argparse.Namespa
         args.spans = _check_spans(sub, args.offsets)
         if args.since is not None and args.until is not None and args.until <= args.since:
             sub.error("--until must be later than --since")
+        if args.if_customer_exists:
+            if args.codes and args.codes != {PARKED_CODE}:
+                sub.error(f"--if-customer-exists replays {PARKED_CODE} dead letters only")
+            args.codes = frozenset({PARKED_CODE})
+        if args.follow and not args.if_customer_exists:
+            sub.error("--follow goes with --if-customer-exists (other dead letters would come back at once)")
+        if args.follow and (args.dry_run or args.limit is not None):
+            sub.error("--follow can't go with --dry-run or --limit")
     elif args.command == "trace":
         if (args.event_id is None) == (args.source is None):
             sub.error("give either an EVENT_ID or --source TOPIC:PARTITION:OFFSET")
         if args.full_scan and args.source is None:
             sub.error("--full-scan goes with --source")
-    else:
+    elif args.command == "reconcile":
         args.spans = _check_spans(sub, args.offsets)
     return args
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -40,7 +42,7 @@ from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import OutMessage
 from flows.errors import DeliveryFailed
 from flows.settings import Settings
-from ops import replay_setup, scan, show
+from ops import parked, replay_setup, scan, show
 from ops.errors import FAILED, INTERRUPTED, OK, OpsError
 from ops.progress import Progress
 from ops.ranges import format_offsets, span_for, window
@@ -49,6 +51,8 @@ from ops.replay_setup import Target
 from ops.replay_state import ReplayState
 from ops.replay_store import DELIVERY_TIMEOUT_S, IN_FLIGHT_S, Lease, Row, Store
 from ops.replay_target import refuse_output_topic
+
+PARKED_CHUNK = 500  # dead letters per PostgreSQL query of --if-customer-exists
 
 
 def n_records(n: int) -> str:
@@ -69,6 +73,9 @@ class Options:
     legacy_dir: Path | None = None  # where a state file of an earlier version may be (default .ops-state)
     restart: bool = False
     progress: bool = True
+    # only dead letters whose customer_id is in PostgreSQL now (parked customer_not_found
+    # records whose customer arrived); the others stay parked for a later run
+    if_customer_exists: bool = False
 
 
 class StopFlag:
@@ -103,6 +110,7 @@ class Counts:
     selected: Counter[str]
     already: Counter[str]
     not_selected: int = 0
+    parked: int = 0  # --if-customer-exists: their customer is still missing
     scanned: int = 0
     refused: list[tuple[int, int]] = field(default_factory=list)  # the target refused them: not replayed
 
@@ -190,11 +198,33 @@ def _candidates(
         progress.close()
 
 
+def _kept(
+    settings: Settings, opts: Options, counts: Counts, candidates: Iterator[tuple[int, int, str, OutMessage]]
+) -> Iterator[tuple[int, int, str, OutMessage]]:
+    """The candidates to replay: all of them, or with `if_customer_exists` those whose
+    customer is in PostgreSQL now (asked for a chunk at a time)."""
+    if not opts.if_customer_exists:
+        yield from candidates
+        return
+    with parked.CustomerCheck(settings) as check:
+        for chunk in parked.chunks(candidates, PARKED_CHUNK):
+            found = check.existing([parked.customer_id(m.value) for _, _, _, m in chunk])
+            for item in chunk:
+                code = item[2]
+                if parked.customer_id(item[3].value) in found:
+                    yield item
+                else:
+                    counts.selected[code] -= 1
+                    counts.parked += 1
+
+
 def _dry_run(
     settings: Settings, opts: Options, consumer: Consumer, state: ReplayState, target: str, out: TextIO
 ) -> int:
     counts = Counts(Counter(), Counter())
-    for _ in _candidates(settings, opts, consumer, state, counts, "replay --dry-run: scanned"):
+    for _ in _kept(
+        settings, opts, counts, _candidates(settings, opts, consumer, state, counts, "replay --dry-run: scanned")
+    ):
         pass
     total = sum(counts.selected.values())
     print(f"dry run: would replay {n_records(total)} from {settings.failure_topic} to {target}", file=out)
@@ -245,7 +275,8 @@ def _replay(
     stopped = ""
     try:
         with StopFlag() as stop:
-            for item in _candidates(settings, opts, consumer, state, counts, "replay: scanned", stop):
+            candidates = _candidates(settings, opts, consumer, state, counts, "replay: scanned", stop)
+            for item in _kept(settings, opts, counts, candidates):
                 chunk.append(item)
                 done = sum(produced.values()) + len(counts.refused) + len(chunk)
                 limit_hit = opts.limit is not None and done >= opts.limit
@@ -291,6 +322,8 @@ def _report(counts: Counts, state: ReplayState, out: TextIO, partial: bool = Fal
         print(f"skipped, replayed by an earlier run: {already} ({detail})", file=out)
     scanned = "scanned so far" if partial else "scanned"
     print(f"not selected: {counts.not_selected} of {counts.scanned} dead letters {scanned}", file=out)
+    if counts.parked:
+        print(f"still parked, their customer_id not in PostgreSQL yet: {counts.parked}", file=out)
     if counts.refused:
         by_partition: dict[int, list[int]] = {}
         for p, o in counts.refused:
@@ -358,3 +391,30 @@ def _settle(
         f"{total - len(in_flight)} had not (they are replayed now if selected)",
         file=out,
     )
+
+
+def follow(settings: Settings, opts: Options, out: TextIO, interval_s: float, settle_s: float) -> int:
+    """`--follow`: a run now, then one whenever PostgreSQL announces a customer change (the
+    change trigger of `ops migrate install`) or `interval_s` passes, `settle_s` after it (the
+    dataflow's caches hear of the change first), until SIGINT/SIGTERM. A run that replayed
+    nothing prints nothing; each dead letter still goes back once (the replay state)."""
+    wake = parked.Wakeups(settings)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            report = io.StringIO()
+            status = run(settings, opts, report)
+            text = report.getvalue()
+            if status != OK or not text.startswith("replayed 0 records"):
+                out.write(text)
+                out.flush()
+            if status != OK:
+                return status
+            wake.wait(interval_s, stop)
+            if stop.is_set() or stop.wait(settle_s):
+                return OK
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        wake.close()

@@ -6,6 +6,7 @@ output is an adapter, one entry in `lookups` or `outputs` below, and its setting
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,10 +17,11 @@ from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.outputs import DeadLetters, EnrichedMessages
 from flows.adapters.kafka.transactions import Transactions
 from flows.adapters.kafka.writer import KafkaWriter
+from flows.adapters.postgres.changes import ChangeListener
 from flows.adapters.postgres.customers import PgCustomerLookup
 from flows.adapters.scylla.writer import HistoryOutput, HistoryWriter
 from flows.app.outputs import Delivery, Output, Progress, Shared, enriched, everything, failed
-from flows.core.cache import TtlCache
+from flows.core.cache import Inbox, TtlCache
 from flows.core.decode import decode_record
 from flows.core.enrich import Enricher, Lookup, Resolver
 from flows.core.model import Code, Decoded, Failure, Outcome, SourceRecord
@@ -44,10 +46,38 @@ class App:
     fallbacks: FailureLog = field(
         default_factory=lambda: FailureLog(first="delivery fallback", summary="delivery fallbacks")
     )
+    _listener: ChangeListener | None = field(default=None, init=False, repr=False)
+    _listener_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _listening: bool = field(default=False, init=False, repr=False)
 
     def lookups(self, client: str) -> list[Resolver]:
-        """The enrichment's lookups, each with its own cache (one set per worker)."""
-        return [customers(self.settings, PgCustomerLookup(self.settings, self.retries, self.metrics, name=client))]
+        """The enrichment's lookups, each with its own cache (one set per worker); with
+        CACHE_INVALIDATION=notify each cache also hears of the customers that change."""
+        resolver = customers(self.settings, PgCustomerLookup(self.settings, self.retries, self.metrics, name=client))
+        listener = self.change_listener()
+        if listener is not None:
+            resolver.changes = Inbox()
+            listener.subscribe(resolver.changes)
+        return [resolver]
+
+    def change_listener(self) -> ChangeListener | None:
+        """The process's listener for customer changes (None with CACHE_INVALIDATION=ttl),
+        made on first use; `start_listening` runs it on a thread of its own."""
+        if self.settings.cache_invalidation != "notify":
+            return None
+        with self._listener_lock:
+            if self._listener is None:
+                m = self.metrics
+                self._listener = ChangeListener(self.settings, on_reset=m.cache_reset, on_changes=m.add_source_changes)
+            return self._listener
+
+    def start_listening(self) -> None:
+        """Run the change listener on a thread of its own (the dataflow; idempotent)."""
+        listener = self.change_listener()
+        with self._listener_lock:
+            if listener is not None and not self._listening:
+                listener.start()
+                self._listening = True
 
     def outputs(self, limits: TopicLimits | None, client: str) -> list[Output]:
         """The flow's outputs; history first, so its rows are written while the messages handed
@@ -101,10 +131,14 @@ class App:
             KafkaWriter.close,
         )
 
-    def enricher(self, limits: TopicLimits | None, client: str) -> Enricher:
-        """A worker's enrich step."""
+    def enricher(self, limits: TopicLimits | None, client: str, listen: bool = False) -> Enricher:
+        """A worker's enrich step; `listen`: run the change listener in the background (the
+        dataflow; the Lambda drains it before each batch instead)."""
         s = self.settings
-        return Enricher(self.lookups(client), s.output_topic, s.failure_topic, limits=limits, observer=self.metrics)
+        made = Enricher(self.lookups(client), s.output_topic, s.failure_topic, limits=limits, observer=self.metrics)
+        if listen:
+            self.start_listening()
+        return made
 
     def delivery(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flows.adapters.kafka.topics import check_kafka, check_kafka_clients, check_topic_sizes, topic_sizes
+from flows.adapters.postgres.changes import check_installed
 from flows.adapters.postgres.table import check_postgres
 from flows.adapters.scylla.session import check_cql
 from flows.core.sizes import ADDED_ROOM_BYTES, TopicLimits, value_fits
@@ -28,6 +29,8 @@ def dataflow_checks(settings: Settings) -> Checked:
     limits = check_topic_sizes(settings)
     check_kafka_clients(settings)
     check_postgres(settings)
+    if settings.cache_invalidation == "notify":
+        check_installed(settings)
     check_cql(settings)
     return Checked(list(range(counts[settings.input_topic])), limits)
 
@@ -48,4 +51,6 @@ def lambda_checks(settings: Settings) -> TopicLimits:
     if small:
         raise PreflightError("topic sizes do not fit: " + "; ".join(small))
     check_postgres(settings)
+    if settings.cache_invalidation == "notify":
+        check_installed(settings)
     return TopicLimits(output=sizes["OUTPUT_TOPIC"].max_bytes, failure=sizes["FAILURE_TOPIC"].max_bytes)

@@ -7,8 +7,8 @@ unknown keys evicts only other unknown keys, never the entries that are hit.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 
 Clock = Callable[[], float]
 
@@ -72,3 +72,39 @@ class TtlCache:
         elif self.ttl > 0 and self._found.max_size > 0:
             self._missing.entries.pop(key, None)
             self._found.put(key, self._clock() + self.ttl, value)
+
+    def invalidate(self, keys: Iterable[str]) -> int:
+        """Forget these keys, found or not found; how many entries were dropped."""
+        dropped = 0
+        for key in keys:
+            dropped += self._found.entries.pop(key, None) is not None
+            dropped += self._missing.entries.pop(key, None) is not None
+        return dropped
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._found.entries.clear()
+        self._missing.entries.clear()
+
+
+class Inbox:
+    """Changes announced from another thread (a change feed's listener), applied to a cache
+    by the thread that owns it, before its next lookup: the cache itself stays single-threaded.
+    `post(keys)` forgets those keys, `post(None)` everything (appending to a deque is atomic)."""
+
+    def __init__(self) -> None:
+        self._posted: deque[tuple[str, ...] | None] = deque()
+
+    def post(self, keys: Iterable[str] | None) -> None:
+        """Announce changed keys (None: anything may have changed)."""
+        self._posted.append(None if keys is None else tuple(keys))
+
+    def apply(self, cache: TtlCache) -> None:
+        """Apply what was posted so far to `cache` (its owner's thread)."""
+        posted = self._posted
+        while posted:
+            keys = posted.popleft()
+            if keys is None:
+                cache.clear()
+            else:
+                cache.invalidate(keys)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from flows.core import outcome
-from flows.core.cache import TtlCache
+from flows.core.cache import Inbox, TtlCache
 from flows.core.model import Code, Decoded, Event, Failure, Outcome
 from flows.core.sizes import TopicLimits, record_size
 
@@ -53,10 +53,13 @@ class Resolver:
     lookup: Lookup
     cache: TtlCache
     batch_size: int = 1000
+    changes: Inbox | None = None  # keys changed at the source, dropped before each batch
 
     def resolve(self, items: Sequence[Decoded | Failure], observer: LookupObserver | None) -> dict[str, object]:
         """The member's text (bytes), None for "not found" or the exception that building
         it raised, for each key of the batch: cache first, then one fetch per chunk."""
+        if self.changes is not None:
+            self.changes.apply(self.cache)
         resolved: dict[str, object] = {}
         missing: dict[str, None] = {}
         hits = misses = 0

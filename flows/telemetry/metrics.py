@@ -78,6 +78,8 @@ class Metrics:
         self.degraded: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter({kind: 0 for kind in FALLBACK_KINDS})
         self.retries: Counter[str] = Counter({name: 0 for name in DEPENDENCIES})
+        self.source_changes = 0  # keys announced changed by the reference data's source
+        self.cache_resets = 0  # caches cleared because the change feed was lost
         self.up: dict[str, int] = dict.fromkeys(DEPENDENCIES, 1)  # the start-up checks passed
         self._high: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
@@ -162,6 +164,16 @@ class Metrics:
         """A call to a dependency failed in a way that may pass and will be tried again."""
         with self._lock:
             self.retries[dependency] += 1
+
+    def add_source_changes(self, n: int) -> None:
+        """Changes the reference data's source announced (CACHE_INVALIDATION=notify)."""
+        with self._lock:
+            self.source_changes += n
+
+    def cache_reset(self) -> None:
+        """The change feed was lost and is back: every cache of the process was cleared."""
+        with self._lock:
+            self.cache_resets += 1
 
     def dependency_up(self, dependency: str, up: bool) -> None:
         """A dependency answered again, or failed in a way that may pass."""
@@ -286,6 +298,16 @@ class _Collector(Collector):
                 "Calls to a dependency that failed in a way that may pass and were tried again",
                 m.retries,
                 "dependency",
+            )
+            yield _counter(
+                "cache_invalidations",
+                "Changed keys the reference data's source announced (each dropped from every cache)",
+                m.source_changes,
+            )
+            yield _counter(
+                "cache_resets",
+                "Times every cache was cleared because the change feed's connection was lost",
+                m.cache_resets,
             )
             up = GaugeMetricFamily(
                 f"{PREFIX}_dependency_up",

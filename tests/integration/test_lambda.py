@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -485,3 +486,34 @@ def test_handler_over_scram_and_client_certificates(customers, cql: Session, top
     out = list(read_topic(topics.settings, topics.output)) + list(read_topic(topics.settings, topics.failure))
     assert sorted(coordinates(m) for m in out) == sorted((m.partition(), m.offset()) for m in messages)
     assert len(history(cql, topics)) == len(records)
+
+
+def test_handler_hears_customer_changes_between_invocations(customers, topics_made, lambda_env, pg_conninfo) -> None:
+    """CACHE_INVALIDATION=notify in Lambda: no thread between invocations; each invocation
+    first reads what PostgreSQL announced, so a customer changed after one batch is fresh in
+    the next, whatever the TTL."""
+    from flows.adapters.postgres import changes
+
+    from .conftest import unique
+
+    topics = new_topics(topics_made, "itlamfresh", partitions=1)
+    changes.install(topics.settings)
+    cid = unique("lamfresh")
+    provision.seed_customers(topics.settings, [sample.Customer(cid, "Before", "smb", "FR", "active")])
+    lambda_env(topics, CACHE_INVALIDATION="notify", CACHE_TTL_SECONDS="3600")
+
+    def one_batch(i: int) -> dict[str, Any]:
+        value = json.dumps(
+            {"event_id": f"{cid}-{i}", "event_type": "t", "occurred_at": "2026-12-03T00:00:00Z", "customer_id": cid}
+        ).encode()
+        produce_all(topics.settings, topics.input, [sample.SampleRecord(None, value, [], "enriched")])
+        latest = max(read_topic(topics.settings, topics.input), key=lambda m: m.offset())
+        lambda_handler.handler(aws_event([latest], "aws:kafka"), Context())
+        last = max(read_topic(topics.settings, topics.output), key=lambda m: m.offset())
+        return json.loads(last.value())["customer"]  # type: ignore[no-any-return]
+
+    assert one_batch(0)["name"] == "Before"
+    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
+        conn.execute("UPDATE customers SET name = 'After' WHERE customer_id = %s", (cid,))
+    time.sleep(0.5)  # delivered to the container's session (Lambda would have it frozen meanwhile)
+    assert one_batch(1)["name"] == "After"

@@ -19,6 +19,7 @@ COMMANDS = {
     "ops replay": ["-m", "ops", "replay", "--help"],
     "ops trace": ["-m", "ops", "trace", "--help"],
     "ops reconcile": ["-m", "ops", "reconcile", "--help"],
+    "ops migrate": ["-m", "ops", "migrate", "--help"],
     "tools.demo": ["-m", "tools.demo", "--help"],
     "tools.run_local": ["-m", "tools.run_local", "--help"],
     "tools.scale_bench": ["-m", "tools.scale_bench", "--help"],
@@ -28,6 +29,7 @@ COMMANDS = {
     "bench.passthrough": ["-m", "bench.passthrough", "--help"],
     "bench.feeder": ["-m", "bench.feeder", "--help"],
     "bench.profile": ["-m", "bench.profile", "--help"],
+    "bench.staleness": ["-m", "bench.staleness", "--help"],
     "stack": ["stack/stack.py", "--help"],
 }
 # modules run as commands through another name (bench/__main__.py runs bench.run; the

@@ -146,3 +146,24 @@ def test_a_lookup_observer_hears_hits_misses_and_queries() -> None:
     e.process(items("C1", "C1", "C2"))
     e.process(items("C1"))
     assert seen == [("customers", 0, 3, 1), ("customers", 1, 0, 0)]  # a repeated miss counts as a miss
+
+
+def test_a_resolver_applies_announced_changes_before_each_batch() -> None:
+    """A customer changed (or created) at the source is fetched again by the next batch,
+    whatever the TTL; the others stay cached."""
+    from flows.core.cache import Inbox
+    from flows.core.model import Customer
+
+    lookup = MemoryLookup({"C1": ALICE})
+    r = resolver(lookup)
+    r.changes = Inbox()
+    r.resolve(items("C1", "C9"), None)
+    assert lookup.calls == [["C1", "C9"]]
+    r.resolve(items("C1", "C9"), None)
+    assert len(lookup.calls) == 1, "both cached: C1 found, C9 not found"
+    lookup.customers["C1"] = Customer("C1", "Alice B", "smb", "FR", "blocked")
+    lookup.customers["C9"] = Customer("C9", "Newcomer", "smb", "DE", "active")
+    r.changes.post(["C1", "C9"])
+    resolved = r.resolve(items("C1", "C9"), None)
+    assert lookup.calls[-1] == ["C1", "C9"]
+    assert b"blocked" in resolved["C1"] and b"Newcomer" in resolved["C9"]  # type: ignore[operator]

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows.adapters.kafka.errors import classify as kafka_kind
+from flows.adapters.postgres.changes import ChangeListener
 from flows.adapters.postgres.errors import classify as postgres_kind
 from flows.adapters.scylla.errors import classify as cql_kind
 from flows.errors import DependencyError
@@ -43,6 +44,7 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     settings = clients.settings
     reject_own_outputs(batch, settings.output_topic, settings.failure_topic)
     request_id = getattr(context, "aws_request_id", None)
+    _hear_changes(clients.app.change_listener())
     started, retries = time.monotonic(), Counter(clients.app.metrics.retries)
     summary: dict[str, Any] | None = None
     try:
@@ -68,6 +70,18 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         retried = Counter(clients.app.metrics.retries)
         retried.subtract(retries)
         emf.invocation(summary, len(batch.records), time.monotonic() - started, retried)
+
+
+def _hear_changes(listener: ChangeListener | None) -> None:
+    """CACHE_INVALIDATION=notify: the customer changes announced since the last batch (a
+    container has no thread running between invocations). If PostgreSQL can't be heard the
+    batch goes on with the caches as they are; the next connection clears them."""
+    if listener is None:
+        return
+    try:
+        listener.drain(timeout=0.0)
+    except Exception as exc:  # noqa: BLE001 - freshness is best effort here; TTLs still bound it
+        log.warning("customer changes: not heard", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}})
 
 
 def _log_batch_failed(batch: KafkaBatch, exc: BaseException, request_id: str | None) -> None:

@@ -1,0 +1,115 @@
+"""Parked records: dead letters of `customer_not_found` wait in the failure topic until their
+customer exists, then go back to the input, once each (`ops replay --if-customer-exists`,
+and with `--follow` by themselves as customers arrive; docs/ops-tools.md).
+
+It runs beside the dataflow, not in it: the failure topic is the parking lot already, the
+replay state in ScyllaDB already makes each dead letter go back once (whatever the runs,
+crashes and operators), the replayed record takes the one processing path every record
+takes, and the dataflow's hot path carries no index of parked ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import msgspec
+import psycopg
+
+from flows.adapters.postgres.changes import ChangeListener
+from flows.adapters.postgres.customers import CUSTOMERS_TABLE
+from flows.settings import Settings, redact_dsn
+from ops.errors import USAGE, OpsError
+
+T = TypeVar("T")
+_ID_ONLY = msgspec.json.Decoder(dict[str, object])
+
+
+def customer_id(value: bytes | None) -> str | None:
+    """The `customer_id` of a dead letter's value, when it is a JSON object that has one."""
+    if not value:
+        return None
+    try:
+        doc = _ID_ONLY.decode(value)
+    except (msgspec.DecodeError, ValueError):
+        return None
+    found = doc.get("customer_id")
+    return found if isinstance(found, str) and "\x00" not in found else None
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class CustomerCheck:
+    """Which customer ids exist now: one query per chunk, on one connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def __enter__(self) -> CustomerCheck:
+        s = self._settings
+        try:
+            self._conn = psycopg.connect(
+                s.pg_dsn.get(),
+                autocommit=True,
+                connect_timeout=max(1, int(s.startup_timeout_seconds)),
+                application_name="enrichment-ops-replay",
+                **s.pg_connect_kwargs(),
+            )
+        except psycopg.Error as exc:
+            raise OpsError(f"PostgreSQL at {redact_dsn(s.pg_dsn.get())}: can't connect: {exc}", USAGE) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def existing(self, ids: Sequence[str | None]) -> set[str]:
+        """Those of `ids` that are customers now."""
+        assert self._conn is not None
+        wanted = sorted({i for i in ids if i is not None})
+        if not wanted:
+            return set()
+        rows = self._conn.execute(
+            f"SELECT customer_id FROM {CUSTOMERS_TABLE} WHERE customer_id = ANY(%s)",  # noqa: S608 - a constant
+            (wanted,),
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+
+class Wakeups:
+    """Customer changes announced by PostgreSQL (the dataflow's change trigger), as a signal
+    to look again; without the trigger, only the interval does."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.changed = threading.Event()
+        self._listener = ChangeListener(settings, on_changes=lambda n: self.changed.set())
+
+    def wait(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """Until a change is announced or `seconds` pass (or `stop` is set)."""
+        waited = 0.0
+        while waited < seconds and not self.changed.is_set() and not (stop and stop.is_set()):
+            step = min(0.5, seconds - waited)
+            try:
+                self._listener.drain(timeout=step)
+            except psycopg.Error:
+                # PostgreSQL away: the interval still brings the next look
+                if stop is not None:
+                    stop.wait(step)
+            waited += step
+        self.changed.clear()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._listener.close()
