@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status wipe demo test test-hostile test-resilience test-unit test-integration lint typecheck bench run manifests lag clean
+.PHONY: help venv up down status wipe demo test test-hostile test-resilience test-unit test-integration lint typecheck bench bench-freshness run manifests lag clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -70,3 +70,6 @@ SOAK_MINUTES ?= 0
 BENCH_ARGS ?=
 bench: up ## benchmark: dataflow vs passthrough vs naive handler (N=200000 SOAK_MINUTES=0 BENCH_ARGS=--uniform)
 	$(PY) -m bench --records $(N) --soak-minutes $(SOAK_MINUTES) $(BENCH_ARGS)
+
+bench-freshness: up ## CACHE_INVALIDATION=notify: staleness p50/p99 under load and a burst of changes, the cost of listening
+	$(PY) -m bench.staleness $(BENCH_ARGS)

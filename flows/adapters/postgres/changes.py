@@ -186,29 +186,21 @@ class ChangeListener:
         return conn
 
     def drain(self, timeout: float = 0.0) -> int:
-        """Read the changes that have arrived (waiting up to `timeout` for them); how many.
-        Raises psycopg's error when PostgreSQL can't be reached (the caller tries again)."""
+        """Pass on the changes that arrive within `timeout` (at least those already there),
+        each as soon as it arrives; how many. Raises psycopg's error when PostgreSQL can't
+        be reached (the caller tries again)."""
         if self._conn is None or self._conn.closed:
             self._conn = self._open()
-        keys: list[str] = []
-        clear = False
+        n = 0
         try:
-            for note in self._conn.notifies(timeout=timeout, stop_after=10_000):
-                if note.payload:
-                    keys.append(note.payload)
-                else:
-                    clear = True
-                timeout = 0.0
+            for note in self._conn.notifies(timeout=timeout):
+                self._post([note.payload] if note.payload else None)
+                n += 1
+                if self._on_changes is not None:
+                    self._on_changes(1)
         except psycopg.Error:
             self._drop()
             raise
-        if clear:
-            self._post(None)
-        elif keys:
-            self._post(keys)
-        n = len(keys) + clear
-        if n and self._on_changes is not None:
-            self._on_changes(n)
         return n
 
     def _drop(self) -> None:
