@@ -397,7 +397,8 @@ def follow(settings: Settings, opts: Options, out: TextIO, interval_s: float, se
     """`--follow`: a run now, then one whenever PostgreSQL announces a customer change (the
     change trigger of `ops migrate install`) or `interval_s` passes, `settle_s` after it (the
     dataflow's caches hear of the change first), until SIGINT/SIGTERM. A run that replayed
-    nothing prints nothing; each dead letter still goes back once (the replay state)."""
+    nothing prints nothing; each dead letter still goes back once (the replay state). A
+    signal ends it with status 0, after the chunk in flight of a round."""
     wake = parked.Wakeups(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -409,6 +410,8 @@ def follow(settings: Settings, opts: Options, out: TextIO, interval_s: float, se
             if status != OK or not text.startswith("replayed 0 records"):
                 out.write(text)
                 out.flush()
+            if status == INTERRUPTED:  # stopped during a round, its chunk finished and recorded
+                return OK
             if status != OK:
                 return status
             wake.wait(interval_s, stop)
