@@ -102,6 +102,17 @@ def check(settings: Settings) -> None:
     _check_cql(settings)
 
 
+def _given(*settings: tuple[str, object]) -> list[str]:
+    """The names of the (name, value) pairs that have a value."""
+    return [var for var, value in settings if value]
+
+
+def _require(reason: str, *settings: tuple[str, object]) -> None:
+    """Each setting must have a value, because of `reason`."""
+    for var in (var for var, value in settings if not value):
+        raise SettingsError(f"{var}: required with {reason}")
+
+
 def _file(var: str, path: str | None) -> None:
     if path is None:
         return
@@ -147,18 +158,19 @@ def _ca(var: str, path: str | None) -> None:
 
 
 def _check_kafka(s: Settings) -> None:
+    _check_kafka_tls(s)
+    _check_kafka_sasl(s)
+    _check_kafka_oauthbearer(s)
+
+
+def _check_kafka_tls(s: Settings) -> None:
     tls = s.kafka_security_protocol in ("SSL", "SASL_SSL")
-    sasl = s.kafka_security_protocol.startswith("SASL")
-    tls_set = [
-        var
-        for var, value in (
-            ("KAFKA_SSL_CA_LOCATION", s.kafka_ssl_ca_location),
-            ("KAFKA_SSL_CERTIFICATE_LOCATION", s.kafka_ssl_certificate_location),
-            ("KAFKA_SSL_KEY_LOCATION", s.kafka_ssl_key_location),
-            ("KAFKA_SSL_KEY_PASSWORD", s.kafka_ssl_key_password),
-        )
-        if value
-    ]
+    tls_set = _given(
+        ("KAFKA_SSL_CA_LOCATION", s.kafka_ssl_ca_location),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", s.kafka_ssl_certificate_location),
+        ("KAFKA_SSL_KEY_LOCATION", s.kafka_ssl_key_location),
+        ("KAFKA_SSL_KEY_PASSWORD", s.kafka_ssl_key_password),
+    )
     if tls_set and not tls:
         raise SettingsError(
             f"{tls_set[0]}: set, but KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol} uses no TLS "
@@ -173,6 +185,10 @@ def _check_kafka(s: Settings) -> None:
         s.kafka_ssl_key_password.get(),
         "KAFKA_SSL_KEY_PASSWORD",
     )
+
+
+def _check_kafka_sasl(s: Settings) -> None:
+    sasl = s.kafka_security_protocol.startswith("SASL")
     mechanism = s.kafka_sasl_mechanism
     if sasl and not mechanism:
         raise SettingsError(f"KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}")
@@ -182,13 +198,12 @@ def _check_kafka(s: Settings) -> None:
             f"not {s.kafka_security_protocol}"
         )
     if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-        for var, value in (
-            ("KAFKA_SASL_USERNAME", s.kafka_sasl_username),
-            ("KAFKA_SASL_PASSWORD", s.kafka_sasl_password),
-        ):
-            if not value:
-                raise SettingsError(f"{var}: required with KAFKA_SASL_MECHANISM={mechanism}")
-    method = s.kafka_sasl_oauthbearer_method
+        reason = f"KAFKA_SASL_MECHANISM={mechanism}"
+        _require(reason, ("KAFKA_SASL_USERNAME", s.kafka_sasl_username), ("KAFKA_SASL_PASSWORD", s.kafka_sasl_password))
+
+
+def _check_kafka_oauthbearer(s: Settings) -> None:
+    mechanism, method = s.kafka_sasl_mechanism, s.kafka_sasl_oauthbearer_method
     if mechanism == "OAUTHBEARER" and not method:
         raise SettingsError(
             "KAFKA_SASL_OAUTHBEARER_METHOD: required with KAFKA_SASL_MECHANISM=OAUTHBEARER (oidc or aws-msk-iam)"
@@ -196,13 +211,12 @@ def _check_kafka(s: Settings) -> None:
     if method and mechanism != "OAUTHBEARER":
         raise SettingsError(f"KAFKA_SASL_OAUTHBEARER_METHOD={method}: needs KAFKA_SASL_MECHANISM=OAUTHBEARER")
     if method == "oidc":
-        for var, value in (
+        _require(
+            "KAFKA_SASL_OAUTHBEARER_METHOD=oidc",
             ("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", s.kafka_oidc_client_id),
             ("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", s.kafka_oidc_client_secret),
             ("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", s.kafka_oidc_token_endpoint_url),
-        ):
-            if not value:
-                raise SettingsError(f"{var}: required with KAFKA_SASL_OAUTHBEARER_METHOD=oidc")
+        )
         url = s.kafka_oidc_token_endpoint_url or ""
         if not re.match(r"https?://", url):
             raise SettingsError(f"KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL={url}: must be an http(s) URL")
@@ -218,10 +232,11 @@ def _check_kafka(s: Settings) -> None:
                 "KAFKA_SASL_OAUTHBEARER_METHOD=aws-msk-iam: the AWS signer library "
                 "(aws-msk-iam-sasl-signer-python, in requirements.txt) is not installed"
             ) from None
-    msk_only = [("KAFKA_MSK_IAM_ROLE_ARN", s.kafka_msk_iam_role_arn), ("KAFKA_MSK_IAM_REGION", s.kafka_msk_iam_region)]
-    for var, value in msk_only:
-        if value and method != "aws-msk-iam":
-            raise SettingsError(f"{var}: set, but KAFKA_SASL_OAUTHBEARER_METHOD is not aws-msk-iam")
+    msk_only = _given(
+        ("KAFKA_MSK_IAM_ROLE_ARN", s.kafka_msk_iam_role_arn), ("KAFKA_MSK_IAM_REGION", s.kafka_msk_iam_region)
+    )
+    if msk_only and method != "aws-msk-iam":
+        raise SettingsError(f"{msk_only[0]}: set, but KAFKA_SASL_OAUTHBEARER_METHOD is not aws-msk-iam")
 
 
 def _check_postgres(s: Settings) -> None:
@@ -234,16 +249,12 @@ def _check_postgres(s: Settings) -> None:
 
 
 def _check_cql(s: Settings) -> None:
-    tls_set = [
-        var
-        for var, value in (
-            ("SCYLLA_SSL_CA", s.scylla_ssl_ca),
-            ("SCYLLA_SSL_CERTFILE", s.scylla_ssl_certfile),
-            ("SCYLLA_SSL_KEYFILE", s.scylla_ssl_keyfile),
-            ("SCYLLA_SSL_KEY_PASSWORD", s.scylla_ssl_key_password),
-        )
-        if value
-    ]
+    tls_set = _given(
+        ("SCYLLA_SSL_CA", s.scylla_ssl_ca),
+        ("SCYLLA_SSL_CERTFILE", s.scylla_ssl_certfile),
+        ("SCYLLA_SSL_KEYFILE", s.scylla_ssl_keyfile),
+        ("SCYLLA_SSL_KEY_PASSWORD", s.scylla_ssl_key_password),
+    )
     if tls_set and not s.scylla_ssl:
         raise SettingsError(f"{tls_set[0]}: set, but SCYLLA_SSL is false")
     _ca("SCYLLA_SSL_CA", s.scylla_ssl_ca)
