@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -71,8 +72,15 @@ def unique(prefix: str) -> str:
 
 
 def create_topics(admin: AdminClient, names: list[str], partitions: int) -> None:
+    """Create the topics and wait until the broker's metadata has them (the create request
+    can answer before its metadata is served: seen once as UNKNOWN_TOPIC_OR_PART just after)."""
     futures = admin.create_topics(
         [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names], operation_timeout=30
     )
     for fut in futures.values():
         fut.result(timeout=30)
+    deadline = time.monotonic() + 30
+    for name in names:
+        while len(admin.list_topics(name, timeout=10).topics[name].partitions) < partitions:
+            assert time.monotonic() < deadline, f"topic {name} not in the metadata after 30 s"
+            time.sleep(0.2)
