@@ -107,6 +107,11 @@ def _given(*settings: tuple[str, object]) -> list[str]:
     return [var for var, value in settings if value]
 
 
+def _with_values(*options: tuple[str, object]) -> dict[str, Any]:
+    """The (name, value) pairs that have a value, as a client's options."""
+    return {name: value for name, value in options if value}
+
+
 def _require(reason: str, *settings: tuple[str, object]) -> None:
     """Each setting must have a value, because of `reason`."""
     for var in (var for var, value in settings if not value):
@@ -280,14 +285,12 @@ def kafka_common(s: Settings) -> dict[str, Any]:
     }
     if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
         conf["ssl.endpoint.identification.algorithm"] = s.kafka_ssl_endpoint_identification
-        for name, value in (
+        conf |= _with_values(
             ("ssl.ca.location", s.kafka_ssl_ca_location),
             ("ssl.certificate.location", s.kafka_ssl_certificate_location),
             ("ssl.key.location", s.kafka_ssl_key_location),
             ("ssl.key.password", s.kafka_ssl_key_password.get()),
-        ):
-            if value:
-                conf[name] = value
+        )
     mechanism = s.kafka_sasl_mechanism
     if mechanism:
         conf["sasl.mechanism"] = mechanism
@@ -333,18 +336,14 @@ def msk_token_provider(region: str, role_arn: str | None = None) -> Callable[[st
 
 def pg_connect_kwargs(s: Settings) -> dict[str, Any]:
     """psycopg connection arguments besides the DSN: password and TLS (libpq's names)."""
-    kwargs: dict[str, Any] = {}
-    for name, value in (
+    return _with_values(
         ("password", s.pg_password.get()),
         ("sslmode", s.pg_sslmode),
         ("sslrootcert", s.pg_sslrootcert),
         ("sslcert", s.pg_sslcert),
         ("sslkey", s.pg_sslkey),
         ("sslpassword", s.pg_sslpassword.get()),
-    ):
-        if value:
-            kwargs[name] = value
-    return kwargs
+    )
 
 
 def cql_ssl_context(s: Settings) -> ssl.SSLContext | None:

@@ -10,15 +10,18 @@ takes, and the dataflow's hot path carries no index of parked ids.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import msgspec
 import psycopg
 
 from flows.adapters.postgres.changes import ChangeListener
-from flows.adapters.postgres.customers import CUSTOMERS_TABLE
+from flows.adapters.postgres.customers import PgCustomerLookup
+from flows.errors import DependencyUnavailable
 from flows.settings import Settings, redact_dsn
 from ops.errors import USAGE, OpsError
 
@@ -50,42 +53,21 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-class CustomerCheck:
-    """Which customer ids exist now: one query per chunk, on one connection."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-
-    def __enter__(self) -> CustomerCheck:
-        s = self._settings
-        try:
-            self._conn = psycopg.connect(
-                s.pg_dsn.get(),
-                autocommit=True,
-                connect_timeout=max(1, int(s.startup_timeout_seconds)),
-                application_name="enrichment-ops-replay",
-                **s.pg_connect_kwargs(),
-            )
-        except psycopg.Error as exc:
-            raise OpsError(f"PostgreSQL at {redact_dsn(s.pg_dsn.get())}: can't connect: {exc}", USAGE) from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-    def existing(self, ids: Sequence[str | None]) -> set[str]:
-        """Those of `ids` that are customers now."""
-        assert self._conn is not None
-        wanted = sorted({i for i in ids if i is not None})
-        if not wanted:
-            return set()
-        rows = self._conn.execute(
-            f"SELECT customer_id FROM {CUSTOMERS_TABLE} WHERE customer_id = ANY(%s)",  # noqa: S608 - a constant
-            (wanted,),
-        ).fetchall()
-        return {str(r[0]) for r in rows}
+@contextlib.contextmanager
+def customers(settings: Settings) -> Iterator[PgCustomerLookup]:
+    """The dataflow's own customer lookup (its query, its refusal of ids PostgreSQL can't
+    take), for `--if-customer-exists`; PostgreSQL away past STARTUP_TIMEOUT_SECONDS is an
+    OpsError (status 2), as for any dependency at start."""
+    lookup = PgCustomerLookup(
+        dataclasses.replace(settings, retry_deadline_seconds=settings.startup_timeout_seconds),
+        name="enrichment-ops-replay",
+    )
+    try:
+        yield lookup
+    except DependencyUnavailable as exc:
+        raise OpsError(f"PostgreSQL at {redact_dsn(settings.pg_dsn.get())}: {exc}", USAGE) from None
+    finally:
+        lookup.close()
 
 
 class Wakeups:

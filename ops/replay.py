@@ -206,15 +206,15 @@ def _kept(
     if not opts.if_customer_exists:
         yield from candidates
         return
-    with parked.CustomerCheck(settings) as check:
+    with parked.customers(settings) as lookup:
         for chunk in parked.chunks(candidates, PARKED_CHUNK):
-            found = check.existing([parked.customer_id(m.value) for _, _, _, m in chunk])
-            for item in chunk:
-                code = item[2]
-                if parked.customer_id(item[3].value) in found:
+            ids = [parked.customer_id(m.value) for _, _, _, m in chunk]
+            found = lookup.fetch(sorted({i for i in ids if i is not None}))
+            for item, cid in zip(chunk, ids, strict=True):
+                if cid in found:
                     yield item
                 else:
-                    counts.selected[code] -= 1
+                    counts.selected[item[2]] -= 1
                     counts.parked += 1
 
 

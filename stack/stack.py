@@ -52,8 +52,6 @@ STOP_TIMEOUT = float(_env("STACK_STOP_TIMEOUT", "45"))
 
 TLS_DIR = STACK_DIR / "tls"
 CONFIG_VERSION = f"2-tls{tls.VERSION}"  # bump when a server's configuration changes: running ones must restart
-KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD = tls.KAFKA_SCRAM_USER, tls.KAFKA_SCRAM_PASSWORD
-PG_TLS_USER, PG_TLS_PASSWORD = tls.PG_TLS_USER, tls.PG_TLS_PASSWORD
 
 KAFKA_VERSION_POM = HERE / "maven" / "kafka" / "pom.xml"
 CASSANDRA_VERSION_POM = HERE / "maven" / "cassandra" / "pom.xml"
@@ -355,7 +353,7 @@ class Kafka(Server):
 
         admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0, "logger": _quiet_logger()})
         info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
-        upsert = UserScramCredentialUpsertion(KAFKA_SCRAM_USER, info, KAFKA_SCRAM_PASSWORD.encode())
+        upsert = UserScramCredentialUpsertion(tls.KAFKA_SCRAM_USER, info, tls.KAFKA_SCRAM_PASSWORD.encode())
         for fut in admin.alter_user_scram_credentials([upsert], request_timeout=15).values():
             fut.result(timeout=20)
 
@@ -465,7 +463,7 @@ class Postgres(Server):
 
     def _tls(self, data: Path) -> None:
         """The server's certificate (its key readable by the server's user only), and the
-        TLS user's rules ahead of initdb's: PG_TLS_USER connects only over TLS, with a
+        TLS user's rules ahead of initdb's: the TLS user connects only over TLS, with a
         client certificate whose CN is its name and a password."""
         for src, dst in (("postgres.crt", "server.crt"), ("postgres.key", "server.key"), ("ca.pem", "ca.pem")):
             target = self.dir / dst
@@ -478,8 +476,8 @@ class Postgres(Server):
         rules = hba.read_text().split(marker)[-1]
         hba.write_text(
             marker
-            + f"hostssl all {PG_TLS_USER} {HOST}/32 scram-sha-256 clientcert=verify-full\n"
-            + f"host all {PG_TLS_USER} 0.0.0.0/0 reject\n"
+            + f"hostssl all {tls.PG_TLS_USER} {HOST}/32 scram-sha-256 clientcert=verify-full\n"
+            + f"host all {tls.PG_TLS_USER} 0.0.0.0/0 reject\n"
             + marker
             + rules
         )
@@ -489,9 +487,9 @@ class Postgres(Server):
 
         dsn = f"host={HOST} port={PG_PORT} user=postgres dbname=postgres connect_timeout=3"
         with psycopg.connect(dsn, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_TLS_USER,)).fetchone() is None:
-                conn.execute(f'CREATE ROLE "{PG_TLS_USER}" LOGIN SUPERUSER')  # constant name, not input
-            conn.execute(f"ALTER ROLE \"{PG_TLS_USER}\" PASSWORD '{PG_TLS_PASSWORD}'")  # constants
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (tls.PG_TLS_USER,)).fetchone() is None:
+                conn.execute(f'CREATE ROLE "{tls.PG_TLS_USER}" LOGIN SUPERUSER')  # constant name, not input
+            conn.execute(f"ALTER ROLE \"{tls.PG_TLS_USER}\" PASSWORD '{tls.PG_TLS_PASSWORD}'")  # constants
 
     def probe(self) -> str:
         import psycopg

@@ -48,7 +48,6 @@ class App:
     )
     _listener: ChangeListener | None = field(default=None, init=False, repr=False)
     _listener_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _listening: bool = field(default=False, init=False, repr=False)
 
     def lookups(self, client: str) -> list[Resolver]:
         """The enrichment's lookups, each with its own cache (one set per worker); with
@@ -62,22 +61,16 @@ class App:
 
     def change_listener(self) -> ChangeListener | None:
         """The process's listener for customer changes (None with CACHE_INVALIDATION=ttl),
-        made on first use; `start_listening` runs it on a thread of its own."""
+        made on first use."""
         if self.settings.cache_invalidation != "notify":
             return None
         with self._listener_lock:
             if self._listener is None:
                 m = self.metrics
-                self._listener = ChangeListener(self.settings, on_reset=m.cache_reset, on_changes=m.add_source_changes)
+                self._listener = ChangeListener(
+                    self.settings, on_reset=m.cache_reset, on_changes=m.add_cache_invalidations
+                )
             return self._listener
-
-    def start_listening(self) -> None:
-        """Run the change listener on a thread of its own (the dataflow; idempotent)."""
-        listener = self.change_listener()
-        with self._listener_lock:
-            if listener is not None and not self._listening:
-                listener.start()
-                self._listening = True
 
     def outputs(self, limits: TopicLimits | None, client: str) -> list[Output]:
         """The flow's outputs; history first, so its rows are written while the messages handed
@@ -136,8 +129,9 @@ class App:
         dataflow; the Lambda drains it before each batch instead)."""
         s = self.settings
         made = Enricher(self.lookups(client), s.output_topic, s.failure_topic, limits=limits, observer=self.metrics)
-        if listen:
-            self.start_listening()
+        listener = self.change_listener()
+        if listen and listener is not None:
+            listener.start()
         return made
 
     def delivery(

@@ -78,7 +78,7 @@ class Metrics:
         self.degraded: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter({kind: 0 for kind in FALLBACK_KINDS})
         self.retries: Counter[str] = Counter({name: 0 for name in DEPENDENCIES})
-        self.source_changes = 0  # keys announced changed by the reference data's source
+        self.cache_invalidations = 0  # keys announced changed by the reference data's source
         self.cache_resets = 0  # caches cleared because the change feed was lost
         self.up: dict[str, int] = dict.fromkeys(DEPENDENCIES, 1)  # the start-up checks passed
         self._high: dict[tuple[str, int], int] = {}
@@ -165,10 +165,10 @@ class Metrics:
         with self._lock:
             self.retries[dependency] += 1
 
-    def add_source_changes(self, n: int) -> None:
+    def add_cache_invalidations(self, n: int) -> None:
         """Changes the reference data's source announced (CACHE_INVALIDATION=notify)."""
         with self._lock:
-            self.source_changes += n
+            self.cache_invalidations += n
 
     def cache_reset(self) -> None:
         """The change feed was lost and is back: every cache of the process was cleared."""
@@ -302,7 +302,7 @@ class _Collector(Collector):
             yield _counter(
                 "cache_invalidations",
                 "Changed keys the reference data's source announced (each dropped from every cache)",
-                m.source_changes,
+                m.cache_invalidations,
             )
             yield _counter(
                 "cache_resets",

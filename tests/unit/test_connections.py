@@ -31,6 +31,12 @@ def mtls(d: Path, name: str = "client", password: str = tls.CLIENT_KEY_PASSWORD)
     }
 
 
+def oauthbearer(method: str | None = None, **more: str) -> dict[str, str]:
+    """SASL_SSL with OAUTHBEARER (and `method`), plus `more` settings."""
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", **more}
+    return env | ({"KAFKA_SASL_OAUTHBEARER_METHOD": method} if method else {})
+
+
 def refused(env: dict[str, str]) -> str:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
@@ -57,15 +63,13 @@ def test_kafka_scram_and_oidc() -> None:
     ).kafka_common()
     assert (scram["sasl.mechanism"], scram["sasl.username"], scram["sasl.password"]) == ("SCRAM-SHA-512", "u", "p")
     oidc = Settings.from_env(
-        {
-            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
-            "KAFKA_SASL_OAUTHBEARER_METHOD": "oidc",
-            "KAFKA_SASL_OAUTHBEARER_CLIENT_ID": "pipeline",
-            "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "s3cret",
-            "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": "https://idp.example/token",
-            "KAFKA_SASL_OAUTHBEARER_SCOPE": "kafka",
-        }
+        oauthbearer(
+            "oidc",
+            KAFKA_SASL_OAUTHBEARER_CLIENT_ID="pipeline",
+            KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET="s3cret",
+            KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL="https://idp.example/token",
+            KAFKA_SASL_OAUTHBEARER_SCOPE="kafka",
+        )
     )
     conf = oidc.kafka_common()
     assert conf["sasl.oauthbearer.method"] == "oidc"
@@ -81,14 +85,7 @@ def test_msk_iam_token_is_a_sigv4_presigned_connect_url(monkeypatch: pytest.Monk
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    settings = Settings.from_env(
-        {
-            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
-            "KAFKA_SASL_OAUTHBEARER_METHOD": "aws-msk-iam",
-            "KAFKA_MSK_IAM_REGION": "eu-west-1",
-        }
-    )
+    settings = Settings.from_env(oauthbearer("aws-msk-iam", KAFKA_MSK_IAM_REGION="eu-west-1"))
     conf = settings.kafka_common()
     assert "sasl.oauthbearer.method" not in conf  # librdkafka's default method: the callback
     token, expiry = conf["oauth_cb"]("")
@@ -158,25 +155,12 @@ def test_options_of_a_protocol_not_in_use_are_refused(certs: Path) -> None:
     assert "KAFKA_SASL_PASSWORD: required with KAFKA_SASL_MECHANISM=SCRAM-SHA-256" in refused(
         {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_SASL_USERNAME": "u"}
     )
-    assert "KAFKA_SASL_OAUTHBEARER_METHOD: required" in refused(
-        {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER"}
-    )
+    assert "KAFKA_SASL_OAUTHBEARER_METHOD: required" in refused(oauthbearer())
     assert "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL: required" in refused(
-        {
-            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
-            "KAFKA_SASL_OAUTHBEARER_METHOD": "oidc",
-            "KAFKA_SASL_OAUTHBEARER_CLIENT_ID": "c",
-            "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "s",
-        }
+        oauthbearer("oidc", KAFKA_SASL_OAUTHBEARER_CLIENT_ID="c", KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET="s")
     )
     assert "needs KAFKA_SECURITY_PROTOCOL=SASL_SSL" in refused(
-        {
-            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
-            "KAFKA_SASL_OAUTHBEARER_METHOD": "aws-msk-iam",
-            "KAFKA_MSK_IAM_REGION": "us-east-1",
-        }
+        oauthbearer("aws-msk-iam", KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_MSK_IAM_REGION="us-east-1")
     )
     assert "SCYLLA_SSL_CA: set, but SCYLLA_SSL is false" in refused({"SCYLLA_SSL_CA": str(certs / "ca.pem")})
     assert "PG_SSLROOTCERT: required with PG_SSLMODE=verify-full" in refused({"PG_SSLMODE": "verify-full"})

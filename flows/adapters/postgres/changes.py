@@ -210,8 +210,11 @@ class ChangeListener:
                 conn.close()
 
     def start(self) -> None:
-        """Listen on a daemon thread until `close`."""
-        self._thread = threading.Thread(target=self._run, name="customer-changes", daemon=True)
+        """Listen on a daemon thread until `close` (once: later calls do nothing)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="customer-changes", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
