@@ -10,6 +10,7 @@ handling and the exit when a dependency stays down past its deadline.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import socket
 import sys
@@ -20,7 +21,12 @@ from flows.runtime.bytewax.flow import build_flow
 from flows.runtime.bytewax.lifecycle import Lifecycle
 from flows.runtime.bytewax.modes import input_and_output
 from flows.runtime.bytewax.preflight import Preflight
-from flows.runtime.bytewax.recovery import cluster_place, ensure_recovery_dir, recovery_dir_from
+from flows.runtime.bytewax.recovery import (
+    cluster_place,
+    drop_recovery_config,
+    ensure_recovery_dir,
+    recovery_dir_from,
+)
 from flows.runtime.memory import pin_mmap_threshold
 from flows.settings import Settings
 from flows.telemetry.logs import set_identity, setup_logging
@@ -39,7 +45,22 @@ running = "bytewax.run" in sys.orig_argv  # not when drawn by bytewax.visualize 
 if running:
     pin_mmap_threshold()  # RSS stays flat while the lookup caches churn (flows/runtime/memory.py)
     recovery_dir = recovery_dir_from(sys.argv[1:], os.environ)
-    if recovery_dir is not None:
+    if recovery_dir is not None and settings.exactly_once:
+        # exactly-once resumes from the group's committed offsets; Bytewax's recovery would
+        # end this flow at once (flows/runtime/bytewax/recovery.py, drop_recovery_config)
+        if not drop_recovery_config():
+            print(
+                "error: PROCESSING_GUARANTEE=exactly-once keeps its position in CONSUMER_GROUP and can't run "
+                "with a recovery directory here: remove -r / BYTEWAX_RECOVERY_DIRECTORY",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        logging.getLogger("dataflow").info(
+            "exactly-once: the recovery directory is not used (the consumer group's committed offsets are the "
+            "position)",
+            extra={"fields": {"recovery_directory": str(recovery_dir)}},
+        )
+    elif recovery_dir is not None:
         try:
             ensure_recovery_dir(recovery_dir, settings.recovery_partitions, cluster_place(sys.argv[1:], os.environ))
         except (OSError, ValueError, ConfigurationError) as exc:

@@ -31,6 +31,12 @@ class DependencyUnavailable(DependencyError):
 class DeliveryFailed(DependencyError):
     """Kafka did not acknowledge a message; `code` is the Kafka error code, if there was one."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, retriable: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.retriable = retriable  # Kafka may take it later (a timeout, a broker away)
+
+
+class RoundAborted(EnrichmentError):
+    """Exactly-once: the round being delivered was dropped with its aborted transaction;
+    its records are read again from the committed offsets. Not a failure of the flow."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -76,12 +77,26 @@ class Backoff:
 
 
 class Retries:
-    """The process's retry policy: one deadline and one give-up hook for every dependency."""
+    """The process's retry policy: one deadline and one give-up hook for every dependency.
+
+    A thread may register a hook that runs before its first wait of each failing call
+    (`before_wait`): exactly-once mode commits or aborts the worker's open Kafka transaction
+    there, so that no transaction stays open across an outage (it would outlive
+    TRANSACTION_TIMEOUT_MS and fence the producer). The hook may raise to abandon the call."""
 
     def __init__(self, deadline_s: float, give_up: GiveUp | None = None, observer: Observer | None = None) -> None:
         self.deadline_s = deadline_s
         self.give_up = give_up
         self.observer = observer
+        self._before_wait: dict[int, Callable[[], None]] = {}
+
+    def before_wait(self, hook: Callable[[], None] | None) -> None:
+        """Run `hook` on this thread before the first wait of every failing call made on it
+        (None: no hook)."""
+        if hook is None:
+            self._before_wait.pop(threading.get_ident(), None)
+        else:
+            self._before_wait[threading.get_ident()] = hook
 
     def dependency_up(self, dependency: str, up: bool) -> None:
         """A dependency answered (`up`) or failed in a way that may pass; for the observer."""
@@ -132,6 +147,10 @@ class Retries:
                 )
                 if self.observer is not None:
                     self.observer.retried(dependency)
+                if attempt == 0:
+                    hook = self._before_wait.get(threading.get_ident())
+                    if hook is not None:
+                        hook()
                 backoff.sleep(delay)
                 attempt += 1
             else:

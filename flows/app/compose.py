@@ -89,6 +89,7 @@ class App:
                 "enriched",
                 enriched,
                 lambda sh: EnrichedMessages(kafka(sh), s.failure_topic, self.metrics, self.fallbacks),
+                transactional=True,
             ),
             Output(
                 "failed",
@@ -101,6 +102,7 @@ class App:
                     self.metrics,
                     self.fallbacks,
                 ),
+                transactional=True,
             ),
         ]
 

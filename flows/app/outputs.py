@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from flows.core.model import Outcome
+from flows.errors import RoundAborted
 from flows.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,23 @@ class Progress(Protocol):
     """Where the flow's position in the input is kept: the group's offsets, committed in a
     transaction with the outputs (exactly-once) or after them (at-least-once)."""
 
+    @property
+    def transactional(self) -> bool:
+        """The Kafka outputs write inside a transaction that `begin` opens (exactly-once)."""
+
     def admit(self, outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
         """The outcomes to write (exactly-once drops those of partitions no longer owned)."""
 
+    def begin(self) -> None:
+        """The round's transactional outputs are about to write (exactly-once: a transaction
+        is open from here)."""
+
     def delivered(self, outcomes: Sequence[Outcome]) -> None:
         """Every output has these outcomes."""
+
+    def failed(self, exc: BaseException) -> bool:
+        """Writing the round failed with `exc`: True when the keeper dropped the round (its
+        records are read again), False when the failure is the flow's."""
 
     def tick(self) -> None:
         """Time passes without a batch: commit if due."""
@@ -62,8 +75,16 @@ class Progress(Protocol):
     def finished(self, topic: str, partition: int) -> int | None:
         """The offset after the last delivered record of the partition (None: none yet)."""
 
+    def moved_past(self, topic: str, partition: int, offset: int) -> None:
+        """Everything read of the partition is delivered and its position moved to `offset`,
+        past records the flow never gets (transaction markers, aborted records)."""
+
     def close(self) -> None:
         """Commit what is done."""
+
+    def abandon(self) -> None:
+        """Close after a failed write: commit only what was committable before it
+        (exactly-once: abort the open transaction)."""
 
 
 class Shared:
@@ -110,11 +131,13 @@ def failed(r: Outcome) -> bool:
 
 @dataclass(frozen=True)
 class Output:
-    """One output of the flow: its name, which outcomes it takes, how a worker builds its writer."""
+    """One output of the flow: its name, which outcomes it takes, how a worker builds its
+    writer; `transactional`: it writes inside the progress keeper's transaction (Kafka)."""
 
     name: str
     select: Callable[[Outcome], bool]
     writer: Callable[[Shared], Writer]
+    transactional: bool = False
 
 
 @dataclass
@@ -128,6 +151,7 @@ class Delivery:
     metrics: Metrics | None = None
     progress: Progress | None = None
     depth: int = 0
+    broken: bool = field(default=False, init=False)
     _rounds: deque[Sequence[Outcome]] = field(default_factory=deque, init=False, repr=False)
 
     @classmethod
@@ -156,27 +180,65 @@ class Delivery:
 
     def write(self, outcomes: Sequence[Outcome]) -> None:
         """Deliver a batch: hand it to every output, then wait until at most `depth` rounds
-        are in flight (with a depth of 0, returns when every output has it durably)."""
-        if self.progress is not None:
-            outcomes = self.progress.admit(outcomes)
-        if outcomes:
-            self._start(outcomes)
-            self._rounds.append(outcomes)
-        elif self.progress is not None:
-            self.progress.tick()
-        self._complete(self.depth)
+        are in flight (with a depth of 0, returns when every output has it durably).
+
+        With a transactional keeper (exactly-once) a round is staged: the outputs outside
+        the transaction (history) first, durably, then the transaction opens for the Kafka
+        outputs; so no transaction is open while a dependency outside it is retried. A
+        round the keeper drops (its transaction aborted) is not an error: its records are
+        read again. Any other failure marks the delivery broken: closing it then commits
+        nothing more."""
+        progress = self.progress
+        try:
+            if progress is not None:
+                outcomes = progress.admit(outcomes)
+            if not outcomes:
+                if progress is not None:
+                    progress.tick()
+            elif progress is not None and progress.transactional:
+                self._staged(outcomes, progress)
+            else:
+                self._start(outcomes)
+                self._rounds.append(outcomes)
+            self._complete(self.depth)
+        except RoundAborted:
+            self._rounds.clear()
+        except BaseException as exc:
+            self._rounds.clear()
+            if progress is not None and progress.failed(exc):
+                return
+            self.broken = True
+            raise
 
     def drain(self) -> None:
         """Wait until every round handed over is durable (and its progress kept)."""
         self._complete(0)
 
-    def _start(self, outcomes: Sequence[Outcome]) -> None:
-        for out, writer in self.writers:
+    def _staged(self, outcomes: Sequence[Outcome], progress: Progress) -> None:
+        """One round, the outputs outside the transaction first, then the transaction's."""
+        outside = [w for w in self.writers if not w[0].transactional]
+        inside = [w for w in self.writers if w[0].transactional]
+        rerouted = self._deliver(outside, outcomes)
+        progress.begin()
+        rerouted += self._deliver(inside, outcomes)
+        while rerouted:
+            rerouted = self._deliver(self.writers, rerouted)
+        if self.metrics is not None:
+            self.metrics.add_delivered(len(outcomes))
+        progress.delivered(outcomes)
+
+    def _deliver(self, writers: Sequence[tuple[Output, Writer]], outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write `outcomes` to `writers` and wait for them; what they re-route."""
+        self._start(outcomes, writers)
+        return self._flush(writers)
+
+    def _start(self, outcomes: Sequence[Outcome], writers: Sequence[tuple[Output, Writer]] | None = None) -> None:
+        for out, writer in self.writers if writers is None else writers:
             writer.write([r for r in outcomes if out.select(r)])
 
-    def _flush(self) -> list[Outcome]:
+    def _flush(self, writers: Sequence[tuple[Output, Writer]] | None = None) -> list[Outcome]:
         rerouted: list[Outcome] = []
-        for _, writer in self.writers:
+        for _, writer in self.writers if writers is None else writers:
             rerouted += writer.flush()
         return rerouted
 
@@ -202,15 +264,24 @@ class Delivery:
 
     def close(self) -> None:
         """Wait for the rounds in flight, commit what is done, close every writer, then the
-        worker's shared clients."""
-        try:
-            self.drain()
-        except Exception:  # noqa: BLE001 - the rest must still close; unacknowledged is not committed
-            log.exception("delivering the last batches failed")
+        worker's shared clients. After a failed write (Bytewax closes the output step as it
+        unwinds) nothing is drained and nothing more is committed: exactly-once aborts the
+        open transaction, whose records are read again after the restart."""
+        if self.broken:
             self._rounds.clear()
+        else:
+            try:
+                self.drain()
+            except Exception:  # noqa: BLE001 - the rest must still close; unacknowledged is not committed
+                log.exception("delivering the last batches failed")
+                self._rounds.clear()
+                self.broken = True
         if self.progress is not None:
             try:
-                self.progress.close()
+                if self.broken:
+                    self.progress.abandon()
+                else:
+                    self.progress.close()
             except Exception:  # noqa: BLE001 - the rest must still close
                 log.exception("committing the last progress failed")
         for _, writer in reversed(self.writers):

@@ -82,23 +82,137 @@ def test_shared_clients_are_built_once_and_closed_once() -> None:
 
 
 class Keeper:
-    """A progress keeper that logs what it is told (exactly-once: the transactions)."""
+    """A progress keeper that logs what it is told (`transactional`: as the transactions of
+    exactly-once mode; `drops`: the failures it takes as a dropped round)."""
 
-    def __init__(self, log: list[str], drop: Sequence[Outcome] = ()) -> None:
+    def __init__(
+        self,
+        log: list[str],
+        drop: Sequence[Outcome] = (),
+        transactional: bool = False,
+        drops: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self.log, self.drop = log, list(drop)
+        self.transactional = transactional
+        self.drops = drops
 
     def admit(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         self.log.append(f"admit {len(outcomes)}")
         return [r for r in outcomes if r not in self.drop]
 
+    def begin(self) -> None:
+        self.log.append("begin")
+
     def delivered(self, outcomes: Sequence[Outcome]) -> None:
         self.log.append(f"delivered {len(outcomes)}")
+
+    def failed(self, exc: BaseException) -> bool:
+        self.log.append(f"failed {type(exc).__name__}")
+        return isinstance(exc, self.drops)
 
     def tick(self) -> None:
         self.log.append("tick")
 
+    def finished(self, topic: str, partition: int) -> int | None:
+        return None
+
+    def moved_past(self, topic: str, partition: int, offset: int) -> None:
+        self.log.append(f"moved past {offset}")
+
     def close(self) -> None:
         self.log.append("commit")
+
+    def abandon(self) -> None:
+        self.log.append("abandon")
+
+
+class Failing(Recorder):
+    """An output whose flush raises `error` once."""
+
+    def __init__(self, name: str, log: list[str], error: BaseException) -> None:
+        super().__init__(name, log)
+        self.error: BaseException | None = error
+
+    def flush(self) -> list[Outcome]:
+        self.log.append(f"flush {self.name}")
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return []
+
+
+def staged(history: Recorder, out: Recorder, dlq: Recorder) -> list[tuple[Output, Recorder]]:
+    """The flow's outputs as exactly-once writes them: the Kafka ones in the transaction."""
+    return [
+        (Output("history", everything, lambda _: history), history),
+        (Output("out", enriched, lambda _: out, transactional=True), out),
+        (Output("dlq", failed, lambda _: dlq, transactional=True), dlq),
+    ]
+
+
+def test_a_transactional_round_writes_history_durably_before_the_transaction_opens() -> None:
+    """Exactly-once: the rows first (a Cassandra outage is waited out with no transaction
+    open), then the transaction begins and takes the messages; re-routed outcomes go out
+    again to every output; the round counts once all of it is acknowledged."""
+    log: list[str] = []
+    moved = dead(20, offset=9)
+    history, out, dlq = Recorder("history", log), Recorder("out", log, [moved]), Recorder("dlq", log)
+    delivery = Delivery(staged(history, out, dlq), progress=Keeper(log, transactional=True))
+    delivery.write([ok(), dead(10)])
+    assert log == [
+        "admit 2",
+        "write history 2",
+        "flush history",
+        "begin",
+        "write out 1",
+        "write dlq 1",
+        "flush out",
+        "flush dlq",
+        "write history 1",
+        "write out 0",
+        "write dlq 1",
+        "flush history",
+        "flush out",
+        "flush dlq",
+        "delivered 2",
+    ]
+    assert history.items[-1] is moved and dlq.items[-1] is moved
+
+
+def test_a_round_the_keeper_drops_is_not_an_error_and_counts_nothing() -> None:
+    from flows.errors import DeliveryFailed, RoundAborted
+
+    for error in (RoundAborted("waiting for cassandra"), DeliveryFailed("timed out", retriable=True)):
+        log: list[str] = []
+        history, dlq = Recorder("history", log), Recorder("dlq", log)
+        out = Failing("out", log, error)
+        delivery = Delivery(
+            staged(history, out, dlq), progress=Keeper(log, transactional=True, drops=(DeliveryFailed,))
+        )
+        delivery.write([ok()])
+        assert "delivered 1" not in log and not delivery.broken
+        delivery.close()
+        assert "commit" in log and "abandon" not in log
+
+
+def test_after_a_failed_write_close_abandons_instead_of_committing() -> None:
+    """A write that fails for a reason the keeper does not own (a bug, a server error):
+    Bytewax closes the output step while it unwinds, and the open transaction must abort,
+    never commit messages whose offsets were not sent."""
+    log: list[str] = []
+    history, dlq = Recorder("history", log), Recorder("dlq", log)
+    out = Failing("out", log, RuntimeError("boom"))
+    delivery = Delivery(staged(history, out, dlq), progress=Keeper(log, transactional=True))
+    try:
+        delivery.write([ok()])
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failure is raised")
+    assert delivery.broken and "failed RuntimeError" in log
+    log.clear()
+    delivery.close()
+    assert log == ["abandon", "close dlq", "close out", "close history"], "nothing drained, nothing committed"
 
 
 def test_progress_counts_a_batch_only_after_every_output_flushed_it_rerouted_outcomes_included() -> None:

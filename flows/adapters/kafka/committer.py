@@ -1,5 +1,5 @@
 """At-least-once mode: the offsets the flow has finished with, committed to CONSUMER_GROUP
-every OFFSET_COMMIT_INTERVAL_SECONDS, so the standard tools (kafka-consumer-groups, Kafka UI,
+every OFFSET_COMMIT_INTERVAL_SECONDS (and at close), so the standard tools (kafka-consumer-groups, Kafka UI,
 Burrow, KEDA) show the flow's lag. The recovery snapshots stay where processing resumes;
 the group's offsets are for visibility (the flow never joins the group: its partitions are
 Bytewax's, and a group with no active member takes commits from anyone)."""
@@ -19,11 +19,17 @@ from flows.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 10.0  # at close, committing is tried again for this long at most
+
 
 class OffsetCommitter:
-    """Commits the finished offsets of one worker's batches, asynchronously, now and then:
-    after a batch when the interval has passed, and from a timer while the input is idle
-    (otherwise the last batch before a pause would stay uncommitted, its lag shown forever)."""
+    """Commits the finished offsets of one worker's batches to the group, every interval,
+    from a thread of its own (the worker never waits for the broker). A commit counts only
+    once the broker accepted it, partition by partition; what it refused, or a commit that
+    failed whole (the coordinator moving, the broker away), is committed again at the next
+    interval, and at close (bounded)."""
+
+    transactional = False
 
     def __init__(self, settings: Settings, client: str, metrics: Metrics | None = None) -> None:
         self._consumer = Consumer(
@@ -35,18 +41,22 @@ class OffsetCommitter:
             }
         )
         self._interval_s = settings.offset_commit_interval_seconds
+        self._close_timeout_s = min(CLOSE_TIMEOUT_S, settings.retry_deadline_seconds)
         self._metrics = metrics
         self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # one commit at a time (the timer's, or close's)
         self._finished: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
-        self._last = time.monotonic()
         self._closing = threading.Event()
-        self._timer = threading.Thread(target=self._idle_commits, name=f"{client}-offsets", daemon=True)
+        self._timer = threading.Thread(target=self._commits, name=f"{client}-offsets", daemon=True)
         self._timer.start()
 
     def admit(self, outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
         """Everything is written in at-least-once mode."""
         return outcomes
+
+    def begin(self) -> None:
+        """No transaction in at-least-once mode."""
 
     def delivered(self, outcomes: Sequence[Outcome]) -> None:
         """Every output has these outcomes: their offsets are finished."""
@@ -56,7 +66,18 @@ class OffsetCommitter:
                 key = (r.record.topic, r.record.partition)
                 if finished.get(key, -1) <= r.record.offset:
                     finished[key] = r.record.offset + 1
-        self.tick()
+
+    def failed(self, exc: BaseException) -> bool:
+        """A failed write is the flow's: nothing to drop here."""
+        return False
+
+    def moved_past(self, topic: str, partition: int, offset: int) -> None:
+        """The partition's position moved to `offset` past records the flow never gets
+        (transaction markers, aborted records), with everything before delivered."""
+        with self._lock:
+            key = (topic, partition)
+            if self._finished.get(key, -1) < offset:
+                self._finished[key] = offset
 
     def finished(self, topic: str, partition: int) -> int | None:
         """The offset after the last delivered record of the partition (None: none yet)."""
@@ -64,37 +85,63 @@ class OffsetCommitter:
             return self._finished.get((topic, partition))
 
     def tick(self) -> None:
-        """Commit if the interval has passed."""
-        if time.monotonic() - self._last >= self._interval_s:
-            self._commit(asynchronous=True)
+        """The commits run on their own thread, every interval."""
 
-    def _idle_commits(self) -> None:
-        while not self._closing.wait(self._interval_s):
-            self.tick()
-
-    def _commit(self, asynchronous: bool) -> None:
+    def pending(self) -> dict[tuple[str, int], int]:
+        """Finished offsets the broker has not accepted yet."""
         with self._lock:
-            self._last = time.monotonic()
-            pending = {k: o for k, o in self._finished.items() if self._committed.get(k) != o}
+            return {k: o for k, o in self._finished.items() if self._committed.get(k) != o}
+
+    def _commits(self) -> None:
+        while not self._closing.wait(self._interval_s):
+            self.commit()
+
+    def commit(self) -> bool:
+        """Commit what is finished and not yet accepted; True when nothing is left pending."""
+        with self._commit_lock:
+            pending = self.pending()
             if not pending:
-                return
+                return True
             offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(pending.items())]
             try:
-                if asynchronous:
-                    self._consumer.commit(offsets=offsets, asynchronous=True)
-                else:
-                    self._consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:  # visibility only: the next interval tries again
-                log.warning("committing offsets to the consumer group failed", extra={"fields": {"error": str(exc)}})
-                return
-            self._committed.update(pending)
-        if self._metrics is not None:
-            for tp in offsets:
-                self._metrics.set_committed(tp.topic, tp.partition, tp.offset)
+                results = self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:  # the whole commit failed: the next one tries again
+                log.warning(
+                    "committing offsets to the consumer group failed; trying again",
+                    extra={"fields": {"error": str(exc)[:300]}},
+                )
+                return False
+            accepted = [tp for tp in results or [] if tp.error is None and tp.offset >= 0]
+            refused = [tp for tp in results or [] if tp.error is not None]
+            with self._lock:
+                for tp in accepted:
+                    self._committed[(tp.topic, tp.partition)] = tp.offset
+            if refused:
+                log.warning(
+                    "the consumer group refused some offsets; trying again",
+                    extra={"fields": {"refused": [f"{tp.topic}:{tp.partition}: {tp.error}" for tp in refused][:10]}},
+                )
+            if self._metrics is not None:
+                for tp in accepted:
+                    self._metrics.set_committed(tp.topic, tp.partition, tp.offset)
+            return not refused
 
     def close(self) -> None:
-        """Commit what is finished, synchronously, and let the client go."""
+        """Commit what is finished, retrying for a while, and let the client go."""
         self._closing.set()
-        self._timer.join(5)
-        self._commit(asynchronous=False)
+        self._timer.join(self._close_timeout_s)
+        deadline = time.monotonic() + self._close_timeout_s
+        while not self.commit() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = self.pending()
+        if left:
+            log.warning(
+                "offsets not committed to the consumer group at close (the lag shown stays behind until the next "
+                "run commits)",
+                extra={"fields": {"partitions": [f"{t}:{p}" for t, p in sorted(left)][:20]}},
+            )
         self._consumer.close()
+
+    def abandon(self) -> None:
+        """After a failed write: what was finished before it is still finished."""
+        self.close()

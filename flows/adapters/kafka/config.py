@@ -17,7 +17,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "group.id": "enrichment-dataflow-unused",  # required by the client; no group is joined
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "enable.partition.eof": settings.stop_at_end,
+        # an end reported with the consumer's position there, past transaction markers and
+        # aborted records: what is committed when the input pauses (and how STOP_AT_END knows)
+        "enable.partition.eof": True,
         # prefetch (the consumer's queue, whatever its number of partitions): a few source
         # batches, not the 64 MiB default (memory stays flat), but at least two of the
         # largest records, so large records stream

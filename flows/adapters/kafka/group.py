@@ -30,6 +30,8 @@ from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TOPIC_CHECK_S = 1.0  # STOP_AT_END: how often a drained member asks whether the others are
+
 
 class RebalanceListener(Protocol):
     """What must happen before partitions are handed over, or after they were lost."""
@@ -66,12 +68,12 @@ class GroupReader:
         on_input: Callable[[int], None] | None = None,
         on_high: Callable[[str, int, int], None] | None = None,
         on_forget: Callable[[str, list[int]], None] | None = None,
+        consumer: Any = None,
     ) -> None:
         self._topic = settings.input_topic
-        self._consumer = Consumer(group_consumer_config(settings, client))
+        self._consumer = consumer if consumer is not None else Consumer(group_consumer_config(settings, client))
         self._batch_size = settings.source_batch_size
         self._stop_at_end = settings.stop_at_end
-        self._assignment_wait_s = 2 * settings.kafka_session_timeout_ms / 1000 + 10
         self._stopping = stopping or threading.Event()
         self._on_input = on_input
         self._on_high = on_high
@@ -81,22 +83,60 @@ class GroupReader:
         self._next_epoch = 1
         self._at_end: set[int] = set()
         self._first: dict[int, int] = {}  # owned partition -> first offset read under its epoch
-        self._assigned_once = False
-        self._started = time.monotonic()
+        self._read: dict[int, int] = {}  # owned partition -> the offset after its last record read
+        self._ends: dict[int, int] = {}  # owned partition at its end -> the consumer's position there
+        self._topic_checked = 0.0
+        self._topic_drained = False
         self._consumer.subscribe([self._topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
 
     @property
     def done(self) -> bool:
-        """Stopping, or (STOP_AT_END) every owned partition drained."""
+        """Stopping, or (STOP_AT_END) the whole input drained: every partition this member
+        owns read to its end, and every other partition of the topic committed by the group
+        up to its end. A member that owns nothing, or whose partitions are drained while
+        another member's are not (or while a killed member's wait for the group to notice),
+        goes on: it may yet be given them."""
         if self._stopping.is_set():
             return True
-        if not self._stop_at_end:
+        if not self._stop_at_end or not set(self.epochs) <= self._at_end:
             return False
-        if not self._assigned_once:
-            # a killed member holds its partitions for a session timeout before the group
-            # rebalances: wait for that rebalance, twice over, before calling the input empty
-            return time.monotonic() - self._started > self._assignment_wait_s
-        return set(self.epochs) <= self._at_end
+        now = time.monotonic()
+        if not self._topic_drained and now - self._topic_checked >= TOPIC_CHECK_S:
+            self._topic_checked = now
+            self._topic_drained = self._others_drained()
+        return self._topic_drained
+
+    def _others_drained(self) -> bool:
+        """Every partition of the topic this member does not own has the group's committed
+        offset at its end (or holds no record)."""
+        try:
+            meta = self._consumer.list_topics(self._topic, timeout=5)
+            partitions = sorted(meta.topics[self._topic].partitions)
+            others = [TopicPartition(self._topic, p) for p in partitions if p not in self.epochs]
+            if not others:
+                return True
+            committed = {tp.partition: tp.offset for tp in self._consumer.committed(others, timeout=5)}
+            for tp in others:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                if high > low and committed.get(tp.partition, -1) < high:
+                    return False
+        except KafkaException as exc:
+            log.info("input topic's end not known yet", extra={"fields": {"error": str(exc)[:300]}})
+            return False
+        return True
+
+    def skippable(self, partition: int, done: int | None) -> int | None:
+        """The consumer's position in `partition` when it is read to its end and every record
+        read is covered by `done` (the offset committed or in the open transaction), and the
+        position is past `done`: transaction markers or aborted records the flow never gets.
+        Committing it lets the group's lag reach 0 (Kafka Streams does the same, KAFKA-6607)."""
+        end = self._ends.get(partition)
+        if end is None or (done is not None and end <= done):
+            return None
+        read = self._read.get(partition)
+        if read is not None and (done is None or done < read):
+            return None
+        return end
 
     def current(self, partition: int, epoch: int) -> bool:
         """Whether a record read under this epoch belongs to this member's assignment now."""
@@ -122,6 +162,8 @@ class GroupReader:
             self.epochs[partition] = self._new_epoch()
             self._at_end.discard(partition)
             self._first.pop(partition, None)
+            self._read.pop(partition, None)
+            self._ends.pop(partition, None)
             if offset is not None:
                 self._consumer.seek(TopicPartition(self._topic, partition, offset))
                 self._first[partition] = offset
@@ -137,7 +179,9 @@ class GroupReader:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    self._at_end.add(msg.partition())
+                    if msg.partition() in epochs:
+                        self._at_end.add(msg.partition())
+                        self._ends[msg.partition()] = msg.offset()  # the position: past markers too
                     continue
                 if error_kind(err) is not Kind.RETRIABLE:
                     raise KafkaException(err)
@@ -148,8 +192,10 @@ class GroupReader:
             if epoch is None:
                 continue  # a partition revoked while its records were prefetched
             self._at_end.discard(partition)
+            self._ends.pop(partition, None)
             if partition not in first:
                 first[partition] = msg.offset()
+            self._read[partition] = msg.offset() + 1
             append(source_record(msg, epoch))
         if batch and self._on_input is not None:
             self._on_input(len(batch))
@@ -165,11 +211,13 @@ class GroupReader:
         return self._next_epoch
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned_once = True
         for tp in partitions:
             self.epochs[tp.partition] = self._new_epoch()
             self._at_end.discard(tp.partition)
             self._first.pop(tp.partition, None)
+            self._read.pop(tp.partition, None)
+            self._ends.pop(tp.partition, None)
+        self._topic_drained = False
         log.info(
             "partitions assigned",
             extra={"fields": {"partitions": sorted(tp.partition for tp in partitions), "owned": sorted(self.epochs)}},
@@ -198,6 +246,8 @@ class GroupReader:
             self.epochs.pop(p, None)
             self._at_end.discard(p)
             self._first.pop(p, None)
+            self._read.pop(p, None)
+            self._ends.pop(p, None)
 
     def close(self) -> None:
         """Leave the group (partitions are revoked: the listener commits first)."""

@@ -70,9 +70,13 @@ class WorkerConsumer:
         self._consumer = Consumer(consumer_config(settings))
         self._topic = topic
         self._batch_size = settings.source_batch_size
+        self.stop_at_end = settings.stop_at_end
         self._on_input = on_input
         self._on_high = on_high
         self.positions: dict[int, int] = {}
+        # a partition reported at its end -> the consumer's position there, which is past
+        # transaction markers and aborted records (`positions` is after the last record read)
+        self.ends: dict[int, int] = {}
         self.reader: int | None = None  # the partition whose reader reads
         self._eof: set[int] = set()
         self.last_data = time.monotonic()  # when a take last returned records
@@ -91,11 +95,13 @@ class WorkerConsumer:
 
     def reassign(self, partition: int, position: int) -> None:
         """Assign `partition` afresh at `position` (a stalled fetch)."""
+        self.ends.pop(partition, None)
         self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
         self._consumer.incremental_assign([TopicPartition(self._topic, partition, position)])
 
     def remove(self, partition: int) -> bool:
         """Stop reading `partition`; True when no partition is left (then closed)."""
+        self.ends.pop(partition, None)
         if self.positions.pop(partition, None) is not None:
             self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
         self.reader = min(self.positions) if self.positions else None
@@ -111,13 +117,14 @@ class WorkerConsumer:
         fetch before the partition was assigned again is not its end)."""
         if partition not in self._eof:
             return False
-        position = self.positions.get(partition, OFFSET_BEGINNING)
+        position = self.ends.get(partition, self.positions.get(partition, OFFSET_BEGINNING))
         low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, partition), cached=True)
         if high < 0:
             return True  # no end offset known: trust the report
         if position >= high or (position < 0 and high <= low):
             return True
         self._eof.discard(partition)
+        self.ends.pop(partition, None)
         return False
 
     def take(self) -> list[SourceRecord]:
@@ -127,12 +134,14 @@ class WorkerConsumer:
             return []
         batch: list[SourceRecord] = []
         append = batch.append
-        positions, eof = self.positions, self._eof
+        positions, eof, ends = self.positions, self._eof, self.ends
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    eof.add(msg.partition())
+                    if msg.partition() in positions:
+                        eof.add(msg.partition())
+                        ends[msg.partition()] = msg.offset()
                     continue
                 if error_kind(err) is not Kind.RETRIABLE:
                     raise KafkaException(err)
@@ -142,6 +151,7 @@ class WorkerConsumer:
             if partition not in positions:
                 continue  # prefetched before its partition was removed
             eof.discard(partition)
+            ends.pop(partition, None)
             record = source_record(msg)
             positions[partition] = record.offset + 1
             append(record)
@@ -187,6 +197,12 @@ class PartitionReader:
         return self._shared.positions.get(self._partition, OFFSET_BEGINNING)
 
     @property
+    def end_position(self) -> int | None:
+        """The consumer's position at the partition's end, when it was reported there (past
+        transaction markers and aborted records, unlike `position`)."""
+        return self._shared.ends.get(self._partition)
+
+    @property
     def reads(self) -> bool:
         """This partition's reader is the one reading for the worker."""
         return self._shared.reader == self._partition
@@ -199,7 +215,7 @@ class PartitionReader:
     @property
     def done(self) -> bool:
         """The partition is drained (with STOP_AT_END), or the process is stopping."""
-        return self.at_end or self._stopping.is_set()
+        return self._stopping.is_set() or (self._shared.stop_at_end and self.at_end)
 
     def next_batch(self) -> list[SourceRecord]:
         """The records the worker's consumer has now, of any partition (maybe none; always

@@ -32,7 +32,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import Outcome
-from flows.errors import DeliveryFailed
+from flows.errors import DeliveryFailed, DependencyUnavailable, RoundAborted
 from flows.retry import Kind, Retries
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
@@ -78,7 +78,15 @@ def bounded(what: str, fn: Callable[[], object], timeout_s: float) -> None:
 
 class Transactions:
     """A worker's transactions: admits a batch (dropping records of partitions it no longer
-    owns), counts what is delivered, commits when due. Also the reader's rebalance listener."""
+    owns), counts what is delivered, commits when due. Also the reader's rebalance listener.
+
+    No transaction stays open while the worker waits for a dependency to come back: before
+    the first wait of a failing call on the worker's thread (`Retries.before_wait`) the open
+    transaction commits, or, when a round is half written into it, aborts and the round is
+    dropped (`RoundAborted`: its records are read again). A transaction open across an
+    outage would outlive TRANSACTION_TIMEOUT_MS, and the broker would fence the producer."""
+
+    transactional = True
 
     def __init__(
         self,
@@ -87,6 +95,7 @@ class Transactions:
         reader: GroupReader,
         retries: Retries,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topic = settings.input_topic
         self._interval_s = settings.commit_interval_ms / 1000
@@ -96,15 +105,20 @@ class Transactions:
         self._reader = reader
         self._retries = retries
         self._metrics = metrics
+        self._clock = clock
         self._open = False
+        self._in_round = False  # a round is being written into the open transaction
+        self._in_call = False  # a transactional call is under way (its own retries)
         self._opened_at = 0.0
+        self._failing_since: float | None = None  # rounds dropped for Kafka failing, since
         self._offsets: dict[int, int] = {}  # what the open transaction covers
         self._committed: dict[int, int] = {}  # what this member committed, per owned partition
         reader.listener = self
+        retries.before_wait(self._before_wait)
         self._call("init_transactions", self._writer.producer.init_transactions)
 
     def admit(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """The outcomes of records this member still owns, in an open transaction."""
+        """The outcomes of records this member still owns under their current epoch."""
         current = self._reader.current
         kept = [r for r in outcomes if current(r.record.partition, r.record.epoch)]
         if len(kept) < len(outcomes):
@@ -112,10 +126,14 @@ class Transactions:
                 "records of partitions no longer owned, or read again, dropped",
                 extra={"fields": {"dropped": len(outcomes) - len(kept)}},
             )
-        if kept and not self._open:
-            self._call("begin_transaction", lambda _: self._writer.producer.begin_transaction())
-            self._open, self._opened_at = True, time.monotonic()
         return kept
+
+    def begin(self) -> None:
+        """The round's messages are about to be produced: open a transaction if none is."""
+        if not self._open:
+            self._call("begin_transaction", lambda _: self._writer.producer.begin_transaction())
+            self._open, self._opened_at = True, self._clock()
+        self._in_round = True
 
     def delivered(self, outcomes: Sequence[Outcome]) -> None:
         """Every output has these outcomes: their offsets go with the transaction."""
@@ -124,24 +142,72 @@ class Transactions:
             record = r.record
             if offsets.get(record.partition, -1) <= record.offset:
                 offsets[record.partition] = record.offset + 1
+        self._in_round = False
+        self._failing_since = None
         self.tick()
+
+    def failed(self, exc: BaseException) -> bool:
+        """A round failed to reach Kafka for a reason that may pass (the broker away past
+        the messages' timeout, which is bounded by the transaction's): abort, read again,
+        and go on until RETRY_DEADLINE_SECONDS, as at-least-once rides out an outage."""
+        if not (isinstance(exc, DeliveryFailed) and exc.retriable):
+            return False
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since >= self._deadline_s:
+            raise self._retries.gave_up(
+                DependencyUnavailable(
+                    f"kafka: deliveries still failing after {now - self._failing_since:.0f}s "
+                    f"(deadline {self._deadline_s:.0f}s): {exc}"
+                )
+            ) from exc
+        log.warning(
+            "kafka did not take the round; aborting its transaction, the records are read again",
+            extra={"fields": {"error": str(exc)[:300]}},
+        )
+        self._retries.dependency_up("kafka", False)
+        self.abort()
+        return True
 
     def finished(self, topic: str, partition: int) -> int | None:
         """The offset after the last delivered record of the partition (None: none yet)."""
         return self._offsets.get(partition) if topic == self._topic else None
 
+    def moved_past(self, topic: str, partition: int, offset: int) -> None:
+        """The reader knows its partitions' positions itself (`GroupReader.skippable`)."""
+
     def tick(self) -> None:
-        """Commit if the interval has passed (the source calls this while the input is idle)."""
-        if self._open and time.monotonic() - self._opened_at >= self._interval_s:
+        """Commit if the interval has passed (the source calls this while the input is
+        idle); with nothing open, commit the positions of drained partitions that moved
+        past what the flow never gets (transaction markers, aborted records)."""
+        if self._open:
+            if self._clock() - self._opened_at >= self._interval_s:
+                self.commit()
+        elif self._skips():
+            self._call("begin_transaction", lambda _: self._writer.producer.begin_transaction())
+            self._open, self._opened_at = True, self._clock()
             self.commit()
 
+    def _skips(self) -> dict[int, int]:
+        """Owned partitions read to their end whose consumer position is past the offset
+        this member committed or covers: the offsets to commit there."""
+        out: dict[int, int] = {}
+        for partition in self._reader.epochs:
+            done = self._offsets.get(partition, self._committed.get(partition))
+            end = self._reader.skippable(partition, done)
+            if end is not None:
+                out[partition] = end
+        return out
+
     def commit(self) -> None:
-        """Commit the open transaction with the offsets it covers. When Kafka refuses (the
-        group moved on, a coordinator is gone, the transaction timed out), abort it: what it
-        covers is read again."""
+        """Commit the open transaction with the offsets it covers (and the positions of
+        drained partitions). When Kafka refuses (the group moved on, a coordinator is gone,
+        the transaction timed out), abort it: what it covers is read again."""
         if not self._open:
             return
-        offsets = [TopicPartition(self._topic, p, o) for p, o in sorted(self._offsets.items())]
+        covered = {**self._offsets, **self._skips()}
+        offsets = [TopicPartition(self._topic, p, o) for p, o in sorted(covered.items())]
         try:
             if offsets:
                 metadata, producer, timeout = self._reader.group_metadata(), self._writer.producer, self._call_timeout_s
@@ -158,7 +224,7 @@ class Transactions:
                 extra={"fields": {"call": str(stuck)}},
             )
             self._writer.renew()
-            self._open, self._offsets = False, {}
+            self._open, self._in_round, self._offsets = False, False, {}
             self._call("init_transactions", self._writer.producer.init_transactions)
             if str(stuck) == "commit_transaction":  # it may have committed: ask the group
                 self._committed = self._reader.committed(self._deadline_s)
@@ -190,7 +256,7 @@ class Transactions:
         this member last committed (or from the first record of their assignment)."""
         if self._open:
             self._call("abort_transaction", self._writer.producer.abort_transaction)
-        self._open, self._offsets = False, {}
+        self._open, self._in_round, self._offsets = False, False, {}
         self._reader.rewind(self._committed)
 
     def revoked(self, partitions: Sequence[int]) -> None:
@@ -206,6 +272,33 @@ class Transactions:
 
     def close(self) -> None:
         """Commit what is open (the end of the input, or a graceful stop)."""
+        self._retries.before_wait(None)
+        self.commit()
+
+    def abandon(self) -> None:
+        """Close after a failed write: abort the open transaction (best effort, one try),
+        so nothing of it becomes visible; its records are read again after the restart."""
+        self._retries.before_wait(None)
+        if self._open:
+            try:
+                self._writer.producer.abort_transaction(self._call_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - the broker aborts it at TRANSACTION_TIMEOUT_MS anyway
+                log.warning(
+                    "aborting the open transaction after a failed write did not complete; the broker aborts it "
+                    "within TRANSACTION_TIMEOUT_MS",
+                    extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}},
+                )
+        self._open, self._in_round, self._offsets = False, False, {}
+
+    def _before_wait(self) -> None:
+        """This worker is about to wait for a dependency: close the open transaction first
+        (commit it; or abort it, dropping the round half written into it)."""
+        if self._in_call or not self._open:
+            return
+        if self._in_round:
+            log.warning("a dependency failed while a round was in its transaction: aborting it, read again")
+            self.abort()
+            raise RoundAborted("the round's transaction was aborted to wait for a dependency")
         self.commit()
 
     def _forget(self, partitions: Sequence[int]) -> None:
@@ -218,7 +311,11 @@ class Transactions:
         from the committed offsets)."""
         timeout = self._call_timeout_s
         call = functools.partial(fn, timeout)
-        self._retries.call(f"kafka {what}", lambda: bounded(what, call, timeout + STUCK_GRACE_S), _retriable)
+        self._in_call = True
+        try:
+            self._retries.call(f"kafka {what}", lambda: bounded(what, call, timeout + STUCK_GRACE_S), _retriable)
+        finally:
+            self._in_call = False
 
 
 def _retriable(exc: BaseException) -> Kind:

@@ -17,11 +17,11 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from flows.adapters.kafka.config import producer_config
-from flows.adapters.kafka.errors import RECORD_REFUSALS
+from flows.adapters.kafka.errors import RECORD_REFUSALS, error_kind
 from flows.core.model import OutMessage
 from flows.core.sizes import record_size
 from flows.errors import DeliveryFailed
-from flows.retry import Retries
+from flows.retry import Kind, Retries
 from flows.settings import Settings
 
 LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.bytes
@@ -163,13 +163,17 @@ class KafkaWriter:
         others = [(i, sending.errors[i]) for i in refused if not _refused(sending.errors[i])]
         if others:
             first = others[0][1]
-            raise self._retries.gave_up(
-                DeliveryFailed(
-                    f"{len(others)} of {len(sending.messages)} message(s) not delivered, first: "
-                    f"{sending.messages[others[0][0]].topic}: {first}",
-                    first.code(),
-                )
+            failure = DeliveryFailed(
+                f"{len(others)} of {len(sending.messages)} message(s) not delivered, first: "
+                f"{sending.messages[others[0][0]].topic}: {first}",
+                first.code(),
+                retriable=all(error_kind(err) is Kind.RETRIABLE for _, err in others),
             )
+            if self.transactional and failure.retriable:
+                # the messages' timeout is bounded by the transaction's: the transactions
+                # abort the round and read it again until RETRY_DEADLINE_SECONDS
+                raise failure
+            raise self._retries.gave_up(failure)
         # a refused batch fails every message in it: find the ones that fail on their own
         return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
 

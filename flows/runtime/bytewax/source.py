@@ -84,6 +84,13 @@ class WorkerOutputs:
             return None
         return delivery.progress.finished(topic, partition)
 
+    def moved_past(self, topic: str, partition: int, offset: int) -> None:
+        """Everything read of the partition is delivered, and its position is at `offset`,
+        past records the flow never gets: the offsets committed may move there too."""
+        delivery = self.delivery()
+        if delivery is not None and delivery.progress is not None:
+            delivery.progress.moved_past(topic, partition, offset)
+
 
 class _Partition(StatefulSourcePartition[SourceRecord, int]):
     def __init__(self, reader: PartitionReader, outputs: WorkerOutputs, topic: str, partition: int) -> None:
@@ -117,7 +124,8 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         delivery = self._outputs.delivery()
         if delivery is not None:
             delivery.drain()
-        if self._durable() == self._reader.position:
+        durable = self._durable()
+        if durable == self._reader.position or durable == self._reader.end_position:
             return True
         now = time.monotonic()
         if self._end_since is None:
@@ -131,8 +139,17 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         return True
 
     def _durable(self) -> int:
+        """Where a restart resumes: the first offset not yet delivered; or, when every record
+        read is delivered and the partition is at its end, the consumer's position there
+        (past transaction markers and aborted records: else the offsets, and the lag, would
+        stay short of the end when the input was written by a transactional producer)."""
         finished = self._outputs.finished(self._topic, self._partition)
-        return self._start if finished is None else finished
+        durable = self._start if finished is None else finished
+        end = self._reader.end_position
+        if end is not None and end > durable and durable >= self._reader.position:
+            self._outputs.moved_past(self._topic, self._partition, end)
+            return end
+        return durable
 
     def next_awake(self) -> dt.datetime | None:
         return self._awake
