@@ -41,6 +41,7 @@ except SettingsError as exc:
 setup_logging(settings.log_level)
 lifecycle = Lifecycle()
 running = "bytewax.run" in sys.orig_argv  # not when drawn by bytewax.visualize or imported by tests
+recovery_dir = None
 
 if running:
     pin_mmap_threshold()  # RSS stays flat while the lookup caches churn (flows/runtime/memory.py)
@@ -74,7 +75,7 @@ preflight = Preflight(settings)
 process_id = cluster_place(sys.argv[1:], os.environ).process_id if running else 0
 identity = f"{socket.gethostname()}-p{process_id}"
 set_identity(service="enrichment-dataflow", host=socket.gethostname(), process=process_id)
-source, sink = input_and_output(app, preflight, lifecycle, identity)
+source, sink = input_and_output(app, preflight, lifecycle, identity, recovery=recovery_dir is not None)
 
 flow = build_flow(
     app,

@@ -22,6 +22,26 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 10.0  # at close, committing is tried again for this long at most
 
 
+def group_offsets(settings: Settings, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+    """The offsets CONSUMER_GROUP has committed for these partitions of `topic` (those it has),
+    read_uncommitted so an open transaction does not make the broker wait."""
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": settings.consumer_group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    try:
+        found = consumer.committed(
+            [TopicPartition(topic, p) for p in partitions], timeout=settings.startup_timeout_seconds
+        )
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+    finally:
+        consumer.close()
+
+
 class OffsetCommitter:
     """Commits the finished offsets of one worker's batches to the group, every interval,
     from a thread of its own (the worker never waits for the broker). A commit counts only

@@ -54,3 +54,18 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # every other dependency; past it the writer raises
         "message.timeout.ms": int(settings.retry_deadline_seconds * 1000),
     }
+
+
+METADATA_REFRESH_MS = 300_000  # librdkafka's default topic.metadata.refresh.interval.ms
+
+
+def metadata_refresh_s(settings: Settings) -> float:
+    """How often the clients refresh the topics' metadata (KAFKA_CLIENT_TOPIC_METADATA_
+    REFRESH_INTERVAL_MS, librdkafka's default 5 minutes): a consumer group notices
+    partitions added to its topics that often, and so does at-least-once's input."""
+    value = dict(settings.kafka_client_properties).get("topic.metadata.refresh.interval.ms")
+    try:
+        ms = int(value) if value is not None else METADATA_REFRESH_MS
+    except ValueError:
+        ms = METADATA_REFRESH_MS
+    return max(ms, 1000) / 1000

@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from flows.adapters.kafka.config import consumer_config
+from flows.adapters.kafka.config import consumer_config, metadata_refresh_s
 from flows.adapters.kafka.errors import error_kind
 from flows.adapters.kafka.headers import READER
 from flows.core.model import SourceRecord
@@ -81,6 +81,22 @@ class WorkerConsumer:
         self._eof: set[int] = set()
         self.last_data = time.monotonic()  # when a take last returned records
         self.closed = False
+        self._refresh_s = metadata_refresh_s(settings)
+        self._count: int | None = None
+        self._counted = float("-inf")
+
+    def partition_count(self) -> int | None:
+        """The input topic's partitions now, asked of the broker once per metadata refresh
+        interval (None: not known)."""
+        now = time.monotonic()
+        if now - self._counted >= self._refresh_s:
+            self._counted = now
+            try:
+                meta = self._consumer.list_topics(self._topic, timeout=5)
+                self._count = len(meta.topics[self._topic].partitions)
+            except (KafkaException, KeyError) as exc:
+                log.info("input topic's partitions not known now", extra={"fields": {"error": str(exc)[:200]}})
+        return self._count
 
     @property
     def consumer(self) -> Consumer:
@@ -195,6 +211,11 @@ class PartitionReader:
     def position(self) -> int:
         """The offset after the partition's last record read."""
         return self._shared.positions.get(self._partition, OFFSET_BEGINNING)
+
+    @property
+    def shared(self) -> WorkerConsumer:
+        """The worker's consumer this partition is read by."""
+        return self._shared
 
     @property
     def end_position(self) -> int | None:

@@ -27,16 +27,17 @@ from flows.runtime.bytewax.source import KafkaInput, WorkerOutputs
 
 
 def input_and_output(
-    app: App, preflight: Preflight, lifecycle: Lifecycle, identity: str
+    app: App, preflight: Preflight, lifecycle: Lifecycle, identity: str, recovery: bool = False
 ) -> tuple[Source[SourceRecord], Sink[Outcome]]:
     """The source and the sink of the settings' guarantee. `identity` names this process
     (host and process id) in client ids and transactional ids, so that a restart of the same
-    worker takes its predecessor's transactional.id over."""
+    worker takes its predecessor's transactional.id over. `recovery`: Bytewax keeps
+    snapshots (at-least-once: a partition without one resumes from the group's offset)."""
     s = app.settings
     m = app.metrics
     if not s.exactly_once:
         outputs = WorkerOutputs()
-        source = KafkaInput(s, preflight.partitions, lifecycle.stopping, outputs, m)
+        source = KafkaInput(s, preflight.partitions, lifecycle.stopping, outputs, m, resume_from_group=recovery)
         return source, DeliverySink(
             lambda w: app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=1 if s.overlap_acks else 0),
             on_write=outputs.register,

@@ -21,10 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
+from flows.adapters.kafka.committer import group_offsets
 from flows.adapters.kafka.source import PartitionReader, WorkerConsumer
 from flows.app.outputs import Delivery
 from flows.core.model import SourceRecord
@@ -93,16 +95,27 @@ class WorkerOutputs:
 
 
 class _Partition(StatefulSourcePartition[SourceRecord, int]):
-    def __init__(self, reader: PartitionReader, outputs: WorkerOutputs, topic: str, partition: int) -> None:
+    def __init__(
+        self,
+        reader: PartitionReader,
+        outputs: WorkerOutputs,
+        topic: str,
+        partition: int,
+        adopt: Adoption | None = None,
+    ) -> None:
         self._reader = reader
         self._outputs = outputs
         self._topic, self._partition = topic, partition
         self._start = reader.position  # durable before this run: the state until a delivery
         self._awake: dt.datetime | None = None
         self._end_since: float | None = None
+        self._adopt = adopt
+        self._adopted: dict[int, tuple[PartitionReader, int]] = {}  # added at run time: reader, start
 
     def next_batch(self) -> list[SourceRecord]:
-        if self._reader.done:
+        if self._adopt is not None:
+            self._adopt_new()
+        if self._reader.done and all(r.done for r, _ in self._adopted.values()):
             if self._settled():
                 raise StopIteration
             self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
@@ -118,6 +131,26 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
             self._awake = dt.datetime.now(dt.UTC) + OTHER_WAIT
         return batch
 
+    def _adopt_new(self) -> None:
+        """Partitions added to the input topic since the start: Bytewax's parts are fixed
+        for a run, so partition q is read along with this part's when q % (partitions at
+        the start) is this partition. Its progress is kept in the consumer group only
+        (committed every OFFSET_COMMIT_INTERVAL_SECONDS): after a restart it has a part of
+        its own, which resumes from the group's offset."""
+        adopt = self._adopt
+        assert adopt is not None
+        count = self._reader.shared.partition_count()
+        for q in range(adopt.initial, count or 0):
+            if q % adopt.initial != self._partition or q in self._adopted:
+                continue
+            start = adopt.start(q)
+            reader = PartitionReader(self._reader.shared, self._topic, q, start, adopt.stopping)
+            self._adopted[q] = (reader, reader.position)
+            log.info(
+                "input partition added at run time: reading it",
+                extra={"fields": {"topic": self._topic, "partition": q, "from": start, "with_part": self._partition}},
+            )
+
     def _settled(self) -> bool:
         """At the end: every record read is delivered (the worker's Delivery drained), so
         the last snapshot is the partition's end; or waited long enough."""
@@ -125,7 +158,11 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         if delivery is not None:
             delivery.drain()
         durable = self._durable()
-        if durable == self._reader.position or durable == self._reader.end_position:
+        settled = durable in (self._reader.position, self._reader.end_position)
+        for q, (reader, start) in self._adopted.items():
+            done = self._delivered(q, reader, start)
+            settled = settled and done in (reader.position, reader.end_position)
+        if settled:
             return True
         now = time.monotonic()
         if self._end_since is None:
@@ -143,11 +180,14 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         read is delivered and the partition is at its end, the consumer's position there
         (past transaction markers and aborted records: else the offsets, and the lag, would
         stay short of the end when the input was written by a transactional producer)."""
-        finished = self._outputs.finished(self._topic, self._partition)
-        durable = self._start if finished is None else finished
-        end = self._reader.end_position
-        if end is not None and end > durable and durable >= self._reader.position:
-            self._outputs.moved_past(self._topic, self._partition, end)
+        return self._delivered(self._partition, self._reader, self._start)
+
+    def _delivered(self, partition: int, reader: PartitionReader, start: int) -> int:
+        finished = self._outputs.finished(self._topic, partition)
+        durable = start if finished is None else finished
+        end = reader.end_position
+        if end is not None and end > durable and durable >= reader.position:
+            self._outputs.moved_past(self._topic, partition, end)
             return end
         return durable
 
@@ -155,10 +195,24 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         return self._awake
 
     def snapshot(self) -> int:
+        for q, (reader, start) in self._adopted.items():
+            self._delivered(q, reader, start)  # drained ones commit their position
         return self._durable()
 
     def close(self) -> None:
+        for reader, _ in self._adopted.values():
+            reader.close()
         self._reader.close()
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """How a part takes on partitions added at run time: `initial` partitions were listed
+    at the start; `start(q)` is where partition q is read from (None: its beginning)."""
+
+    initial: int
+    start: Callable[[int], int | None]
+    stopping: threading.Event
 
 
 class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
@@ -171,12 +225,16 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         stopping: threading.Event,
         outputs: WorkerOutputs,
         metrics: Metrics | None = None,
+        resume_from_group: bool = False,
     ) -> None:
         self.settings = settings
         self._partitions = partitions
         self._stopping = stopping
         self.outputs = outputs
         self._metrics = metrics
+        self._resume_from_group = resume_from_group
+        self._group: dict[int, int] | None = None
+        self._group_lock = threading.Lock()
         self._consumers: ByThread[WorkerConsumer] = ByThread()  # a worker's parts are built on its thread
 
     def _worker_consumer(self, topic: str) -> WorkerConsumer:
@@ -194,8 +252,31 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
     def list_parts(self) -> list[str]:
         return [f"{p}-{self.settings.input_topic}" for p in self._partitions()]
 
+    def _group_start(self, partition: int) -> int | None:
+        """Where the consumer group's committed offsets say partition `partition` resumes,
+        for a partition without a snapshot of its own (asked once, for all of them)."""
+        with self._group_lock:
+            if self._group is None:
+                self._group = group_offsets(self.settings, self.settings.input_topic, self._partitions())
+            return self._group.get(partition)
+
+    def _added_start(self, partition: int) -> int | None:
+        found = group_offsets(self.settings, self.settings.input_topic, [partition])
+        return found.get(partition)
+
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        """A part resumes from its snapshot; with recovery on, a part that has none (a
+        partition added to the topic while the flow ran, or a recovery store started
+        afresh) resumes from the consumer group's committed offset, else from the start."""
         idx, topic = for_part.split("-", 1)
+        if resume_state is None and self._resume_from_group:
+            resume_state = self._group_start(int(idx))
+            if resume_state is not None:
+                log.info(
+                    "input partition without a snapshot: resuming from the consumer group's offset",
+                    extra={"fields": {"topic": topic, "partition": int(idx), "from": resume_state}},
+                )
         reader = PartitionReader(self._worker_consumer(topic), topic, int(idx), resume_state, self._stopping)
-        return _Partition(reader, self.outputs, topic, int(idx))
+        adopt = Adoption(len(self._partitions()), self._added_start, self._stopping)
+        return _Partition(reader, self.outputs, topic, int(idx), adopt)
