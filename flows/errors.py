@@ -37,6 +37,12 @@ class DeliveryFailed(DependencyError):
         self.retriable = retriable  # Kafka may take it later (a timeout, a broker away)
 
 
+class RecordsRefused(DeliveryFailed):
+    """Exactly-once: a topic refused messages inside the open transaction, which can then only
+    abort; the writer remembers them, so that when their records are read again the outputs
+    deliver them another way (as at-least-once does: a dead letter, or a smaller one)."""
+
+
 class RoundAborted(EnrichmentError):
     """Exactly-once: the round being delivered was dropped with its aborted transaction;
     its records are read again from the committed offsets. Not a failure of the flow."""

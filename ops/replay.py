@@ -40,6 +40,7 @@ from confluent_kafka import Consumer
 
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import OutMessage
+from flows.core.outcome import KEY_HEADER
 from flows.errors import DeliveryFailed
 from flows.settings import Settings
 from ops import parked, replay_setup, scan, show
@@ -193,7 +194,9 @@ def _candidates(
                     continue
                 counts.selected[code] += 1
                 headers = replay_headers(rec.headers, rec.coordinates)
-                yield p, o, code, OutMessage(target, rec.key, rec.value, headers)
+                # a dead letter keyed by its coordinates came from a record without a key
+                key = None if scan.header_map(rec).get(KEY_HEADER) == "coordinates" else rec.key
+                yield p, o, code, OutMessage(target, key, rec.value, headers)
     finally:
         progress.close()
 

@@ -43,6 +43,9 @@ class Writer(Protocol):
     def flush(self) -> Sequence[Outcome]:
         """Return when the oldest round taken is durable, with its outcomes to re-route."""
 
+    def discard(self) -> None:
+        """Forget the rounds taken and not flushed (their delivery failed or was dropped)."""
+
     def close(self) -> None:
         """Let the writer's own resources go."""
 
@@ -202,9 +205,9 @@ class Delivery:
                 self._rounds.append(outcomes)
             self._complete(self.depth)
         except RoundAborted:
-            self._rounds.clear()
+            self._discard()
         except BaseException as exc:
-            self._rounds.clear()
+            self._discard()
             if progress is not None and progress.failed(exc):
                 return
             self.broken = True
@@ -213,6 +216,12 @@ class Delivery:
     def drain(self) -> None:
         """Wait until every round handed over is durable (and its progress kept)."""
         self._complete(0)
+
+    def _discard(self) -> None:
+        """Forget every round in flight, in every writer."""
+        self._rounds.clear()
+        for _, writer in self.writers:
+            writer.discard()
 
     def _staged(self, outcomes: Sequence[Outcome], progress: Progress) -> None:
         """One round, the outputs outside the transaction first, then the transaction's."""
@@ -268,13 +277,13 @@ class Delivery:
         unwinds) nothing is drained and nothing more is committed: exactly-once aborts the
         open transaction, whose records are read again after the restart."""
         if self.broken:
-            self._rounds.clear()
+            self._discard()
         else:
             try:
                 self.drain()
             except Exception:  # noqa: BLE001 - the rest must still close; unacknowledged is not committed
                 log.exception("delivering the last batches failed")
-                self._rounds.clear()
+                self._discard()
                 self.broken = True
         if self.progress is not None:
             try:

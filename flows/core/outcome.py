@@ -36,10 +36,12 @@ RESERVED_HEADERS = frozenset(
         "error.message",
         "error.field",
         "error.omitted",
+        "error.key",
         "failed_at",
     }
 )
 OMITTED_HEADER = "error.omitted"
+KEY_HEADER = "error.key"  # "coordinates": the record had no key; this dead letter's is its coordinates
 MAX_ERROR_MESSAGE = 1024
 _WS = b" \t\r\n"
 _ENC = msgspec.json.Encoder()
@@ -240,6 +242,28 @@ def refused_by_output(routed: Outcome, reason: str, failure_topic: str, now: dt.
         payload=h.payload,
     )
     return failure(fail, failure_topic, now)
+
+
+def keyed(message: OutMessage, note: str, omit: tuple[str, ...] = ()) -> OutMessage:
+    """A dead letter of a record without a key, keyed by the record's coordinates
+    (`<topic>:<partition>:<offset>`) for a failure topic that takes no record without a key
+    (a compacted one); `error.key: coordinates` says so (a replay sends the record without
+    a key again), and `omit` trims it further as `trimmed` does."""
+    headers = dict(message.headers)
+    coordinates = b"%s:%s:%s" % (
+        headers.get("source.topic") or b"",
+        headers.get("source.partition") or b"",
+        headers.get("source.offset") or b"",
+    )
+    base = trimmed(message, note, omit) if omit else message
+    extra: Headers = [(KEY_HEADER, b"coordinates")]
+    if not omit:
+        original = headers.get("error.message") or b""
+        text = f"{note} Reason the record failed: {original.decode('utf-8', 'replace')}"
+        kept = [(k, v) for k, v in base.headers if k != "error.message"]
+        extra.append(("error.message", truncate_utf8(text).encode()))
+        return OutMessage(base.topic, coordinates, base.value, kept + extra)
+    return OutMessage(base.topic, coordinates, base.value, [*base.headers, *extra])
 
 
 def trimmed(message: OutMessage, note: str, omit: tuple[str, ...]) -> OutMessage:

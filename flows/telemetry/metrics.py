@@ -35,6 +35,7 @@ FALLBACK_KINDS = (
     "dead_letter_compressed",
     "dead_letter_without_headers",
     "dead_letter_without_value",
+    "dead_letter_keyed",
 )
 # a lookup is one query per batch of distinct keys (about a millisecond on a local server);
 # an output's write is one batch (tens of milliseconds); both may take seconds while a

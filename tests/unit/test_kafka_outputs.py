@@ -58,6 +58,10 @@ class FakeHistory:
     def write(self, items: Sequence[Outcome]) -> None:
         self._taken += [r.history for r in items]
 
+    def discard(self) -> None:
+
+        pass
+
     def flush(self) -> list[Outcome]:
         self.rows += self._taken
         self._taken = []
@@ -124,5 +128,5 @@ def test_a_dead_letter_too_large_goes_compressed_then_without_headers_then_witho
 
 def test_a_topic_that_refuses_even_the_stub_is_a_dependency_failure() -> None:
     kafka = FakeKafka({"out": 10_000, "dlq": 100})
-    with pytest.raises(DeliveryFailed, match="refuses even a dead letter without value"):
+    with pytest.raises(DeliveryFailed, match="refuses every form of the dead letter"):
         delivery(kafka, FakeHistory()).write([dead(5000)])

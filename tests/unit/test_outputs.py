@@ -19,6 +19,10 @@ class Recorder:
         self.log.append(f"write {self.name} {len(items)}")
         self.items += items
 
+    def discard(self) -> None:
+
+        pass
+
     def flush(self) -> list[Outcome]:
         self.log.append(f"flush {self.name}")
         out, self.reroute = self.reroute, []

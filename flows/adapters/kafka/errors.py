@@ -24,8 +24,16 @@ TRANSIENT = frozenset(
 )
 # what a broker says about one record (or the batch it was in) that no retry will change:
 # too large for the topic, or invalid for it (a record without a key for a compacted topic)
+# (`_INVALID_DIFFERENT_RECORD`: a message refused only for sharing its batch with an invalid
+# one, KIP-467; sent again alone it passes)
 RECORD_REFUSALS = frozenset(
-    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE}
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError._INVALID_DIFFERENT_RECORD,
+    }
 )
 
 

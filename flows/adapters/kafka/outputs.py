@@ -58,6 +58,10 @@ class _KafkaOutput:
             self.metrics.add_written(self.name, len(items), time.perf_counter() - started)
         return refused
 
+    def discard(self) -> None:
+        """Forget the rounds not flushed (their reports, if any come, are not waited for)."""
+        self._rounds.clear()
+
     def close(self) -> None:
         """The worker's KafkaWriter is closed with the worker's other clients."""
 
@@ -147,20 +151,32 @@ class DeadLetters(_KafkaOutput):
         return []
 
     def _fallback(self, r: Outcome) -> str:
-        send = self.kafka.send_alone
-        if send(r.message, compressed=True) is None:
-            return "dead_letter_compressed"
-        size = record_size(r.message.key, r.message.value, r.message.headers)
+        """Deliver a dead letter the failure topic refused, in the first form it takes."""
+        message = r.message
+        size = record_size(message.key, message.value, message.headers)
         note = f"The dead letter ({size} bytes) does not fit the failure topic whole, even compressed."
-        without_headers = outcome.trimmed(r.message, note, ("headers",))
-        if send(without_headers) is None or send(without_headers, compressed=True) is None:
-            return "dead_letter_without_headers"
-        for omit in (("value", "headers"), ("value", "headers", "key")):
-            if send(outcome.trimmed(r.message, note, omit)) is None:
-                return "dead_letter_without_value"
+        keyed_note = "The failure topic refuses the dead letter of a record without a key: keyed by its coordinates."
+        without_headers = outcome.trimmed(message, note, ("headers",))
+        forms = [("dead_letter_compressed", message, True)]
+        if message.key is None:  # a topic that takes no record without a key (compacted)
+            forms.append(("dead_letter_keyed", outcome.keyed(message, keyed_note), False))
+        forms += [("dead_letter_without_headers", without_headers, False)]
+        forms += [("dead_letter_without_headers", without_headers, True)]
+        forms += [
+            ("dead_letter_without_value", outcome.trimmed(message, note, omit), False)
+            for omit in (("value", "headers"), ("value", "headers", "key"))
+        ]
+        if message.key is None:
+            forms.append(("dead_letter_keyed", outcome.keyed(message, keyed_note, ("value", "headers")), False))
+        last = None
+        for kind, form, compressed in forms:
+            last = self.kafka.send_alone(form, compressed=compressed)
+            if last is None:
+                return kind
         raise self.retries.gave_up(
             DeliveryFailed(
-                f"{self.failure_topic} refuses even a dead letter without value, headers and key for "
-                f"{r.record.coordinates}: check the topic's max.message.bytes"
+                f"{self.failure_topic} refuses every form of the dead letter of {r.record.coordinates}, even "
+                f"without value, headers and key (last: {last}): check the topic's max.message.bytes and "
+                "cleanup.policy"
             )
         )

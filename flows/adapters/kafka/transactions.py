@@ -32,7 +32,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import Outcome
-from flows.errors import DeliveryFailed, DependencyUnavailable, RoundAborted
+from flows.errors import DeliveryFailed, DependencyUnavailable, RecordsRefused, RoundAborted
 from flows.retry import Kind, Retries
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
@@ -149,7 +149,18 @@ class Transactions:
     def failed(self, exc: BaseException) -> bool:
         """A round failed to reach Kafka for a reason that may pass (the broker away past
         the messages' timeout, which is bounded by the transaction's): abort, read again,
-        and go on until RETRY_DEADLINE_SECONDS, as at-least-once rides out an outage."""
+        and go on until RETRY_DEADLINE_SECONDS, as at-least-once rides out an outage. Or a
+        topic refused messages in the transaction: abort and read the round again; the
+        writer remembers them, and the outputs route them another way this time."""
+        if isinstance(exc, RecordsRefused):
+            log.warning(
+                "a topic refused messages inside the transaction; aborting it, the records are read again and the "
+                "refused messages routed another way",
+                extra={"fields": {"error": str(exc)[:300]}},
+            )
+            self.abort()
+            self._fresh_producer()
+            return True
         if not (isinstance(exc, DeliveryFailed) and exc.retriable):
             return False
         now = self._clock()
@@ -289,6 +300,12 @@ class Transactions:
                     extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}},
                 )
         self._open, self._in_round, self._offsets = False, False, {}
+
+    def _fresh_producer(self) -> None:
+        """A new producer for the transactional.id (after a refusal librdkafka's idempotence
+        state can make the next transaction fail with skipped sequence numbers)."""
+        self._writer.renew()
+        self._call("init_transactions", self._writer.producer.init_transactions)
 
     def _before_wait(self) -> None:
         """This worker is about to wait for a dependency: close the open transaction first

@@ -19,8 +19,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from flows.adapters.kafka.config import producer_config
 from flows.adapters.kafka.errors import RECORD_REFUSALS, error_kind
 from flows.core.model import OutMessage
+from flows.core.outcome import KEY_HEADER, OMITTED_HEADER
 from flows.core.sizes import record_size
-from flows.errors import DeliveryFailed
+from flows.errors import DeliveryFailed, RecordsRefused
 from flows.retry import Kind, Retries
 from flows.settings import Settings
 
@@ -30,13 +31,14 @@ LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.by
 class Sending:
     """The delivery reports of one `send` call: an error per message index, if any."""
 
-    __slots__ = ("messages", "reported", "errors", "seq")
+    __slots__ = ("messages", "reported", "errors", "seq", "local")
 
     def __init__(self, messages: Sequence[OutMessage], seq: int = 0) -> None:
         self.messages = messages
         self.reported = 0
         self.errors: dict[int, KafkaError] = {}
         self.seq = seq  # the producer's sends are numbered: a wait knows whether later ones exist
+        self.local: set[int] = set()  # refused here, never sent
 
     def report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
         """The delivery callback of message `index`."""
@@ -44,10 +46,26 @@ class Sending:
         if err is not None:
             self.errors[index] = err
 
+    def refuse(self, index: int, err: KafkaError) -> None:
+        """Message `index` is refused before it leaves (too large, or refused before)."""
+        self.local.add(index)
+        self.report(index, err, None)
+
     @property
     def done(self) -> bool:
         """Every message has its report."""
         return self.reported >= len(self.messages)
+
+
+RefusalKey = tuple[str, bytes | None, bytes | None, bytes | None, bytes | None]
+REFUSALS_KEPT = 10_000  # exactly-once: refused messages remembered per worker
+
+
+def refusal_key(message: OutMessage) -> RefusalKey:
+    """What a refused message is remembered by: its topic, its record and what of it was
+    left out (a dead letter's smaller forms are other messages)."""
+    h = dict(message.headers)
+    return (message.topic, h.get("source.partition"), h.get("source.offset"), h.get(OMITTED_HEADER), h.get(KEY_HEADER))
 
 
 def _refused(err: KafkaError) -> bool:
@@ -100,8 +118,12 @@ class KafkaWriter:
         # records it covers would be read, and refused, again): what a topic can't take is
         # refused here, before it leaves, and re-routed like any refused message
         self._limits = dict(topic_limits) if topic_limits and transactional_id is not None else {}
+        # exactly-once: messages a topic refused inside a transaction (which then aborts),
+        # refused here when their records come again, so the outputs route them another way
+        self._refusals: dict[RefusalKey, KafkaError] = {}
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
+        self._prober: Producer | None = None
         self._sends = 0  # how many `send` calls so far
         self._timeout_s = settings.retry_deadline_seconds
 
@@ -127,10 +149,16 @@ class KafkaWriter:
         sending = Sending(messages, self._sends)
         produce, poll, report = self._producer.produce, self._producer.poll, sending.report
         limits = self._limits
+        refusals = self._refusals
         for i, m in enumerate(messages):
             if limits and self._too_large(m):
-                report(i, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+                sending.refuse(i, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
                 continue
+            if refusals:
+                known = refusals.get(refusal_key(m))
+                if known is not None:
+                    sending.refuse(i, known)
+                    continue
             on_delivery = partial(report, i)
             while True:
                 try:
@@ -142,7 +170,7 @@ class KafkaWriter:
                     err = exc.args[0]
                     if not _refused(err):
                         raise
-                    report(i, err, None)  # over message.max.bytes: refused before leaving
+                    sending.refuse(i, err)  # over message.max.bytes: refused before leaving
                     break
         return sending
 
@@ -174,21 +202,57 @@ class KafkaWriter:
                 # abort the round and read it again until RETRY_DEADLINE_SECONDS
                 raise failure
             raise self._retries.gave_up(failure)
+        if self.transactional:
+            sent = [i for i in refused if i not in sending.local]
+            if sent:  # the broker refused them: the transaction can only abort now
+                self._remember([(sending.messages[i], sending.errors[i]) for i in sent])
+            return refused
         # a refused batch fails every message in it: find the ones that fail on their own
         return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
+
+    def _remember(self, refused: Sequence[tuple[OutMessage, KafkaError]]) -> None:
+        """Exactly-once: remember what the broker refused in the transaction (not the
+        messages refused only for sharing a batch with them) and raise `RecordsRefused`."""
+        for message, err in refused:
+            if err.code() != KafkaError._INVALID_DIFFERENT_RECORD:
+                self._keep(message, err)
+        first_message, first = refused[0]
+        raise RecordsRefused(
+            f"{len(refused)} message(s) refused inside the transaction, first: {first_message.topic}: {first}",
+            first.code(),
+        )
 
     def send_alone(self, message: OutMessage, compressed: bool = False) -> KafkaError | None:
         """Produce one message in a batch of its own and wait for it: None when written,
         else why the topic refused it. `compressed` sends it through a zstd producer whose
-        own size limit is librdkafka's ceiling, so that the broker judges the compressed size."""
+        own size limit is librdkafka's ceiling, so that the broker judges the compressed size.
+
+        Exactly-once: a refusal would leave the transaction nothing but abort, so the message
+        is first tried on a probe producer of its own, in a transaction that always aborts;
+        only what the probe got through goes into the real transaction."""
         if compressed and self.transactional:
             # a second producer can't join the transaction: in exactly-once mode a dead letter
             # too large for the failure topic goes without headers or value instead
             return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
         if self._limits and self._too_large(message):
             return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+        known = self._refusals.get(refusal_key(message)) if self._refusals else None
+        if known is not None:
+            return known
+        if self.transactional:
+            refused = self._probe(message)
+            if refused is not None:
+                self._keep(message, refused)
+                return refused
         producer = self._compressed_producer() if compressed else self._producer
         self._producer.flush(self._timeout_s)  # nothing else rides in its batch
+        err = self._produce_alone(producer, message)
+        if err is not None and self.transactional:
+            self._remember([(message, err)])
+        return err
+
+    def _produce_alone(self, producer: Producer, message: OutMessage) -> KafkaError | None:
+        """Produce `message` on `producer` and wait for it: None, or why a topic refused it."""
         sending = Sending([message])
         try:
             producer.produce(
@@ -207,6 +271,33 @@ class KafkaWriter:
         if err is not None and not _refused(err):
             raise self._retries.gave_up(DeliveryFailed(f"message not delivered: {message.topic}: {err}", err.code()))
         return err
+
+    def _probe(self, message: OutMessage) -> KafkaError | None:
+        """Whether the topic takes `message`, asked in a transaction of the probe producer
+        that is then aborted (nothing of it is ever visible); after a refusal the probe
+        producer is replaced, so that its next transaction starts clean."""
+        if self._prober is None:
+            conf = {**self._conf, "transactional.id": f"{self._conf['transactional.id']}.probe"}
+            conf["client.id"] = f"{self._client_id}-probe"
+            self._prober = Producer(conf)
+            self._prober.init_transactions(self._timeout_s)
+        prober = self._prober
+        prober.begin_transaction()
+        try:
+            err = self._produce_alone(prober, message)
+        finally:
+            try:
+                prober.abort_transaction(self._timeout_s)
+            except KafkaException:
+                self._prober = None
+        if err is not None:
+            self._prober = None
+        return err
+
+    def _keep(self, message: OutMessage, err: KafkaError) -> None:
+        self._refusals[refusal_key(message)] = err
+        while len(self._refusals) > REFUSALS_KEPT:
+            del self._refusals[next(iter(self._refusals))]
 
     def _too_large(self, message: OutMessage) -> bool:
         limit = self._limits.get(message.topic)

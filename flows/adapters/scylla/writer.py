@@ -261,5 +261,9 @@ class HistoryOutput:
         self.writer.finish(self._rounds.popleft())
         return []
 
+    def discard(self) -> None:
+        """Forget the rounds not flushed (rows are idempotent upserts: written again later)."""
+        self._rounds.clear()
+
     def close(self) -> None:
         """The writer's session is closed with the worker's other clients."""
