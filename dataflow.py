@@ -73,8 +73,10 @@ if running:
 app = compose.build(settings, give_up=lifecycle.give_up if running else None)
 preflight = Preflight(settings)
 process_id = cluster_place(sys.argv[1:], os.environ).process_id if running else 0
-identity = f"{socket.gethostname()}-p{process_id}"
-set_identity(service="enrichment-dataflow", host=socket.gethostname(), process=process_id)
+# the pod's name in Kubernetes (its HOSTNAME), so two pods on one node never share an identity
+host = os.environ.get("HOSTNAME") or socket.gethostname()
+identity = f"{host}-p{process_id}"
+set_identity(service="enrichment-dataflow", host=host, process=process_id)
 source, sink = input_and_output(app, preflight, lifecycle, identity, recovery=recovery_dir is not None)
 
 flow = build_flow(

@@ -101,11 +101,13 @@ class Scenario:
         conf = {**self.settings.kafka_common(), "group.id": self.group, "isolation.level": "read_uncommitted"}
         consumer = Consumer(conf)
         try:
-            parts = [TopicPartition(self.topics.input, p) for p in range(self.topics.partitions)]
+            meta = consumer.list_topics(self.topics.input, timeout=10).topics[self.topics.input]
+            partitions = sorted(meta.partitions)  # partitions added at run time too
+            parts = [TopicPartition(self.topics.input, p) for p in partitions]
             committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
             return {
                 p: (committed.get(p, -1), consumer.get_watermark_offsets(TopicPartition(self.topics.input, p), 10)[1])
-                for p in range(self.topics.partitions)
+                for p in partitions
             }
         finally:
             consumer.close()
@@ -181,7 +183,8 @@ class Scenario:
 
     def account(self, cql: Session) -> Accounting:
         s = self.settings
-        inputs = {(m.partition(), m.offset()) for m in read_topic(s, self.topics.input, timeout=120)}
+        # the input as its readers see it: a transactional producer's aborted records are not in it
+        inputs = {(m.partition(), m.offset()) for m in read_topic(s, self.topics.input, 120, True)}
         committed = self.exactly_once
         outs = list(read_topic(s, self.topics.output, 120, committed)) + list(
             read_topic(s, self.topics.failure, 120, committed)
@@ -223,6 +226,7 @@ class SteadyProducer(threading.Thread):
                 "acks": "all",
                 "linger.ms": 5,
                 "message.timeout.ms": 120000,
+                "topic.metadata.refresh.interval.ms": 2000,  # partitions added mid-stream get records
             }
         )
         failures: list[str] = []

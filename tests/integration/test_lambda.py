@@ -8,7 +8,6 @@ give the same messages and history rows.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import random
@@ -21,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from cassandra.cluster import Session
-from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, Message
+from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from flows.adapters.scylla.session import TABLE
@@ -31,6 +30,7 @@ from flows.runtime.awslambda import handler as lambda_handler
 from tools import provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
+from .esm import aws_event
 from .flowrun import Topics, run_dataflow
 
 N_CUSTOMERS = 40
@@ -138,37 +138,6 @@ def produce(topics: Topics, records: list[sample.SampleRecord]) -> list[Message]
     messages = sorted(read_topic(settings, topics.input), key=lambda m: (m.partition(), m.offset()))
     assert len(messages) == len(records)
     return messages
-
-
-def aws_event(messages: list[Message], source: str) -> dict[str, Any]:
-    """The event source mapping's event for these records. Null keys and values are left out
-    in MSK events and given as null in self-managed ones, so the parser sees both forms;
-    header bytes are signed, as Lambda's Java poller sends them."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for m in messages:
-        ts_type, ts = m.timestamp()
-        rec: dict[str, Any] = {
-            "topic": m.topic(),
-            "partition": m.partition(),
-            "offset": m.offset(),
-            "timestamp": ts,
-            "timestampType": {TIMESTAMP_CREATE_TIME: "CREATE_TIME", TIMESTAMP_LOG_APPEND_TIME: "LOG_APPEND_TIME"}.get(
-                ts_type, "NO_TIMESTAMP_TYPE"
-            ),
-            "headers": [
-                {k: None if v is None else [b - 256 if b > 127 else b for b in v]} for k, v in m.headers() or []
-            ],
-        }
-        for name, raw in (("key", m.key()), ("value", m.value())):
-            if raw is not None:
-                rec[name] = base64.b64encode(raw).decode()
-            elif source == "aws:SelfManagedKafka":
-                rec[name] = None
-        groups.setdefault(f"{m.topic()}-{m.partition()}", []).append(rec)
-    event: dict[str, Any] = {"eventSource": source, "bootstrapServers": "127.0.0.1:9092", "records": groups}
-    if source == "aws:kafka":
-        event["eventSourceArn"] = "arn:aws:kafka:eu-west-1:123456789012:cluster/local/0000"
-    return event
 
 
 class Context:
