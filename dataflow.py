@@ -17,6 +17,7 @@ import sys
 
 from flows.app import compose
 from flows.errors import ConfigurationError, SettingsError
+from flows.pause import PauseWatch
 from flows.runtime.bytewax.flow import build_flow
 from flows.runtime.bytewax.lifecycle import Lifecycle
 from flows.runtime.bytewax.modes import input_and_output
@@ -70,8 +71,10 @@ if running:
     lifecycle.install_signal_handlers(settings.shutdown_timeout_seconds)
     atexit.register(lifecycle.mark_done)
 
-app = compose.build(settings, give_up=lifecycle.give_up if running else None)
-preflight = Preflight(settings)
+# exactly-once: a process paused past the group's session timeout may be a zombie (flows/pause.py)
+pauses = PauseWatch(settings.kafka_session_timeout_ms / 2000).start() if running and settings.exactly_once else None
+app = compose.build(settings, give_up=lifecycle.give_up if running else None, pauses=pauses)
+preflight = Preflight(settings, on_start=lifecycle.started.set)
 process_id = cluster_place(sys.argv[1:], os.environ).process_id if running else 0
 # the pod's name in Kubernetes (its HOSTNAME), so two pods on one node never share an identity
 host = os.environ.get("HOSTNAME") or socket.gethostname()

@@ -27,6 +27,7 @@ from flows.core.enrich import Enricher, Lookup, Resolver
 from flows.core.model import Code, Decoded, Failure, Outcome, SourceRecord
 from flows.core.outcome import internal_error
 from flows.core.sizes import TopicLimits
+from flows.pause import PauseWatch
 from flows.retry import GiveUp, Retries
 from flows.settings import Settings
 from flows.telemetry.failurelog import FailureLog
@@ -46,6 +47,7 @@ class App:
     fallbacks: FailureLog = field(
         default_factory=lambda: FailureLog(first="delivery fallback", summary="delivery fallbacks")
     )
+    pauses: PauseWatch | None = None  # exactly-once: pauses of the process (a zombie must not write)
     _listener: ChangeListener | None = field(default=None, init=False, repr=False)
     _listener_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -78,7 +80,9 @@ class App:
         s = self.settings
 
         def history(shared: Shared) -> HistoryWriter:
-            return shared.get("cql", lambda: HistoryWriter(s, self.retries, self.metrics), HistoryWriter.close)
+            return shared.get(
+                "cql", lambda: HistoryWriter(s, self.retries, self.metrics, self.pauses), HistoryWriter.close
+            )
 
         def kafka(shared: Shared) -> KafkaWriter:
             return self.kafka(shared, limits, client)
@@ -153,7 +157,9 @@ class App:
             assert reader is not None, "exactly-once needs the worker's group reader"
 
             def keeper(shared: Shared) -> Progress:
-                return Transactions(s, self.kafka(shared, limits, client), reader, self.retries, self.metrics)
+                return Transactions(
+                    s, self.kafka(shared, limits, client), reader, self.retries, self.metrics, pauses=self.pauses
+                )
         elif progress:
 
             def keeper(shared: Shared) -> Progress:
@@ -206,7 +212,13 @@ def decode_batch(records: Sequence[SourceRecord], max_bytes: int) -> list[Decode
     return out
 
 
-def build(settings: Settings, give_up: GiveUp | None = None, registry: CollectorRegistry | None = REGISTRY) -> App:
-    """The process's App: its metrics (in `registry`), its retry policy and log aggregation."""
+def build(
+    settings: Settings,
+    give_up: GiveUp | None = None,
+    registry: CollectorRegistry | None = REGISTRY,
+    pauses: PauseWatch | None = None,
+) -> App:
+    """The process's App: its metrics (in `registry`), its retry policy and log aggregation;
+    `pauses`: exactly-once's watch for pauses of the process."""
     metrics = Metrics(registry)
-    return App(settings, metrics, Retries(settings.retry_deadline_seconds, give_up, observer=metrics))
+    return App(settings, metrics, Retries(settings.retry_deadline_seconds, give_up, observer=metrics), pauses=pauses)

@@ -106,8 +106,17 @@ class Shared:
             self._closers.append(lambda: close(client))
         return self._built[name]  # type: ignore[no-any-return]
 
-    def close(self) -> None:
-        """Close every client, best effort."""
+    def close(self, abandon: bool = False) -> None:
+        """Close every client, best effort; `abandon`: what a client still holds is dropped,
+        not delivered (its `abandon`, when it has one, runs first)."""
+        if abandon:
+            for client in self._built.values():
+                drop = getattr(client, "abandon", None)
+                if drop is not None:
+                    try:
+                        drop()
+                    except Exception:  # noqa: BLE001 - closing is best effort
+                        log.exception("dropping what a client held failed")
         closers, self._closers = self._closers, []
         for closer in reversed(closers):
             try:
@@ -298,4 +307,4 @@ class Delivery:
                 writer.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.exception("closing an output failed")
-        self.shared.close()
+        self.shared.close(abandon=self.broken)

@@ -143,17 +143,21 @@ class Pod:
             proc.send_signal(sig)
             return True
 
-    def terminate(self, timeout: float = 90) -> int | None:
-        """Stop restarting; SIGTERM the process (SIGKILL after `timeout`, as Kubernetes does
-        after the grace period); its exit status."""
+    def stop(self) -> None:
+        """Stop restarting and SIGTERM the process (a thawed one, if it was frozen)."""
         self._stopping.set()
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+
+    def terminate(self, timeout: float = 90) -> int | None:
+        """`stop`, then wait for the exit (SIGKILL after `timeout`, as Kubernetes does after
+        the grace period); its exit status."""
+        self.stop()
         with self._lock:
             proc = self.proc
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -547,6 +551,8 @@ def run_cell(cell: Cell, tmp: Path, cql: Session) -> Result:
         assert error is None, error
         settle(run)
     finally:
+        for pod in run.pods:  # all at once, as Kubernetes deletes the pods of a workload
+            pod.stop()
         rcs = {pod.name: pod.terminate() for pod in run.pods}
         if cell.fault in ("cassandra", "postgres", "kafka"):
             for server in ("cassandra", "postgres", "kafka"):

@@ -298,3 +298,38 @@ def test_rerouted_outcomes_wait_for_the_rounds_in_flight_and_go_out_alone() -> N
         "flush dlq",
     ]
     assert delivery.in_flight == 0 and history.items[-1] is moved and dlq.items == [moved]
+
+
+class Client:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def abandon(self) -> None:
+        self.log.append("abandon client")
+
+    def close(self) -> None:
+        self.log.append("close client")
+
+
+def test_the_lambda_renews_its_outputs_closing_the_old_clients_without_delivering() -> None:
+    """After a failed batch the Lambda takes fresh outputs; the old ones' producer and CQL
+    cluster are closed, dropping what they held (not left open, one pair per failure)."""
+    from flows.runtime.awslambda.clients import Clients
+
+    log: list[str] = []
+    built: list[Delivery] = []
+
+    def delivery(*_: object, **__: object) -> Delivery:
+        outputs = [
+            Output("out", everything, lambda sh: Recorder(sh.get("kafka", lambda: Client(log), Client.close), log))
+        ]
+        built.append(Delivery.build(outputs))
+        return built[-1]
+
+    app = type("App", (), {"delivery": staticmethod(delivery)})()
+    clients = Clients(app, None, None, delivery())  # type: ignore[arg-type]
+    clients.renew_delivery()
+    assert clients.delivery is built[1]
+    assert [e for e in log if e.endswith(" client")] == ["abandon client", "close client"], (
+        "the old client dropped what it held, then closed"
+    )

@@ -371,3 +371,33 @@ def test_a_drained_partition_offers_its_position_once_every_record_read_is_cover
     assert reader.skippable(1, None) == 3, "nothing read, only markers"
     assert reader.skippable(1, 3) is None, "nothing past what is committed"
     assert not reader.done, "without STOP_AT_END the input never ends"
+
+
+def test_a_pause_of_the_process_is_noticed_once() -> None:
+    from flows.pause import PauseWatch
+
+    clock = FakeClock(100.0)
+    watch = PauseWatch(3.0, clock=clock)
+    clock.now += 1
+    watch.tick()
+    assert watch.paused_since(100.0) is None, "a tick a second apart is no pause"
+    clock.now += 9  # SIGSTOP: nothing ticked for 9 s
+    assert watch.paused_since(100.0) == 9
+    assert watch.paused_since(clock.now) is None, "asked again from now: nothing new"
+
+
+def test_after_a_pause_a_member_writes_nothing_it_read_before() -> None:
+    """A zombie: paused past its session timeout, its partitions may be another member's;
+    its next batch is dropped (no message, no history row), its transaction aborted and its
+    partitions read again from the committed offsets (or lost at the next rebalance)."""
+    from flows.pause import PauseWatch
+
+    rig = Rig()
+    watch = PauseWatch(3.0, clock=rig.clock)
+    rig.tx = Transactions(SETTINGS, rig.writer, rig.reader, rig.retries, clock=rig.clock, pauses=watch)  # type: ignore[arg-type]
+    rig.log.clear()
+    rig.round(out(0, 5))
+    rig.clock.now += 10  # frozen
+    assert rig.tx.admit([out(0, 6)]) == []
+    assert rig.log[-2:] == ["abort", "rewind []"]
+    assert rig.tx.admit([out(0, 6, epoch=2)]), "after the rewind, records read again are written"

@@ -33,6 +33,7 @@ from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import Outcome
 from flows.errors import DeliveryFailed, DependencyUnavailable, RecordsRefused, RoundAborted
+from flows.pause import PauseWatch
 from flows.retry import Kind, Retries
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
@@ -96,6 +97,7 @@ class Transactions:
         retries: Retries,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pauses: PauseWatch | None = None,
     ) -> None:
         self._topic = settings.input_topic
         self._interval_s = settings.commit_interval_ms / 1000
@@ -106,6 +108,8 @@ class Transactions:
         self._retries = retries
         self._metrics = metrics
         self._clock = clock
+        self._pauses = pauses
+        self._seen = pauses.now() if pauses is not None else 0.0
         self._open = False
         self._in_round = False  # a round is being written into the open transaction
         self._in_call = False  # a transactional call is under way (its own retries)
@@ -118,7 +122,20 @@ class Transactions:
         self._call("init_transactions", self._writer.producer.init_transactions)
 
     def admit(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """The outcomes of records this member still owns under their current epoch."""
+        """The outcomes of records this member still owns under their current epoch; none
+        after the process was paused (it may be a zombie now: its partitions another
+        member's, so nothing it read before may be written, not even a history row)."""
+        if self._pauses is not None:
+            paused = self._pauses.paused_since(self._seen)
+            self._seen = self._pauses.now()
+            if paused is not None:
+                log.warning(
+                    "this process was paused; it may no longer own its partitions: what it read before is dropped, "
+                    "its open transaction aborted, and its partitions read again from the committed offsets",
+                    extra={"fields": {"paused_s": round(paused, 1), "dropped": len(outcomes)}},
+                )
+                self.abort()
+                return []
         current = self._reader.current
         kept = [r for r in outcomes if current(r.record.partition, r.record.epoch)]
         if len(kept) < len(outcomes):

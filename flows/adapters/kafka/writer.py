@@ -68,6 +68,10 @@ def refusal_key(message: OutMessage) -> RefusalKey:
     return (message.topic, h.get("source.partition"), h.get("source.offset"), h.get(OMITTED_HEADER), h.get(KEY_HEADER))
 
 
+# what librdkafka reports for messages it dropped from a transaction that failed
+PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+
 def _refused(err: KafkaError) -> bool:
     return err.code() in RECORD_REFUSALS
 
@@ -188,24 +192,28 @@ class KafkaWriter:
         refused = sorted(sending.errors)
         if not refused:
             return []
-        others = [(i, sending.errors[i]) for i in refused if not _refused(sending.errors[i])]
+        errors = sending.errors
+        if self.transactional:
+            sent = [i for i in refused if i not in sending.local and _refused(errors[i])]
+            if sent:  # the broker refused them: the transaction can only abort now (and
+                # librdkafka purges what was queued behind them)
+                self._remember([(sending.messages[i], errors[i]) for i in sent])
+        others = [(i, errors[i]) for i in refused if not _refused(errors[i])]
         if others:
             first = others[0][1]
             failure = DeliveryFailed(
                 f"{len(others)} of {len(sending.messages)} message(s) not delivered, first: "
                 f"{sending.messages[others[0][0]].topic}: {first}",
                 first.code(),
-                retriable=all(error_kind(err) is Kind.RETRIABLE for _, err in others),
+                retriable=all(error_kind(err) is Kind.RETRIABLE or err.code() in PURGED for _, err in others),
             )
             if self.transactional and failure.retriable:
-                # the messages' timeout is bounded by the transaction's: the transactions
-                # abort the round and read it again until RETRY_DEADLINE_SECONDS
+                # the messages' timeout is bounded by the transaction's, and a transaction
+                # that failed purges what it queued: the transactions abort the round and
+                # read it again, until RETRY_DEADLINE_SECONDS
                 raise failure
             raise self._retries.gave_up(failure)
         if self.transactional:
-            sent = [i for i in refused if i not in sending.local]
-            if sent:  # the broker refused them: the transaction can only abort now
-                self._remember([(sending.messages[i], sending.errors[i]) for i in sent])
             return refused
         # a refused batch fails every message in it: find the ones that fail on their own
         return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
@@ -332,6 +340,15 @@ class KafkaWriter:
                         f"acknowledged after {self._timeout_s:.0f}s"
                     )
                 )
+
+    def abandon(self) -> None:
+        """Drop what the producers still hold (after a failed write: nothing of it may count
+        later); `close` then returns at once."""
+        for producer in (self._producer, self._compressed):
+            if producer is not None:
+                producer.purge(in_queue=True, in_flight=True, blocking=False)
+                producer.flush(0)
+        self._timeout_s = 0.0
 
     def close(self) -> None:
         """Deliver what is queued (up to the deadline) and let the producers go."""

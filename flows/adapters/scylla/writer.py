@@ -28,6 +28,8 @@ from flows.adapters.scylla.codec import can_encode, encode_row
 from flows.adapters.scylla.errors import classify
 from flows.adapters.scylla.session import COLUMNS, connect, ensure_schema, insert_cql
 from flows.core.model import HistoryRow, Outcome
+from flows.errors import RoundAborted
+from flows.pause import PauseWatch
 from flows.retry import Kind, Retries
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
@@ -41,8 +43,11 @@ class _Round:
     returns each one's error (None: acknowledged). Sending is a loop, not a recursion, so
     requests failing inline (no host available) don't deepen the stack."""
 
-    def __init__(self, session: Session, statements: Sequence[Any], limit: int) -> None:
+    def __init__(
+        self, session: Session, statements: Sequence[Any], limit: int, halted: Callable[[], bool] | None = None
+    ) -> None:
         self._session = session
+        self._halted = halted  # checked before each request: sending stops once it says so
         self._statements = statements
         self.errors: list[BaseException | None] = [None] * len(statements)
         self._limit = limit
@@ -68,6 +73,9 @@ class _Round:
                 idx = self._next
                 self._next += 1
                 self._in_flight += 1
+            if self._halted is not None and self._halted():
+                self._failed(Paused("the process was paused: the round's remaining rows are not sent"), idx)
+                continue
             try:
                 future = self._session.execute_async(self._statements[idx])
                 future.add_callbacks(self._acknowledged, self._failed, callback_args=(idx,), errback_args=(idx,))
@@ -96,6 +104,10 @@ class _Round:
         return self.errors
 
 
+class Paused(Exception):
+    """A row not sent: the process was paused while its round was being written."""
+
+
 class _Pending:
     """A round of rows being written."""
 
@@ -113,8 +125,15 @@ class _Pending:
 class HistoryWriter:
     """Writes rows with bounded concurrency; returns when all are acknowledged."""
 
-    def __init__(self, settings: Settings, retries: Retries | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        retries: Retries | None = None,
+        metrics: Metrics | None = None,
+        pauses: PauseWatch | None = None,
+    ) -> None:
         self.settings = settings
+        self._pauses = pauses  # exactly-once: a round stops sending when the process was paused
         self.concurrency = settings.history_concurrency
         self._retries = retries or Retries(settings.retry_deadline_seconds)
         self._metrics = metrics
@@ -182,13 +201,26 @@ class HistoryWriter:
     def start(self, rows: Sequence[HistoryRow]) -> _Pending:
         """Send the rows' writes (returns before they are acknowledged)."""
         batches = self._batches([msgspec.structs.astuple(r) for r in rows])
-        sent = _Round(self.session, [self._statement(b) for b in batches], self.concurrency)
+        halted = None
+        pauses = self._pauses
+        if pauses is not None:
+            begun = pauses.now()
+
+            def halted() -> bool:
+                return pauses.paused_since(begun) is not None
+
+        sent = _Round(self.session, [self._statement(b) for b in batches], self.concurrency, halted)
         return _Pending(batches, sent)
 
     def finish(self, pending: _Pending) -> None:
         """Return when every row of the round is acknowledged: the writes that failed are
         sent again under the retry policy, rows refused for what they hold one by one."""
-        failed = [b for b, err in zip(pending.batches, pending.sent.wait(), strict=True) if err is not None]
+        errors = pending.sent.wait()
+        if any(isinstance(err, Paused) for err in errors):
+            # exactly-once: this process may be a zombie now; the round's records are read
+            # again by whoever owns their partitions (rows already written are rewritten)
+            raise RoundAborted("the process was paused while writing history rows")
+        failed = [b for b, err in zip(pending.batches, errors, strict=True) if err is not None]
         if failed:
             statements = [(self._statement(b), None) for b in failed]
             try:

@@ -69,7 +69,11 @@ class Clients:
     def renew_delivery(self) -> None:
         """Fresh outputs after a failed write: the old producer may still hold messages of
         the failed batch, whose late acknowledgements must not count for the next batch.
-        They are dropped with it; Lambda retries the whole batch."""
+        They are dropped (the old outputs closed without delivering: the producer purged,
+        the CQL cluster shut down); Lambda retries the whole batch."""
+        old = self.delivery
+        old.broken = True
+        _best_effort(old.close)
         self.delivery = self.app.delivery(self.limits, CLIENT_NAME, progress=False)
 
     def close(self) -> None:

@@ -7,6 +7,13 @@
   it at once (recovery then resumes from the last snapshot).
 - Giving up: a dependency unavailable past `RETRY_DEADLINE_SECONDS` logs one line and exits
   with status 3, so an orchestrator restarts the process and recovery resumes.
+- Before the flow starts: a process of a cluster first waits for its peers to connect, in
+  Bytewax's Rust code, where Python's signal handlers do not run; a signal then still ends
+  it at once (status 0: nothing was read), through a wakeup file descriptor watched by a
+  thread of its own.
+- A peer gone: when another process of the cluster dies, Bytewax's communication thread
+  panics and the others end with a PyO3 `PanicException`; that is said in one line, not a
+  traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import os
 import signal
 import sys
 import threading
-from types import FrameType
+from collections.abc import Callable
+from types import FrameType, TracebackType
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.stopping = threading.Event()
+        self.started = threading.Event()  # a worker began building the flow: the cluster is connected
         self._done = threading.Event()
 
     def install_signal_handlers(self, timeout_s: float) -> None:
@@ -43,6 +52,8 @@ class Lifecycle:
         thread (dataflow.py does it at import, before Bytewax starts)."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._watch_signals_before_start()
+        sys.excepthook = _peer_gone_hook(sys.excepthook)
 
         def watchdog() -> None:
             self.stopping.wait()
@@ -52,6 +63,33 @@ class Lifecycle:
                 os._exit(1)
 
         threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()
+
+    def _watch_signals_before_start(self) -> None:
+        """Python runs its signal handlers only when the main thread runs Python code; while
+        the cluster connects it does not. The C handler also writes the signal's number to
+        a wakeup descriptor, which a thread reads: a stop signal before the flow started
+        ends the process here."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+        def watch() -> None:
+            while True:
+                data = os.read(read_fd, 16)
+                if not data:
+                    return
+                if self.started.is_set():
+                    return  # from here on the handlers run (the main thread checks for signals)
+                for signum in data:
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        log.info(
+                            "%s received before the flow started (waiting for the cluster's processes): exiting",
+                            signal.Signals(signum).name,
+                        )
+                        _flush_logs()
+                        os._exit(0)
+
+        threading.Thread(target=watch, name="signals-before-start", daemon=True).start()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -77,3 +115,22 @@ class Lifecycle:
         )
         _flush_logs()
         os._exit(EXIT_DEPENDENCY_UNAVAILABLE)
+
+
+def _peer_gone_hook(default: Callable[..., object]) -> Callable[..., object]:
+    """`sys.excepthook` saying in one line that the cluster broke (a peer process gone)
+    instead of PyO3's `PanicException` traceback; any other exception as before."""
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> object:
+        if kind.__name__ != "PanicException":
+            return default(kind, exc, tb)
+        log.error(
+            "the Bytewax cluster stopped: another process of it is gone or unreachable (when one process of a "
+            "cluster exits, the others exit too; the orchestrator restarts them and they resume): %s",
+            str(exc)[:300],
+            extra={"fields": {"exit_status": 1}},
+        )
+        _flush_logs()
+        return None
+
+    return hook

@@ -37,14 +37,22 @@ def checked(settings: Settings, exit: Callable[[int], None] = os._exit) -> Check
 class Preflight:
     """`checked`, once per process."""
 
-    def __init__(self, settings: Settings, run: Callable[[Settings], Checked] = checked) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        run: Callable[[Settings], Checked] = checked,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._run = run
+        self._on_start = on_start  # told when a worker first asks: the cluster is connected
         self._lock = threading.Lock()
         self._answer: Checked | None = None
 
     def result(self) -> Checked:
         """The checks' answer (running them on the first call)."""
+        if self._on_start is not None:
+            self._on_start()
         with self._lock:
             if self._answer is None:
                 self._answer = self._run(self._settings)
