@@ -30,11 +30,14 @@ status: $(STAMP) ## show each server, its address, pid and whether it answers
 wipe: $(STAMP) ## delete all local stack data (stack must be down)
 	$(PY) stack/stack.py wipe
 
-test: up lint ## lint, then unit and integration tests against the real local stack
-	$(PY) -m pytest
+test: up lint ## lint, then unit and integration tests against the real local stack (the fault matrix's fast slice)
+	$(PY) -m pytest -m "not resilience"
 
-test-resilience: up ## the fault-injection tests, larger: make test-resilience RECORDS=200000
-	RESILIENCE_RECORDS=$(or $(RECORDS),200000) $(PY) -m pytest -s tests/integration/test_resilience.py
+MATRIX_REPORT ?= matrix-report.jsonl
+test-resilience: up ## the whole fault matrix and the long fault-injection tests (about 90 minutes); figures in matrix-report.jsonl
+	rm -f $(MATRIX_REPORT)
+	MATRIX_REPORT=$(abspath $(MATRIX_REPORT)) RESILIENCE_RECORDS=$(or $(RECORDS),40000) $(PY) -m pytest -s -m "resilience or integration" tests/integration/test_matrix.py tests/integration/test_resilience.py tests/integration/test_exactly_once.py tests/integration/test_shapes.py
+	$(PY) -m tests.integration.matrix $(MATRIX_REPORT)
 
 test-hostile: up ## the hostile-input campaign, large: make test-hostile EXAMPLES=5000 (about 50,000 records)
 	HOSTILE_EXAMPLES=$(or $(EXAMPLES),5000) $(PY) -m pytest -s -W ignore tests/integration/test_hostile.py

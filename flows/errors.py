@@ -40,7 +40,10 @@ class DeliveryFailed(DependencyError):
 class RecordsRefused(DeliveryFailed):
     """Exactly-once: a topic refused messages inside the open transaction, which can then only
     abort; the writer remembers them, so that when their records are read again the outputs
-    deliver them another way (as at-least-once does: a dead letter, or a smaller one)."""
+    deliver them another way (as at-least-once does: a dead letter, or a smaller one).
+    `sizes`: some were refused for size (the topics' limits must be read again)."""
+
+    sizes = False
 
 
 class RoundAborted(EnrichmentError):

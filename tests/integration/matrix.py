@@ -519,6 +519,7 @@ class Result:
             "lost": a.lost,
             "duplicates": a.duplicates,
             "history_missing": a.history_missing,
+            "history_stale": a.history_stale,
             "lag": self.lag,
             "exits": self.exits,
             "seconds": round(self.seconds),
@@ -592,6 +593,7 @@ def check(run: Run, result: Result, rcs: dict[str, int | None]) -> None:
     assert acc.inputs == sum(run.expected.values()), where
     assert acc.lost == 0 and acc.distinct == acc.inputs, where
     assert acc.history_missing == 0, where
+    assert acc.history_stale == 0, f"history rows overwritten by a processing whose output is not there: {where}"
     assert result.lag == 0, where
     if cell.exactly_once:
         assert acc.duplicates == 0, where
@@ -610,3 +612,24 @@ def check(run: Run, result: Result, rcs: dict[str, int | None]) -> None:
         assert {k: v for k, v in acc.codes.items() if k != "payload_too_large"} == expected, where
     else:
         assert acc.codes == expected, where
+
+
+def table(report: Path) -> str:
+    """The report's cells as a Markdown table (docs/operations.md, the closing notes)."""
+    rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+    out = [
+        "| shape | fault | guarantee | inputs | lost | duplicates | stale rows | lag | exit statuses | s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        cell = next(c for c in CELLS if str(c) == r["cell"])
+        exits = "; ".join(f"{name}: {' '.join(str(x) for x in codes)}" for name, codes in r["exits"].items())
+        out.append(
+            f"| {cell.shape} | {cell.fault} | {cell.guarantee} | {r['inputs']} | {r['lost']} | {r['duplicates']} "
+            f"| {r.get('history_stale', 0)} | {r['lag']} | {exits} | {r['seconds']} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1])))

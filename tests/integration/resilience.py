@@ -3,6 +3,8 @@ directory, a steady background producer, stack control, and the accounting check
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import random
 import signal
@@ -46,12 +48,16 @@ class Accounting:
     history_rows: int
     history_missing: int
     codes: Counter[str] = field(default_factory=Counter)
+    # rows that are not the processing of any message of their record in the outputs (their
+    # processed_at is no message's enriched_at / failed_at): a late writer overwrote them
+    history_stale: int = 0
 
     def report(self, name: str) -> str:
         return (
             f"[{name}] inputs={self.inputs} outputs={self.outputs} distinct={self.distinct} "
             f"duplicates={self.duplicates} lost={self.lost} history_rows={self.history_rows} "
-            f"history_missing={self.history_missing} failed_by_code={dict(self.codes)}"
+            f"history_missing={self.history_missing} history_stale={self.history_stale} "
+            f"failed_by_code={dict(self.codes)}"
         )
 
 
@@ -170,7 +176,7 @@ class Scenario:
             try:
                 return list(
                     cql.execute(
-                        f"SELECT source_partition, source_offset FROM {self.topics.keyspace}.{TABLE} "
+                        f"SELECT source_partition, source_offset, processed_at FROM {self.topics.keyspace}.{TABLE} "
                         f"WHERE source_topic = %s ALLOW FILTERING",
                         (self.topics.input,),
                         timeout=120,
@@ -195,6 +201,16 @@ class Scenario:
         # by distinct input offset: a duplicate after a crash is not a second failure
         code_of = {(header(m, "source.partition"), header(m, "source.offset")): header(m, "error.code") for m in outs}
         codes = Counter(c for c in code_of.values() if c)
+        times: dict[tuple[int, int], set[str]] = {}
+        for m in outs:
+            at = (int(header(m, "source.partition") or -1), int(header(m, "source.offset") or -1))
+            times.setdefault(at, set()).add(processed_at(m))
+        stale = sum(
+            1
+            for r in rows
+            if (r.source_partition, r.source_offset) in times
+            and rfc3339(r.processed_at) not in times[(r.source_partition, r.source_offset)]
+        )
         return Accounting(
             inputs=len(inputs),
             outputs=len(outs),
@@ -204,7 +220,22 @@ class Scenario:
             history_rows=len(history & inputs),
             history_missing=len(inputs - history),
             codes=codes,
+            history_stale=stale,
         )
+
+
+def processed_at(m: Any) -> str:
+    """When the message's processing happened: a dead letter's `failed_at`, an enriched
+    message's `enriched_at` (the same instant as its history row's `processed_at`)."""
+    failed = header(m, "failed_at")
+    if failed is not None:
+        return failed
+    return str(json.loads(m.value())["enriched_at"])
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """A history row's timestamp as the messages write theirs (UTC, milliseconds)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class SteadyProducer(threading.Thread):

@@ -38,6 +38,7 @@ def exactly_once(sc: Scenario, acc: Accounting) -> None:
     assert acc.codes == {k: v for k, v in sc.expected.items() if k != "enriched"}
 
 
+@pytest.mark.resilience  # the fault matrix runs the same in make test
 def test_crash_loop_exactly_once(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, exactly_once=True)
     acc = crash_loop(sc, cql, N_CRASH, CRASH_RATE, seed=7, pause=(1.0, 3.0), label="exactly-once crash loop")
@@ -95,6 +96,7 @@ def test_sigkill_inside_a_commit(moment: str, tmp_path: Path, cql: Session) -> N
     exactly_once(sc, acc)
 
 
+@pytest.mark.resilience  # the fault matrix runs the same in make test
 def test_broker_restart_mid_stream(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, exactly_once=True, RETRY_DEADLINE_SECONDS="120")
     records = sc.records(10000, seed=31)
@@ -121,6 +123,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, cql: Session) -> None:
     exactly_once(sc, acc)
 
 
+@pytest.mark.resilience  # the fault matrix runs the same in make test
 def test_a_zombie_can_not_commit(tmp_path: Path, cql: Session) -> None:
     """A member frozen past its session timeout (SIGSTOP) loses its partitions to a second
     process; thawed, it still holds an open transaction and records it read: nothing of it

@@ -24,6 +24,7 @@ N_CRASH = int(os.environ.get("RESILIENCE_RECORDS", "40000"))
 CRASH_RATE = max(1000.0, N_CRASH / 40)
 
 
+@pytest.mark.resilience  # the fault matrix runs the same in make test
 def test_crash_loop_loses_nothing(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4)
     # each kill 1.5-3 s into the run's output: past at least one snapshot (every second),
@@ -34,6 +35,7 @@ def test_crash_loop_loses_nothing(tmp_path: Path, cql: Session) -> None:
     assert acc.codes == {k: v for k, v in sc.expected.items() if k != "enriched"}
 
 
+@pytest.mark.resilience  # the fault matrix runs the same in make test
 @pytest.mark.parametrize("server", ["postgres", "cassandra", "kafka"])
 def test_dependency_outage_loses_nothing_and_dead_letters_nothing(server: str, tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, RETRY_DEADLINE_SECONDS="120")

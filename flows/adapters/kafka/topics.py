@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -76,6 +76,19 @@ def check_kafka(settings: Settings, topics: Iterable[str], client: Mapping[str, 
             raise PreflightError(f"Kafka topic '{topic}' does not exist on {settings.kafka_bootstrap_servers}")
         counts[topic] = len(meta.partitions)
     return counts
+
+
+def max_message_bytes(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+    """Each topic's `max.message.bytes` as the broker has it now (the flow's own view at run
+    time, after a limit was changed under it)."""
+    admin = _admin(settings)
+    futures = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=settings.startup_timeout_seconds
+    )
+    return {
+        r.name: int(f.result(timeout=settings.startup_timeout_seconds + 5)["max.message.bytes"].value)
+        for r, f in futures.items()
+    }
 
 
 def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, TopicSize]:

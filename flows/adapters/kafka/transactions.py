@@ -176,6 +176,8 @@ class Transactions:
                 extra={"fields": {"error": str(exc)[:300]}},
             )
             self.abort()
+            if exc.sizes:
+                self._writer.learn_limits()
             self._fresh_producer()
             return True
         if not (isinstance(exc, DeliveryFailed) and exc.retriable):

@@ -9,6 +9,7 @@ nothing is lost silently. (Bytewax's KafkaSink drops failed deliveries silently.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -18,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from flows.adapters.kafka.config import producer_config
 from flows.adapters.kafka.errors import RECORD_REFUSALS, error_kind
+from flows.adapters.kafka.topics import max_message_bytes
 from flows.core.model import OutMessage
 from flows.core.outcome import KEY_HEADER, OMITTED_HEADER
 from flows.core.sizes import record_size
@@ -25,6 +27,7 @@ from flows.errors import DeliveryFailed, RecordsRefused
 from flows.retry import Kind, Retries
 from flows.settings import Settings
 
+log = logging.getLogger(__name__)
 LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.bytes
 
 
@@ -68,6 +71,8 @@ def refusal_key(message: OutMessage) -> RefusalKey:
     return (message.topic, h.get("source.partition"), h.get("source.offset"), h.get(OMITTED_HEADER), h.get(KEY_HEADER))
 
 
+# refused for size: the broker judges a batch, so every message in it is refused
+SIZE_REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 # what librdkafka reports for messages it dropped from a transaction that failed
 PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
@@ -172,6 +177,13 @@ class KafkaWriter:
                     poll(0.05)
                 except KafkaException as exc:
                     err = exc.args[0]
+                    if self.transactional and err.code() == KafkaError._STATE:
+                        # the transaction already failed (a message before this one was
+                        # refused): the rest is not sent; `wait` collects why, and the
+                        # transactions abort the round
+                        for j in range(i, len(messages)):
+                            report(j, KafkaError(KafkaError._PURGE_QUEUE), None)
+                        return sending
                     if not _refused(err):
                         raise
                     sending.refuse(i, err)  # over message.max.bytes: refused before leaving
@@ -219,16 +231,40 @@ class KafkaWriter:
         return [i for i in refused if self.send_alone(sending.messages[i]) is not None]
 
     def _remember(self, refused: Sequence[tuple[OutMessage, KafkaError]]) -> None:
-        """Exactly-once: remember what the broker refused in the transaction (not the
-        messages refused only for sharing a batch with them) and raise `RecordsRefused`."""
+        """Exactly-once: remember what the broker refused in the transaction and raise
+        `RecordsRefused`. Not the messages refused only for sharing a batch with an invalid
+        one; nor those refused for size, which the broker judges by the batch: the topics'
+        limits are read again instead (`learn_limits`), so that each message too large
+        alone is refused here and batches stay within the limits."""
+        sizes = False
         for message, err in refused:
-            if err.code() != KafkaError._INVALID_DIFFERENT_RECORD:
+            if err.code() in SIZE_REFUSALS:
+                sizes = True
+            elif err.code() != KafkaError._INVALID_DIFFERENT_RECORD:
                 self._keep(message, err)
         first_message, first = refused[0]
-        raise RecordsRefused(
+        failure = RecordsRefused(
             f"{len(refused)} message(s) refused inside the transaction, first: {first_message.topic}: {first}",
             first.code(),
         )
+        failure.sizes = sizes
+        raise failure
+
+    def learn_limits(self) -> None:
+        """Read the topics' `max.message.bytes` again (lowered under the running flow) and
+        size this writer's checks and batches by them; the new producer `renew` makes takes
+        the new batch size."""
+        if not self._limits:
+            return
+        try:
+            found = max_message_bytes(self._settings, sorted(self._limits))
+        except Exception as exc:  # noqa: BLE001 - the limits seen at start stay in force
+            log.warning("topic limits not read again", extra={"fields": {"error": str(exc)[:300]}})
+            return
+        if found != self._limits:
+            log.info("topic limits changed under the flow", extra={"fields": {"before": self._limits, "now": found}})
+        self._limits.update(found)
+        self._conf["batch.size"] = max(1, min([int(self._conf["batch.size"]), *found.values()]))
 
     def send_alone(self, message: OutMessage, compressed: bool = False) -> KafkaError | None:
         """Produce one message in a batch of its own and wait for it: None when written,
