@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,25 +34,34 @@ LARGEST_PRODUCE_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.by
 class Sending:
     """The delivery reports of one `send` call: an error per message index, if any."""
 
-    __slots__ = ("messages", "reported", "errors", "seq", "local")
+    __slots__ = ("messages", "reported", "errors", "seq", "local", "on_refused")
 
-    def __init__(self, messages: Sequence[OutMessage], seq: int = 0) -> None:
+    def __init__(
+        self,
+        messages: Sequence[OutMessage],
+        seq: int = 0,
+        on_refused: Callable[[OutMessage, KafkaError], None] | None = None,
+    ) -> None:
         self.messages = messages
         self.reported = 0
         self.errors: dict[int, KafkaError] = {}
         self.seq = seq  # the producer's sends are numbered: a wait knows whether later ones exist
         self.local: set[int] = set()  # refused here, never sent
+        self.on_refused = on_refused  # told of each message a broker refused, as it is reported
 
     def report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
         """The delivery callback of message `index`."""
         self.reported += 1
         if err is not None:
             self.errors[index] = err
+            if self.on_refused is not None and _refused(err):
+                self.on_refused(self.messages[index], err)
 
     def refuse(self, index: int, err: KafkaError) -> None:
         """Message `index` is refused before it leaves (too large, or refused before)."""
         self.local.add(index)
-        self.report(index, err, None)
+        self.reported += 1
+        self.errors[index] = err
 
     @property
     def done(self) -> bool:
@@ -130,6 +139,9 @@ class KafkaWriter:
         # exactly-once: messages a topic refused inside a transaction (which then aborts),
         # refused here when their records come again, so the outputs route them another way
         self._refusals: dict[RefusalKey, KafkaError] = {}
+        # exactly-once: what brokers refused since the last round failed, from any of the
+        # round's sends (the failed transaction purges the others' messages)
+        self._noted: list[tuple[OutMessage, KafkaError]] = []
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
         self._prober: Producer | None = None
@@ -155,7 +167,7 @@ class KafkaWriter:
     def send(self, messages: Sequence[OutMessage]) -> Sending:
         """Hand every message to the producer (returns before Kafka acknowledges them)."""
         self._sends += 1
-        sending = Sending(messages, self._sends)
+        sending = Sending(messages, self._sends, self._note if self.transactional else None)
         produce, poll, report = self._producer.produce, self._producer.poll, sending.report
         limits = self._limits
         refusals = self._refusals
@@ -205,11 +217,11 @@ class KafkaWriter:
         if not refused:
             return []
         errors = sending.errors
-        if self.transactional:
-            sent = [i for i in refused if i not in sending.local and _refused(errors[i])]
-            if sent:  # the broker refused them: the transaction can only abort now (and
-                # librdkafka purges what was queued behind them)
-                self._remember([(sending.messages[i], errors[i]) for i in sent])
+        if self.transactional and self._noted:
+            # a broker refused messages of the round (of this send or another): the
+            # transaction can only abort now, and librdkafka purges what was queued behind
+            noted, self._noted = self._noted, []
+            self._remember(noted)
         others = [(i, errors[i]) for i in refused if not _refused(errors[i])]
         if others:
             first = others[0][1]
@@ -249,6 +261,9 @@ class KafkaWriter:
         )
         failure.sizes = sizes
         raise failure
+
+    def _note(self, message: OutMessage, err: KafkaError) -> None:
+        self._noted.append((message, err))
 
     def learn_limits(self) -> None:
         """Read the topics' `max.message.bytes` again (lowered under the running flow) and
