@@ -142,6 +142,9 @@ class KafkaWriter:
         # exactly-once: what brokers refused since the last round failed, from any of the
         # round's sends (the failed transaction purges the others' messages)
         self._noted: list[tuple[OutMessage, KafkaError]] = []
+        # exactly-once: topics that refused a message without a key as invalid (compacted):
+        # every later one is refused here, so a transaction isn't aborted for each
+        self._keyless_refused: dict[str, KafkaError] = {}
         self._producer = Producer(conf)
         self._compressed: Producer | None = None
         self._prober: Producer | None = None
@@ -177,6 +180,8 @@ class KafkaWriter:
                 continue
             if refusals:
                 known = refusals.get(refusal_key(m))
+                if known is None and m.key is None:
+                    known = self._keyless_refused.get(m.topic)
                 if known is not None:
                     sending.refuse(i, known)
                     continue
@@ -296,6 +301,8 @@ class KafkaWriter:
         if self._limits and self._too_large(message):
             return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
         known = self._refusals.get(refusal_key(message)) if self._refusals else None
+        if known is None and message.key is None:
+            known = self._keyless_refused.get(message.topic)
         if known is not None:
             return known
         if self.transactional:
@@ -355,6 +362,8 @@ class KafkaWriter:
 
     def _keep(self, message: OutMessage, err: KafkaError) -> None:
         self._refusals[refusal_key(message)] = err
+        if err.code() == KafkaError.INVALID_RECORD and message.key is None:
+            self._keyless_refused[message.topic] = err
         while len(self._refusals) > REFUSALS_KEPT:
             del self._refusals[next(iter(self._refusals))]
 
