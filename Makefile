@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status wipe demo test test-hostile test-resilience test-unit test-integration lint typecheck bench bench-freshness run manifests lag clean
+.PHONY: help venv up down status wipe demo feed test test-hostile test-resilience test-unit test-integration lint typecheck bench bench-freshness run manifests lag clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -57,22 +57,25 @@ lag: ## the consumer group's offsets and lag, with Kafka's kafka-consumer-groups
 clean: ## remove .venv and caches (not the stack data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary
-	$(PY) -m tools.demo
+demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary (local stack only; ALLOW_REMOTE=1 to override)
+	$(PY) -m tools.demo $(if $(ALLOW_REMOTE),--allow-remote)
 
 PROCESSES ?= 1
 WORKERS ?= 1
-run: up ## run the dataflow as a local cluster until Ctrl-C: make run PROCESSES=2 WORKERS=1 (recovery in recovery/local)
-	$(PY) -m tools.run_local --processes $(PROCESSES) --workers $(WORKERS)
+run: up ## run the dataflow as a local cluster until Ctrl-C, with a progress line: make run PROCESSES=2 WORKERS=1 (logs and recovery in recovery/local)
+	$(PY) -m tools.run_local --processes $(PROCESSES) --workers $(WORKERS) --watch
+
+RATE ?= 200
+feed: up ## feed realistic events (2% bad, every failure code) to INPUT_TOPIC for make run: make feed RATE=200 N=10000 (N=0: until Ctrl-C)
+	$(PY) -m tools.feed --rate $(RATE) --records $(or $(N),10000)
 
 manifests: $(STAMP) ## render the example Kubernetes overlay (builds the pinned kustomize once)
 	$(PY) -m tools.kustomize build k8s/overlays/example
 
-N ?= 200000
 SOAK_MINUTES ?= 0
 BENCH_ARGS ?=
 bench: up ## benchmark: dataflow vs passthrough vs naive handler (N=200000 SOAK_MINUTES=0 BENCH_ARGS=--uniform)
-	$(PY) -m bench --records $(N) --soak-minutes $(SOAK_MINUTES) $(BENCH_ARGS)
+	$(PY) -m bench --records $(or $(N),200000) --soak-minutes $(SOAK_MINUTES) $(BENCH_ARGS)
 
 bench-freshness: up ## CACHE_INVALIDATION=notify: staleness p50/p99 under load and a burst of changes, the cost of listening
 	$(PY) -m bench.staleness $(BENCH_ARGS)

@@ -1,8 +1,12 @@
 """`make demo`: topics and schemas, seeded customers, a sample with every failure code,
 one run of the dataflow until the input is drained, and a summary of what came out.
 
-Runs against the local stack (or whatever the settings point at). The demo's topics are
-recreated each run, so running it twice gives the same summary.
+Runs against the local stack. The demo's topics are deleted and recreated each run (so
+running it twice gives the same summary) and its customers written: pointed at anything but
+this machine (KAFKA_BOOTSTRAP_SERVERS, PG_DSN, SCYLLA_HOSTS) it refuses, exit status 2,
+unless `--allow-remote` (`make demo ALLOW_REMOTE=1`) says to go on. Its screen holds the
+demo's own lines: librdkafka's notices (a coordinator still loading, say) are not shown,
+only its errors.
 """
 
 from __future__ import annotations
@@ -49,6 +53,27 @@ def recreate_topics(settings: Settings, names: list[str]) -> None:
             time.sleep(0.5)
 
 
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", ""}
+
+
+def _host(address: str) -> str:
+    address = address.strip()
+    if address.startswith("["):  # [::1]:9092
+        return address.split("]", 1)[0] + "]"
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+
+def remote_servers(settings: Settings) -> list[str]:
+    """The servers the settings name that are not on this machine."""
+    from flows.settings import parse_dsn
+
+    remote = [f"Kafka {a}" for a in settings.kafka_bootstrap_servers.split(",") if _host(a) not in LOCAL_HOSTS]
+    pg_host = parse_dsn(settings.pg_dsn.get()).get("host", "")
+    remote += [f"PostgreSQL {h}" for h in pg_host.split(",") if h not in LOCAL_HOSTS and not h.startswith("/")]
+    remote += [f"ScyllaDB {h}" for h in settings.scylla_hosts if h not in LOCAL_HOSTS]
+    return remote
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo",
@@ -57,11 +82,27 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Settings come from the environment (docs/configuration.md); exit status 0 when every "
         "record came out as expected, 1 otherwise, 2 for a bad setting.",
     )
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="run against servers that are not on this machine (their demo topics are deleted and recreated)",
+    )
+    args = parser.parse_args(argv)
+    # librdkafka's own log lines (`%4|...|GETPID|... Coordinator load in progress`): errors only
+    env = {**os.environ, "KAFKA_CLIENT_LOG__LEVEL": os.environ.get("KAFKA_CLIENT_LOG__LEVEL", "3")}
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env)
     except SettingsError as exc:
         print(f"error: bad setting {exc}", file=sys.stderr)
+        return 2
+    remote = remote_servers(settings)
+    if remote and not args.allow_remote:
+        print(
+            f"error: the demo deletes and recreates its topics and writes customers, and these servers are not on "
+            f"this machine: {', '.join(remote)}; unset the settings to use the local stack (make up), or say "
+            "--allow-remote (make demo ALLOW_REMOTE=1)",
+            file=sys.stderr,
+        )
         return 2
     topics = [settings.input_topic, settings.output_topic, settings.failure_topic]
     print(f"demo: topics {', '.join(topics)} ({PARTITIONS} partitions, recreated)")
@@ -79,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log_path = ROOT / ".stack" / "demo-dataflow.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "STOP_AT_END": "true", "PROGRESS_INTERVAL_SECONDS": "2"}
+    env = {**env, "STOP_AT_END": "true", "PROGRESS_INTERVAL_SECONDS": "2"}
     print(f"demo: running `python -m bytewax.run dataflow` with STOP_AT_END=true (log: {log_path})")
     started = time.monotonic()
     run_started = dt.datetime.now(dt.UTC).replace(microsecond=0)  # history rows written by this run

@@ -10,6 +10,11 @@ without one of its processes. Exits 0 when every process did, else with the firs
 The children run in their own process group, so Ctrl-C in a terminal reaches them once,
 through this launcher, not twice. With the dataflow API on (`BYTEWAX_DATAFLOW_API_ENABLED`),
 process I serves it on `--api-port` + I.
+
+With `--watch` (`make run`) the processes' logs go to `<recovery>/logs/process-<i>.log`
+and the terminal shows a progress line every few seconds instead (tools/watch.py: records
+in, enriched, failed by code, rate, the group's lag), plus every warning or error line the
+processes log that is not about a single record.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -65,13 +70,35 @@ def child_env(base: Mapping[str, str], process_id: int, api_port: int, api_cache
 
 
 class Cluster:
-    """The running processes; signals received are forwarded to all of them."""
+    """The running processes; signals received are forwarded to all of them. `logs`: a
+    directory for each process's output (else it shares this terminal)."""
 
-    def __init__(self, cmds: Sequence[list[str]], env: Mapping[str, str], api_port: int, api_cache: str) -> None:
-        self.procs = [
-            subprocess.Popen(cmd, cwd=ROOT, env=child_env(env, i, api_port, api_cache), start_new_session=True)
-            for i, cmd in enumerate(cmds)
-        ]
+    def __init__(
+        self,
+        cmds: Sequence[list[str]],
+        env: Mapping[str, str],
+        api_port: int,
+        api_cache: str,
+        logs: Path | None = None,
+    ) -> None:
+        self.logs: list[Path] = []
+        self.procs = []
+        for i, cmd in enumerate(cmds):
+            out = None
+            if logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                self.logs.append(logs / f"process-{i}.log")
+                out = open(self.logs[-1], "ab")  # noqa: SIM115 - lives as long as the process
+            self.procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=child_env(env, i, api_port, api_cache),
+                    start_new_session=True,
+                    stdout=out,
+                    stderr=out,
+                )
+            )
 
     def signal_all(self, signum: int) -> None:
         for proc in self.procs:
@@ -81,12 +108,17 @@ class Cluster:
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signal_all(signum)
 
-    def wait(self, stop_timeout: float) -> int:
+    def wait(self, stop_timeout: float, every: Callable[[], None] | None = None) -> int:
         """Wait for all; on the first failure stop the rest (SIGTERM, then SIGKILL after
-        `stop_timeout`). Returns 0 or the first non-zero status."""
+        `stop_timeout`). Returns 0 or the first non-zero status. `every` runs about every
+        second meanwhile."""
         first_failure = 0
         stop_deadline: float | None = None
+        ticked = time.monotonic()
         while any(p.poll() is None for p in self.procs):
+            if every is not None and time.monotonic() - ticked >= 1:
+                ticked = time.monotonic()
+                every()
             for i, proc in enumerate(self.procs):
                 rc = proc.poll()
                 if rc not in (None, 0) and not first_failure:
@@ -130,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="after a failure, seconds before the others are killed (default SHUTDOWN_TIMEOUT_SECONDS + 10)",
     )
     parser.add_argument("--flow", default="dataflow", help="import string of the flow")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="logs to <recovery>/logs, and a progress line in the terminal every few seconds",
+    )
+    parser.add_argument("--every", type=float, default=5.0, help="with --watch: seconds between progress lines")
     args = parser.parse_args(argv)
     if args.processes < 1 or args.workers < 1:
         parser.error("--processes and --workers must be at least 1")
@@ -152,11 +190,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{recovery or 'off'}; Ctrl-C stops them all",
         file=sys.stderr,
     )
+    env = dict(os.environ)
+    logs = None
+    if args.watch:
+        env["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
+        logs = (recovery or ROOT / "recovery" / "local") / "logs"
+        print(f"run_local: logs in {logs}; progress every {args.every:g}s", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="enrichment-api-") as api_cache:
-        cluster = Cluster(cmds, os.environ, args.api_port, api_cache)
+        cluster = Cluster(cmds, env, args.api_port, api_cache, logs)
         signal.signal(signal.SIGINT, cluster.on_signal)
         signal.signal(signal.SIGTERM, cluster.on_signal)
-        return cluster.wait(stop_timeout)
+        if not args.watch:
+            return cluster.wait(stop_timeout)
+        progress = Progress(cluster.logs, [args.api_port + i for i in range(args.processes)], args.every)
+        try:
+            return cluster.wait(stop_timeout, progress.tick)
+        finally:
+            progress.close()
+
+
+class Progress:
+    """What `--watch` prints: a progress line every `every` seconds, and the processes'
+    log lines worth a person's eyes as they come (warnings and errors, not a record's)."""
+
+    QUIET = ('"flows.failures"', '"flows.progress"')
+
+    def __init__(self, logs: Sequence[Path], ports: Sequence[int], every: float) -> None:
+        from flows.settings import Settings
+        from tools.watch import Watch
+
+        self._logs = list(logs)
+        self._read = [0] * len(logs)
+        self._watch = Watch(Settings.from_env(), ports)
+        self._every = every
+        self._last = 0.0
+
+    def tick(self) -> None:
+        for i, path in enumerate(self._logs):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._read[i])
+                    chunk = f.read()
+            except OSError:
+                continue
+            self._read[i] += len(chunk)
+            for raw in chunk.decode(errors="replace").splitlines():
+                if ('"level":"WARNING"' in raw or '"level":"ERROR"' in raw or "Traceback" in raw) and not any(
+                    q in raw for q in self.QUIET
+                ):
+                    print(f"process {i}: {raw}", file=sys.stderr, flush=True)
+        if time.monotonic() - self._last >= self._every:
+            self._last = time.monotonic()
+            print(f"progress: {self._watch.tick()}", flush=True)
+
+    def close(self) -> None:
+        self._watch.close()
 
 
 if __name__ == "__main__":
