@@ -604,6 +604,9 @@ def check(run: Run, result: Result, rcs: dict[str, int | None]) -> None:
     # every final stop is a clean one: status 0 on SIGTERM (or the batch's own end)
     assert all(rc == 0 for rc in rcs.values()), f"final exit statuses {rcs}: {where}"
     assert not any(rc in (2, 3) for exits in result.exits.values() for rc in exits), where
+    if cell.fault not in ("sigkill", "output-error"):
+        # an outage, a pause, a producer upstream, new partitions, refusals: ridden out, no restart
+        assert all(exits == [0] for exits in result.exits.values()), f"restarted: {where}"
     expected = {k: v for k, v in run.expected.items() if k not in ("enriched", "big")}
     if cell.fault == "refusing":
         big = run.expected.get("big", 0)
