@@ -1,4 +1,4 @@
-"""Pinned Go tools (kustomize, promtool), built once with `go install` from the Go module
+"""Pinned Go tools (kustomize), built once with `go install` from the Go module
 proxy into a cache outside the clone (`~/.cache/enrichment-tools`, or
 `ENRICHMENT_TOOLS_DIR`). Needs Go (1.22+) on the PATH the first time."""
 
