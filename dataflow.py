@@ -26,6 +26,7 @@ from flows.runtime.bytewax.recovery import (
     cluster_place,
     drop_recovery_config,
     ensure_recovery_dir,
+    hold_running_lock,
     recovery_dir_from,
 )
 from flows.runtime.memory import pin_mmap_threshold
@@ -65,6 +66,7 @@ if running:
     elif recovery_dir is not None:
         try:
             ensure_recovery_dir(recovery_dir, settings.recovery_partitions, cluster_place(sys.argv[1:], os.environ))
+            running_lock = hold_running_lock(recovery_dir)  # `ops rewind` is refused while it is held
         except (OSError, ValueError, ConfigurationError) as exc:
             print(f"error: recovery directory: {exc}", file=sys.stderr)
             sys.exit(2)

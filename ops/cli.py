@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import re
 import sys
 import textwrap
@@ -26,7 +27,7 @@ from flows.adapters.postgres import changes
 from flows.adapters.postgres.customers import CUSTOMERS_TABLE
 from flows.errors import SettingsError
 from flows.settings import Settings, redact_dsn
-from ops import reconcile, replay, replay_rules, replay_setup, show, trace
+from ops import reconcile, replay, replay_rules, replay_setup, rewind, show, trace
 from ops.errors import FAILED, FOUND_GAPS, INTERRUPTED, OK, USAGE, OpsError
 from ops.ranges import OffsetSpan, check_spans, parse_span, parse_time
 
@@ -114,7 +115,7 @@ def build_parser(now: dt.datetime) -> Parser:
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{replay,trace,reconcile,migrate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{replay,trace,reconcile,migrate,rewind}")
     spans = _typed(parse_span, "offset range")
     moment = _typed(lambda t: parse_time(t, now), "time")
 
@@ -298,7 +299,67 @@ def build_parser(now: dt.datetime) -> Parser:
     )
     mp.add_argument("action", choices=("install", "uninstall", "status"))
     mp.set_defaults(handler=_migrate, parser=mp)
+
+    wp = sub.add_parser(
+        "rewind",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUSES,
+        help="process the input again from a time or an offset (the consumer group and the recovery store)",
+        description=_wrap(
+            "Move where the flow resumes reading INPUT_TOPIC: the offsets committed to CONSUMER_GROUP and, "
+            "for at-least-once, the input positions in the recovery store of every --recovery-directory "
+            "(each process's). Refused while the flow runs (the group has members, or a process holds a "
+            "recovery directory). --dry-run shows what would move."
+        ),
+    )
+    where = wp.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--to-datetime",
+        type=moment,
+        metavar="TIME",
+        help="the first record at or after TIME (RFC 3339 with offset, a date, or epoch ms), by the records' "
+        "Kafka timestamps; a partition with none goes to its end",
+    )
+    where.add_argument(
+        "--by-duration",
+        type=_typed(_duration, "duration"),
+        metavar="DURATION",
+        help="that long before now: 90s, 15m, 2h, 3d",
+    )
+    where.add_argument(
+        "--to-offset",
+        action="append",
+        type=_typed(rewind.parse_offset, "offset"),
+        metavar="[PARTITION:]OFFSET",
+        help="this offset (repeatable; without PARTITION: every partition not named), kept within what the "
+        "partition holds",
+    )
+    where.add_argument("--to-earliest", action="store_true", help="the oldest record each partition still holds")
+    where.add_argument("--to-latest", action="store_true", help="the end of each partition (skip what waits)")
+    wp.add_argument(
+        "--recovery-directory",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a recovery directory of the flow (-r / BYTEWAX_RECOVERY_DIRECTORY; repeatable: each process's "
+        "volume); default BYTEWAX_RECOVERY_DIRECTORY when set",
+    )
+    wp.add_argument(
+        "--group-only",
+        action="store_true",
+        help="at-least-once: move only the consumer group's offsets (the snapshots stay where they are)",
+    )
+    wp.add_argument("--dry-run", action="store_true", help="show what would move; change nothing")
+    wp.set_defaults(handler=_rewind, parser=wp)
     return parser
+
+
+def _duration(text: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+)?[smhd]", text.strip()):
+        raise ValueError(f"{text!r}: a duration is a number and s, m, h or d (90s, 15m, 2h, 3d)")
+    return text.strip()
 
 
 def _check_spans(parser: Parser, spans: Sequence[OffsetSpan]) -> tuple[OffsetSpan, ...]:
@@ -362,6 +423,23 @@ def _migrate(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         return 0
     print(f"not installed: table {CUSTOMERS_TABLE} has no change trigger", file=out)
     return OK if args.action == "uninstall" else FOUND_GAPS
+
+
+def _rewind(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    if args.to_datetime is not None:
+        target = rewind.Target("datetime", ms=args.to_datetime)
+    elif args.by_duration is not None:
+        target = rewind.Target("datetime", ms=parse_time(args.by_duration, dt.datetime.now(dt.UTC)))
+    elif args.to_offset:
+        target = rewind.Target("offset", offsets=dict(args.to_offset))
+    else:
+        target = rewind.Target("earliest" if args.to_earliest else "latest")
+    dirs = list(args.recovery_directory)
+    default = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
+    if not dirs and default and not settings.exactly_once:
+        dirs = [Path(default)]
+    opts = rewind.Options(target, tuple(dirs), args.dry_run, args.group_only)
+    return rewind.run(settings, opts, out)
 
 
 def parse_args(argv: Sequence[str] | None, now: dt.datetime) -> argparse.Namespace:

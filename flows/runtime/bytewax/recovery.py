@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from flows.errors import ConfigurationError
 
@@ -48,6 +49,18 @@ def drop_recovery_config() -> bool:
         return False
     kwargs["recovery_config"] = None
     return True
+
+
+RUNNING_LOCK = ".running.lock"
+
+
+def hold_running_lock(path: Path) -> IO[str]:
+    """Hold the recovery directory's run lock, shared, for as long as the returned file is
+    open (the process's life): `python -m ops rewind` takes it exclusively, so it can't
+    move the snapshots under a running flow. Local processes sharing a directory all hold it."""
+    lock = open(path / RUNNING_LOCK, "a")  # noqa: SIM115 - open for the life of the process
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    return lock
 
 
 def recovery_dir_from(argv: Sequence[str], env: Mapping[str, str]) -> Path | None:
