@@ -1,8 +1,9 @@
 """The docs tell the truth about the repository: every relative link of every Markdown file
 leads to a file that exists (and, with an anchor, to a heading of it), and every
-repository path named in the Markdown files or in the comments and docstrings of the code,
-scripts, manifests and settings exists, as does every section such a comment names
-(`docs/operations.md, "Lag"`, `docs/operations.md#lag`).
+repository path named in the Markdown files, in the comments of the code, scripts,
+manifests and build files, and in the code's docstrings (outside tests/, in all its
+strings: help texts and error messages point at docs too) exists, as does every section
+of a Markdown file they name (`docs/operations.md, "Lag"`, `docs/operations.md#lag`).
 
 A token counts as a repository path only when it starts with one of the repository's
 top-level directories (`flows/`, `tests/`, `k8s/`, ...) or is one of its top-level files
@@ -29,11 +30,15 @@ TOP_FILES = (
     r"|dataflow\.py|requirements(?:-\w+)?\.txt|README"
 )
 ALIASES = {"README": "README.md"}  # `README, "Try it"` names a section of README.md
-# never walked: hidden directories but .ci (.git, .venv, .stack, caches), output, build trees
+# never walked: hidden directories but .ci (.git, .venv, .stack, caches), runs' and builds'
+# output at the top (recovery/, build/, and what .gitignore names by path), bytecode
 WALKED_HIDDEN = {".ci"}
-SKIP_DIRS = {"recovery", "build", "node_modules", "__pycache__"}
+SKIP_TOP = {"recovery", "build"}
+SKIP_ANYWHERE = {"__pycache__", "node_modules"}
 ALWAYS_IGNORED = (".stack/", ".venv/", "recovery/")
 COMMENTED = {".py", ".sh", ".yaml", ".yml", ".toml"}
+# top-level files with `#` comments too
+COMMENTED_TOP = ("Dockerfile", "Makefile", ".dockerignore", "requirements*.txt")
 
 # a path: not inside another path or word (`/app/flows/x`, `~/.stack/tls`, `enrichment-stack`)
 PATH = re.compile(
@@ -69,8 +74,8 @@ def walk(suffixes: set[str]) -> Iterator[Path]:
             d
             for d in dirnames
             if (not d.startswith(".") or d in WALKED_HIDDEN)
-            and d not in SKIP_DIRS
-            and (here / d).relative_to(ROOT).as_posix() not in ignored_dirs()
+            and d not in SKIP_ANYWHERE
+            and (here / d).relative_to(ROOT).as_posix() not in SKIP_TOP | ignored_dirs()
         )
         for name in sorted(filenames):
             path = here / name
@@ -282,7 +287,8 @@ def test_paths_named_in_the_markdown_files_exist() -> None:
 
 def test_paths_named_in_comments_and_messages_exist() -> None:
     problems = Problems()
-    for path in walk(COMMENTED):
+    top = sorted(path for pattern in COMMENTED_TOP for path in ROOT.glob(pattern))
+    for path in [*walk(COMMENTED), *top]:
         for text in comments(path):
             check_paths(path, text, problems)
     assert not problems, problems.report()
