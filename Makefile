@@ -74,7 +74,7 @@ manifests: $(STAMP) ## render the example Kubernetes overlay (builds the pinned 
 
 SOAK_MINUTES ?= 0
 BENCH_ARGS ?=
-bench: up ## benchmark: dataflow vs passthrough vs naive handler (N=200000 SOAK_MINUTES=0 BENCH_ARGS=--uniform)
+bench: up ## benchmark: passthrough, I/O floor, dataflow, exactly-once, naive handler (N=200000 SOAK_MINUTES=0 BENCH_ARGS=--uniform)
 	$(PY) -m bench --records $(or $(N),200000) --soak-minutes $(SOAK_MINUTES) $(BENCH_ARGS)
 
 bench-freshness: up ## CACHE_INVALIDATION=notify: staleness p50/p99 under load and a burst of changes, the cost of listening

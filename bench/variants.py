@@ -1,4 +1,4 @@
-"""Each measured run: the three variants over the pre-loaded topic, the fixed-rate latency
+"""Each measured run: the five variants over the pre-loaded topic, the fixed-rate latency
 run and the soak. Every one runs as a subprocess with its own output topics and history
 keyspace, on the same servers, and is checked before its figures count."""
 

@@ -277,7 +277,7 @@ class Settings:
     cache_invalidation: str = _env("CACHE_INVALIDATION", "ttl", _one_of("ttl", "notify"))
     lookup_batch_size: int = _env("LOOKUP_BATCH_SIZE", "1000", _int_range(1, 100000))
     source_batch_size: int = _env("SOURCE_BATCH_SIZE", "1000", _int_range(1, 100000))
-    # --- progress in Kafka (docs/operations.md, "Guarantees")
+    # --- progress in Kafka (docs/operations.md, "What is guaranteed")
     # exactly-once: a transaction commits at least this often (and when a partition moves)
     commit_interval_ms: int = _env("COMMIT_INTERVAL_MS", "100", _int_range(10, 60_000))
     # at-least-once: finished offsets committed to CONSUMER_GROUP this often, for visibility

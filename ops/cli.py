@@ -1,4 +1,4 @@
-"""The command line: `python -m ops replay|trace|reconcile ...`.
+"""The command line: `python -m ops replay|trace|reconcile|migrate ...`.
 
 Arguments are checked before the settings are read and the settings before any connection is
 opened, so a typo costs nothing. Every failure ends as one line on stderr and an exit status

@@ -1,6 +1,8 @@
 """The local stack: real Kafka (KRaft), PostgreSQL and Cassandra, without Docker.
 
-Usage: python stack/stack.py {up,down,status,wipe,fetch}
+Usage: .venv/bin/python stack/stack.py {up,down,status,wipe,fetch,groups}
+  up / down [kafka postgres cassandra]: start or stop these servers (default: all)
+  groups ARGS...: Kafka's kafka-consumer-groups against the local broker (`make lag`)
 
 Kafka and Cassandra run from their official Maven Central jars (fetched once into a
 cache outside the clone), PostgreSQL from Debian's server binaries as a private cluster.
@@ -275,7 +277,7 @@ class Kafka(Server):
                     "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;",
                     # OAUTHBEARER with Kafka's default validator: unsigned tokens (alg none), the
-                    # stand-in for a provider's signed ones (tests/integration/oidc.py issues them)
+                    # stand-in for a provider's signed ones (tests/integration/test_tls.py's TokenEndpoint issues them)
                     "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config="
                     "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;",
                     f"log.dirs={data}",

@@ -1,5 +1,5 @@
 """The input and the output step of each processing guarantee (docs/operations.md,
-"Guarantees"):
+"What is guaranteed"):
 
 - at-least-once: Bytewax assigns the input partitions and keeps, in its recovery
   snapshots, where each resumes: the first offset not yet delivered (a worker awaits a
