@@ -1,5 +1,5 @@
 # The enrichment dataflow image: `python -m bytewax.run dataflow` as a non-root user.
-# Build: docker build -t enrichment-dataflow .   (Kubernetes: k8s/, Compose: docker-compose.yml)
+# Build: docker build -t enrichment-dataflow .   (Kubernetes: k8s/)
 # Python 3.12: bytewax 0.21.1 has wheels for 3.8-3.12 (manylinux glibc 2.31; bookworm has 2.36).
 FROM python:3.12.10-slim-bookworm
 

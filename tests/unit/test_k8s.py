@@ -1,7 +1,7 @@
 """Deployment files against the code: the kustomize overlay rendered by the real kustomize
 and validated offline against the Kubernetes API schemas (kubernetes-validate, strict), the
 wiring (env names the settings and Bytewax read, ports, process ids from pod names), the
-Dockerfile and docker-compose.yml."""
+Dockerfile."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -220,7 +219,7 @@ def test_process_ids_and_addresses_from_pod_names(
         assert cluster_place([], pod_env) == ClusterPlace(i, replicas)
 
 
-# --- Dockerfile and docker-compose.yml
+# --- Dockerfile
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -251,70 +250,6 @@ def test_dockerfile() -> None:
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[\w.]+", line.strip()), f"pinned: {line}"
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-
-
-def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
-    images = {name: svc.get("image", "") for name, svc in compose["services"].items()}
-    assert {"kafka", "postgres", "scylla", "dataflow"} <= images.keys()
-    assert images["kafka"].startswith("apache/kafka:") and images["scylla"].startswith("scylladb/scylla:")
-    for name, image in images.items():
-        assert re.search(r":\d+(\.\d+)+", image) or compose["services"][name].get("build"), f"{name}: pinned"
-        assert not image.endswith(":latest")
-
-
-def test_compose_wiring_matches_the_settings(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    env = {k: str(v) for k, v in services["dataflow"]["environment"].items()}
-    assert set(env) <= set(ENV_NAMES) | bytewax_env_names()
-    settings = Settings.from_env(env)
-    # Kafka: the dataflow's bootstrap address is a listener the broker advertises
-    kafka = services["kafka"]["environment"]
-    advertised = {a.split("://")[1] for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
-    assert set(settings.kafka_bootstrap_servers.split(",")) <= advertised
-    assert "EXTERNAL://127.0.0.1:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"], "the contract's default, from the host"
-    assert "127.0.0.1:9092:9092" in services["kafka"]["ports"]
-    # PostgreSQL: host, port, database, user and password of the server
-    dsn = urlsplit(settings.pg_dsn.get())
-    pg = services["postgres"]["environment"]
-    assert (dsn.hostname, dsn.port, dsn.path.lstrip("/"), dsn.username) == (
-        "postgres",
-        5432,
-        pg["POSTGRES_DB"],
-        pg["POSTGRES_USER"],
-    )
-    assert settings.pg_password.get() == pg["POSTGRES_PASSWORD"]
-    # ScyllaDB: service name and CQL port
-    assert settings.scylla_hosts == ("scylla",) and settings.scylla_port == 9042
-    assert "127.0.0.1:9042:9042" in services["scylla"]["ports"]
-    # the dataflow: API port published, recovery on a volume, shutdown within the grace period
-    assert f"127.0.0.1:{API_PORT}:{env['BYTEWAX_DATAFLOW_API_PORT']}" in services["dataflow"]["ports"]
-    assert f"recovery:{env['BYTEWAX_RECOVERY_DIRECTORY']}" in services["dataflow"]["volumes"]
-    grace = int(services["dataflow"]["stop_grace_period"].rstrip("s"))
-    assert grace > settings.shutdown_timeout_seconds
-    # the init service runs real code of ours
-    init = services["init"]
-    assert {k: str(v) for k, v in init["environment"].items()} == {
-        k: v for k, v in env.items() if k in init["environment"]
-    }
-    compile(init["command"][-1].replace("; ", "\n"), "init", "exec")
-    for name in re.findall(r"provision\.(\w+)", init["command"][-1]):
-        from tools import provision
-
-        assert callable(getattr(provision, name))
-
-
-def test_compose_depends_on_healthy_servers(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    for name in ("kafka", "postgres", "scylla", "dataflow"):
-        assert "healthcheck" in services[name]
-    deps = services["dataflow"]["depends_on"]
-    assert deps["init"]["condition"] == "service_completed_successfully"
-    assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
 def test_waxctl_values_match_the_overlay(rendered: list[dict[str, Any]]) -> None:
