@@ -236,7 +236,9 @@ def dockerfile() -> list[tuple[str, str]]:
 def test_dockerfile() -> None:
     steps = dockerfile()
     base = [rest for op, rest in steps if op == "FROM"]
-    assert len(base) == 1 and re.fullmatch(r"python:3\.12\.\d+-slim(-\w+)?", base[0]), "pinned slim Python 3.12"
+    assert len(base) == 1 and re.fullmatch(r"python:3\.12\.\d+-slim(-\w+)?@sha256:[0-9a-f]{64}", base[0]), (
+        "slim Python 3.12, pinned by digest"
+    )
     assert ("RUN", "pip install --no-cache-dir --only-binary=:all: -r requirements.txt") in steps
     copies = [rest.split() for op, rest in steps if op == "COPY"]
     assert ["requirements.txt", "./"] in copies and ["dataflow.py", "./"] in copies and ["flows", "./flows"] in copies
