@@ -1,7 +1,11 @@
 # The enrichment dataflow image: `python -m bytewax.run dataflow` as a non-root user.
 # Build: docker build -t enrichment-dataflow .   (Kubernetes: k8s/)
 # Python 3.12: bytewax 0.21.1 has wheels for 3.8-3.12 (manylinux glibc 2.31; bookworm has 2.36).
-FROM python:3.12.10-slim-bookworm
+# Pinned by digest: the multi-arch index of Docker Hub's python:3.12.10-slim-bookworm as
+# published, seen pinned in public repositories (e.g. Ev3rGan/ai-ledger,
+# deploy/m1/production.Dockerfile, committed 2026-08-17), so the tag's image as of that date.
+# Not checked against the registry when pinned. To move it: docker buildx imagetools inspect <tag>.
+FROM python:3.12.10-slim-bookworm@sha256:fd95fa221297a88e1cf49c55ec1828edd7c5a428187e67b5d1805692d11588db
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

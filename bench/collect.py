@@ -21,6 +21,7 @@ from cassandra.query import SimpleStatement
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_LOG_APPEND_TIME, Consumer, Message, TopicPartition
 
 from bench.workload import Expected, Loaded
+from flows import connections
 from flows.adapters.scylla.session import TABLE, connect
 from flows.settings import Settings
 from tools.kafkautil import read_topic
@@ -81,7 +82,7 @@ class VisibleTail(threading.Thread):
         super().__init__(daemon=True, name="visible-tail")
         self._consumer = Consumer(
             {
-                **settings.kafka_common(),
+                **connections.kafka_common(settings),
                 "group.id": f"bench-visible-{uuid.uuid4().hex}",
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,

@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from flows import connections
 from flows.adapters.kafka.config import producer_config
 from flows.settings import Settings
 
@@ -20,7 +21,7 @@ def input_consumer(settings: Settings, topic: str, name: str, **conf: Any) -> tu
     end of each; and the partitions."""
     consumer = Consumer(
         {
-            **settings.kafka_common(),
+            **connections.kafka_common(settings),
             "group.id": f"bench-{name}-unused",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

@@ -27,6 +27,7 @@ import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
 from bench.kafkaloop import input_consumer, records
+from flows import connections
 from flows.adapters.kafka.config import producer_config
 from flows.adapters.scylla.session import connect, ensure_schema, insert_cql
 from flows.settings import Settings
@@ -75,7 +76,7 @@ class Handler:
     def __init__(self, settings: Settings, output: str, failure: str) -> None:
         self.settings = settings
         self.output, self.failure = output, failure
-        self.pg = psycopg.connect(settings.pg_dsn.get(), autocommit=True, **settings.pg_connect_kwargs())
+        self.pg = psycopg.connect(settings.pg_dsn.get(), autocommit=True, **connections.pg_connect_kwargs(settings))
         self.producer = Producer({**producer_config(settings), "client.id": "bench-naive"})
         self.cluster = connect(settings)
         self.session = self.cluster.connect()

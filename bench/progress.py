@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.proc import Monitored
+from flows import connections
 from flows.settings import Settings
 
 
@@ -43,7 +44,7 @@ class Watermarks:
 
     def __init__(self, settings: Settings) -> None:
         self._consumer = Consumer(
-            {**settings.kafka_common(), "group.id": "bench-watermarks-unused", "enable.auto.commit": False}
+            {**connections.kafka_common(settings), "group.id": "bench-watermarks-unused", "enable.auto.commit": False}
         )
         self._parts: dict[str, list[int]] = {}
 

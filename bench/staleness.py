@@ -39,6 +39,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 
 from bench import workload
+from flows import connections
 from flows.adapters.postgres import changes
 from flows.settings import Settings
 from tools import provision, sample
@@ -91,10 +92,10 @@ class Prober:
         # (when, staleness seconds, seconds until the first record of any data enriched after the commit)
         self.samples: list[tuple[float, float, float]] = []
         self.lost = 0
-        self._producer = Producer({**settings.kafka_common(), "linger.ms": 0})
+        self._producer = Producer({**connections.kafka_common(settings), "linger.ms": 0})
         self._consumer = Consumer(
             {
-                **settings.kafka_common(),
+                **connections.kafka_common(settings),
                 "group.id": f"staleness-{uuid.uuid4().hex}",
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,

@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from flows import connections
 from flows.core.sizes import topic_sizes_to_create
 from flows.settings import Settings
 from tools import sample
@@ -72,7 +73,7 @@ def bench_dsn(settings: Settings, database: str) -> str:
 
 
 def ensure_database(settings: Settings, database: str) -> None:
-    with psycopg.connect(settings.pg_dsn.get(), autocommit=True, **settings.pg_connect_kwargs()) as conn:
+    with psycopg.connect(settings.pg_dsn.get(), autocommit=True, **connections.pg_connect_kwargs(settings)) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
@@ -81,7 +82,7 @@ def seed_customers(dsn: str, settings: Settings, n: int) -> float:
     """Exactly customers 0..n-1 of `tools.sample` (TRUNCATE, then COPY: 100,000 rows in about
     a second, where tools.provision.seed_customers' executemany takes much longer)."""
     started = time.monotonic()
-    with psycopg.connect(dsn, **settings.pg_connect_kwargs()) as conn:
+    with psycopg.connect(dsn, **connections.pg_connect_kwargs(settings)) as conn:
         conn.execute(CUSTOMERS_DDL)
         conn.execute("TRUNCATE customers")
         with (
@@ -104,7 +105,7 @@ def pg_database_of(dsn: str) -> str:
 def create_topics(settings: Settings, names: Iterable[str], partitions: int, log_append_time: bool) -> None:
     """Fresh topics; outputs stamp each message with the broker's append time so latency is
     read from Kafka itself (input: CreateTime, set by the producer)."""
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(settings))
     input_size, output_size = topic_sizes_to_create(settings.max_value_bytes)
     stamp = {"message.timestamp.type": "LogAppendTime" if log_append_time else "CreateTime"}
     # outputs (stamped by the broker) are sized for what the pipeline adds (flows.sizes)
@@ -141,7 +142,7 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], partitions: int, tim
 
 
 def delete_topics(settings: Settings, prefix: str) -> list[str]:
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(settings))
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
     if names:
         for fut in admin.delete_topics(names, operation_timeout=30).values():
@@ -152,7 +153,7 @@ def delete_topics(settings: Settings, prefix: str) -> list[str]:
 
 def producer_conf(settings: Settings) -> dict[str, Any]:
     return {
-        **settings.kafka_common(),
+        **connections.kafka_common(settings),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,

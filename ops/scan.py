@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows import connections
 from flows.adapters.kafka.headers import READER
 from flows.adapters.kafka.topics import check_kafka
 from flows.core.model import SourceRecord
@@ -73,7 +74,7 @@ def open_consumer(settings: Settings) -> Consumer:
     """A consumer for assigned partitions only: it joins no group and commits nothing."""
     return Consumer(
         {
-            **settings.kafka_common(),
+            **connections.kafka_common(settings),
             "group.id": f"enrichment-ops-{uuid.uuid4().hex[:12]}",  # required by the client; never joined
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -101,7 +102,7 @@ def cluster_id(consumer: Consumer, timeout: float) -> str:
 
 def topic_id(settings: Settings, topic: str, timeout: float) -> str:
     """The topic's id: tells a topic from an older one of the same name, deleted and recreated."""
-    conf: dict[str, Any] = {**settings.kafka_common(), "logger": CLIENT_LOG}
+    conf: dict[str, Any] = {**connections.kafka_common(settings), "logger": CLIENT_LOG}
     admin = AdminClient(conf)
     futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
     return str(futures[topic].result().topic_id)

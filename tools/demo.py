@@ -23,6 +23,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from flows import connections
 from flows.adapters.scylla.session import TABLE, connect, ensure_schema
 from flows.errors import SettingsError
 from flows.settings import Settings
@@ -37,7 +38,7 @@ PARTITIONS = 3
 
 def recreate_topics(settings: Settings, names: list[str]) -> None:
     provision.delete_topics(settings, names)
-    client = AdminClient(settings.kafka_common())
+    client = AdminClient(connections.kafka_common(settings))
     deadline = time.monotonic() + 60
     while any(n in client.list_topics(timeout=10).topics for n in names):  # deletion is asynchronous
         if time.monotonic() > deadline:

@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from flows import connections
 from flows.settings import Settings
 
 
@@ -20,7 +21,7 @@ def produce_all(
     delivery fails. Returns the count."""
     errors: list[str] = []
     conf = {
-        **settings.kafka_common(),
+        **connections.kafka_common(settings),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 20,
@@ -63,7 +64,7 @@ def read_topic(
     seen); it stops at each partition's last stable offset."""
     consumer = Consumer(
         {
-            **settings.kafka_common(),
+            **connections.kafka_common(settings),
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.partition.eof": committed_only,

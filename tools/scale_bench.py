@@ -22,6 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from flows import connections
 from flows.settings import Settings
 from tools import provision, sample
 from tools.kafkautil import produce_all
@@ -32,7 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def output_span(settings: Settings, topics: list[str], partitions: int) -> tuple[int, float]:
     """(messages, seconds between the first and last message timestamp) over `topics`."""
     consumer = Consumer(
-        {**settings.kafka_common(), "group.id": f"scale-bench-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        {
+            **connections.kafka_common(settings),
+            "group.id": f"scale-bench-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
     )
     first, last, count = float("inf"), 0.0, 0
     try:

@@ -71,6 +71,7 @@ class _Context:
 
 def main() -> int:
     from aws_lambda.handler import handler
+    from flows import connections
     from flows.settings import Settings
 
     settings = Settings.from_env()
@@ -82,7 +83,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     consumer = Consumer(
         {
-            **settings.kafka_common(),
+            **connections.kafka_common(settings),
             "group.id": settings.consumer_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

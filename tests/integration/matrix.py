@@ -51,6 +51,7 @@ from cassandra.cluster import Session
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
+from flows import connections
 from tools import sample
 from tools.kafkautil import produce_all
 
@@ -368,7 +369,9 @@ class TransactionalFeeder(threading.Thread):
     def run(self) -> None:
         run = self.run_
         s = run.sc.settings
-        producer = Producer({**s.kafka_common(), "transactional.id": f"upstream-{run.sc.group}", "linger.ms": 5})
+        producer = Producer(
+            {**connections.kafka_common(s), "transactional.id": f"upstream-{run.sc.group}", "linger.ms": 5}
+        )
         producer.init_transactions(30)
         rng = random.Random(3)
         pace = None if run.cell.shape == "batch" else RATE
@@ -442,13 +445,13 @@ def fault_output_error(run: Run) -> None:
 
 def fault_partitions(run: Run) -> None:
     run.wait_for_outputs(500)
-    admin = AdminClient(run.sc.settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(run.sc.settings))
     for fut in admin.create_partitions([NewPartitions(run.sc.topics.input, 6)]).values():
         fut.result(30)
     run.note("input 4 -> 6 partitions")
     if run.cell.shape == "batch":  # the batch's input is in already: add records for the new partitions
         extra = run.make_records(3000, seed=99)
-        producer = Producer({**run.sc.settings.kafka_common(), "enable.idempotence": True})
+        producer = Producer({**connections.kafka_common(run.sc.settings), "enable.idempotence": True})
         for i, rec in enumerate(extra):
             producer.produce(run.sc.topics.input, rec.value, rec.key, headers=rec.headers, partition=4 + i % 2)
         assert producer.flush(60) == 0
@@ -457,7 +460,7 @@ def fault_partitions(run: Run) -> None:
 
 def fault_refusing(run: Run) -> None:
     run.wait_for_outputs(500)
-    admin = AdminClient(run.sc.settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(run.sc.settings))
     changes = [
         ConfigResource(
             "topic",

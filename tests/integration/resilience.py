@@ -20,6 +20,7 @@ from typing import Any
 from cassandra.cluster import NoHostAvailable, Session
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from flows import connections
 from flows.adapters.scylla.session import TABLE
 from tools import provision, sample
 from tools.kafkautil import header, read_topic
@@ -104,7 +105,11 @@ class Scenario:
         """Per input partition: (the group's committed offset or -1, the end of the partition)."""
         # read_uncommitted: the offsets committed so far, without waiting for a transaction
         # still open (read_committed asks the broker for stable offsets and waits)
-        conf = {**self.settings.kafka_common(), "group.id": self.group, "isolation.level": "read_uncommitted"}
+        conf = {
+            **connections.kafka_common(self.settings),
+            "group.id": self.group,
+            "isolation.level": "read_uncommitted",
+        }
         consumer = Consumer(conf)
         try:
             meta = consumer.list_topics(self.topics.input, timeout=10).topics[self.topics.input]
@@ -143,7 +148,7 @@ class Scenario:
 
     def output_count(self) -> int:
         """Messages in the success and failure topics, from their watermarks (cheap)."""
-        consumer = Consumer({**self.settings.kafka_common(), "group.id": "watermarks"})
+        consumer = Consumer({**connections.kafka_common(self.settings), "group.id": "watermarks"})
         try:
             total = 0
             for topic in (self.topics.output, self.topics.failure):
@@ -252,7 +257,7 @@ class SteadyProducer(threading.Thread):
         s = self.scenario.settings
         producer = Producer(
             {
-                **s.kafka_common(),
+                **connections.kafka_common(s),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from flows import connections
 from flows.adapters.postgres import changes
 from flows.core.model import Customer
 from flows.settings import Settings
@@ -118,7 +119,7 @@ class Stream:
     def _run(self) -> None:
         from confluent_kafka import Producer
 
-        producer = Producer({**self.topics.settings.kafka_common(), "linger.ms": 1})
+        producer = Producer({**connections.kafka_common(self.topics.settings), "linger.ms": 1})
         i = 0
         while not self._stop.is_set():
             cid = self.ids[i % len(self.ids)]

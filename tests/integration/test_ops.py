@@ -29,6 +29,7 @@ from cassandra.cluster import Session
 from confluent_kafka import Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows import connections
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.core.model import Customer, OutMessage
 from flows.core.outcome import RESERVED_HEADERS
@@ -206,7 +207,7 @@ def test_reconcile_detects_deleted_outputs(world: World, admin: AdminClient) -> 
     (`delete_records`, as retention or an operator would): reconcile names exactly those."""
     copy = new_topic(world, "enriched-copy")
     originals = list(read_topic(world.settings, world.topics.output))
-    producer = Producer(world.settings.kafka_common())
+    producer = Producer(connections.kafka_common(world.settings))
     for m in originals:
         producer.produce(copy, m.value(), m.key(), partition=m.partition(), headers=m.headers())
     assert producer.flush(30) == 0

@@ -1,6 +1,6 @@
-"""Connection settings (flows/connections.py): what each option turns into for librdkafka,
-psycopg and the CQL driver, and every setting that can't work refused at start, by name,
-without its secret. Certificates are made as the local stack makes them (stack/tls.py)."""
+"""Connection settings: what each option turns into for librdkafka, psycopg and the CQL
+driver (flows/connections.py), and every setting that can't work refused at start, by name,
+without its secret (flows/settings.py). Certificates are made as the local stack makes them (stack/tls.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import connections
 from flows.errors import SettingsError
 from flows.settings import Settings
 from stack import tls
@@ -44,7 +45,7 @@ def refused(env: dict[str, str]) -> str:
 
 
 def test_kafka_client_certificate(certs: Path) -> None:
-    conf = Settings.from_env(mtls(certs)).kafka_common()
+    conf = connections.kafka_common(Settings.from_env(mtls(certs)))
     assert conf["security.protocol"] == "SSL"
     assert conf["ssl.certificate.location"].endswith("client.crt")
     assert conf["ssl.key.location"].endswith("client.key")
@@ -53,14 +54,16 @@ def test_kafka_client_certificate(certs: Path) -> None:
 
 
 def test_kafka_scram_and_oidc() -> None:
-    scram = Settings.from_env(
-        {
-            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-            "KAFKA_SASL_USERNAME": "u",
-            "KAFKA_SASL_PASSWORD": "p",
-        }
-    ).kafka_common()
+    scram = connections.kafka_common(
+        Settings.from_env(
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "KAFKA_SASL_USERNAME": "u",
+                "KAFKA_SASL_PASSWORD": "p",
+            }
+        )
+    )
     assert (scram["sasl.mechanism"], scram["sasl.username"], scram["sasl.password"]) == ("SCRAM-SHA-512", "u", "p")
     oidc = Settings.from_env(
         oauthbearer(
@@ -71,7 +74,7 @@ def test_kafka_scram_and_oidc() -> None:
             KAFKA_SASL_OAUTHBEARER_SCOPE="kafka",
         )
     )
-    conf = oidc.kafka_common()
+    conf = connections.kafka_common(oidc)
     assert conf["sasl.oauthbearer.method"] == "oidc"
     assert conf["sasl.oauthbearer.client.secret"] == "s3cret"
     assert conf["sasl.oauthbearer.scope"] == "kafka"
@@ -86,7 +89,7 @@ def test_msk_iam_token_is_a_sigv4_presigned_connect_url(monkeypatch: pytest.Monk
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     settings = Settings.from_env(oauthbearer("aws-msk-iam", KAFKA_MSK_IAM_REGION="eu-west-1"))
-    conf = settings.kafka_common()
+    conf = connections.kafka_common(settings)
     assert "sasl.oauthbearer.method" not in conf  # librdkafka's default method: the callback
     token, expiry = conf["oauth_cb"]("")
     url = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
@@ -110,12 +113,13 @@ def test_any_librdkafka_property_by_prefix() -> None:
             "KAFKA_CLIENT_SSL_KEYSTORE_PASSWORD": "hunter2",
         }
     )
-    conf = settings.kafka_common()
+    conf = connections.kafka_common(settings)
     assert conf["socket.keepalive.enable"] == "true"
     assert conf["client.dns.lookup"] == "use_all_dns_ips"
     assert "hunter2" not in str(settings.describe())
     assert "ssl.keystore.password=****" in settings.describe()["KAFKA_CLIENT_*"]
-    assert Settings.from_env({"KAFKA_CLIENT_SASL__KERBEROS___X": "1"}).kafka_common()["sasl_kerberos-x"] == "1"
+    kerberos = Settings.from_env({"KAFKA_CLIENT_SASL__KERBEROS___X": "1"})
+    assert connections.kafka_common(kerberos)["sasl_kerberos-x"] == "1"
 
 
 @pytest.mark.parametrize(
@@ -182,15 +186,13 @@ def test_postgres_and_cql_tls(certs: Path) -> None:
             "SCYLLA_SSL_KEY_PASSWORD": tls.CLIENT_KEY_PASSWORD,
         }
     )
-    kwargs = settings.pg_connect_kwargs()
+    kwargs = connections.pg_connect_kwargs(settings)
     assert kwargs["sslmode"] == "verify-full" and kwargs["sslcert"].endswith("client.crt")
     assert kwargs["sslpassword"] == tls.CLIENT_KEY_PASSWORD
-    from flows.connections import cql_ssl_context
-
-    ctx = cql_ssl_context(settings)
+    ctx = connections.cql_ssl_context(settings)
     assert ctx is not None and ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     off = Settings.from_env({"SCYLLA_SSL": "true", "SCYLLA_SSL_CHECK_HOSTNAME": "false"})
-    ctx = cql_ssl_context(off)
+    ctx = connections.cql_ssl_context(off)
     assert ctx is not None and not ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     for secret_var in ("PG_SSLPASSWORD", "SCYLLA_SSL_KEY_PASSWORD"):
         assert settings.describe()[secret_var] == "****"

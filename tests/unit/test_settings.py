@@ -1,5 +1,6 @@
 import pytest
 
+from flows import connections
 from flows.errors import SettingsError
 from flows.settings import Settings, redact_dsn
 
@@ -51,7 +52,7 @@ def test_secrets_never_show() -> None:
         }
     )
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.describe())
-    assert s.kafka_common()["sasl.password"] == "hunter2"
+    assert connections.kafka_common(s)["sasl.password"] == "hunter2"
     assert redact_dsn("host=db password=hunter2 user=u") == "user=u password=**** host=db"
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from flows import connections
 from flows.core.model import Outcome
 from flows.settings import Settings
 from flows.telemetry.metrics import Metrics
@@ -27,7 +28,7 @@ def group_offsets(settings: Settings, topic: str, partitions: Sequence[int]) -> 
     read_uncommitted so an open transaction does not make the broker wait."""
     consumer = Consumer(
         {
-            **settings.kafka_common(),
+            **connections.kafka_common(settings),
             "group.id": settings.consumer_group,
             "enable.auto.commit": False,
             "isolation.level": "read_uncommitted",
@@ -54,7 +55,7 @@ class OffsetCommitter:
     def __init__(self, settings: Settings, client: str, metrics: Metrics | None = None) -> None:
         self._consumer = Consumer(
             {
-                **settings.kafka_common(),
+                **connections.kafka_common(settings),
                 "group.id": settings.consumer_group,
                 "client.id": f"{client}-offsets",
                 "enable.auto.commit": False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows import connections
 from flows.core.sizes import topic_sizes_to_create
 from flows.settings import Settings
 
@@ -13,7 +14,7 @@ PREFETCH_KBYTES = 4096  # a few source batches of ordinary records
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """A consumer that joins no group and commits nothing: positions are the flow's own."""
     return {
-        **settings.kafka_common(),
+        **connections.kafka_common(settings),
         "group.id": "enrichment-dataflow-unused",  # required by the client; no group is joined
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -38,7 +39,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
 def producer_config(settings: Settings) -> dict[str, Any]:
     """An idempotent producer that waits for every replica and gives up at the deadline."""
     return {
-        **settings.kafka_common(),
+        **connections.kafka_common(settings),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,

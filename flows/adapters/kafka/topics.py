@@ -20,13 +20,16 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from flows import connections
 from flows.core.sizes import TopicLimits, TopicSize, size_problems, topic_sizes_to_create
 from flows.errors import PreflightError
 from flows.settings import Settings
 
 
 def _admin(settings: Settings, extra: Mapping[str, Any] | None = None) -> AdminClient:
-    return AdminClient({**settings.kafka_common(), "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
+    return AdminClient(
+        {**connections.kafka_common(settings), "socket.connection.setup.timeout.ms": 5000, **(extra or {})}
+    )
 
 
 class _Reasons(logging.Handler):
@@ -145,7 +148,7 @@ def check_kafka_clients(settings: Settings) -> None:
     """The producer settings a rare record needs are usable here: the zstd producer that
     sends a dead letter too large to go plain (flows.delivery) is built only when one comes."""
     try:
-        Producer({**settings.kafka_common(), "compression.type": "zstd"}).flush(0)
+        Producer({**connections.kafka_common(settings), "compression.type": "zstd"}).flush(0)
     except KafkaException as exc:
         raise PreflightError(f"the Kafka client can't compress with zstd: {exc}") from None
 
@@ -156,7 +159,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int) -> 
     8 KiB more. An existing topic smaller than that is enlarged."""
     input_size, output_size = topic_sizes_to_create(settings.max_value_bytes)
     wanted = {n: input_size if n == settings.input_topic else output_size for n in names}
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(settings))
     existing = admin.list_topics(timeout=settings.startup_timeout_seconds).topics
     new = [
         NewTopic(n, num_partitions=partitions, replication_factor=1, config={"max.message.bytes": str(size)})
@@ -199,7 +202,7 @@ def _enlarge(admin: AdminClient, wanted: dict[str, int]) -> None:
 
 def delete_topics(settings: Settings, names: Iterable[str]) -> None:
     """Delete those of the topics that exist."""
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(settings))
     existing = admin.list_topics(timeout=settings.startup_timeout_seconds).topics
     todo = [n for n in names if n in existing]
     if todo:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
+from flows import connections
 from flows.adapters.postgres.customers import CUSTOMERS_TABLE
 from flows.core.cache import Inbox
 from flows.errors import PreflightError
@@ -94,7 +95,7 @@ def _connect(settings: Settings, autocommit: bool = True) -> psycopg.Connection[
         keepalives_idle=10,
         keepalives_interval=5,
         keepalives_count=3,
-        **settings.pg_connect_kwargs(),
+        **connections.pg_connect_kwargs(settings),
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from flows import connections
 from flows.adapters.postgres.errors import classify
 from flows.retry import Kind, Retries
 from flows.settings import Settings
@@ -53,7 +54,7 @@ class PgCustomerLookup:
             kwargs={
                 "connect_timeout": max(1, int(settings.startup_timeout_seconds)),
                 "application_name": name,
-                **settings.pg_connect_kwargs(),
+                **connections.pg_connect_kwargs(settings),
             },
             name=name,
             open=False,

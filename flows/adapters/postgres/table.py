@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import psycopg
 
+from flows import connections
 from flows.adapters.postgres.customers import CUSTOMERS_TABLE, LOOKUP_SQL
 from flows.core.model import Customer
 from flows.errors import PreflightError
@@ -29,7 +30,7 @@ def check_postgres(settings: Settings) -> None:
         with psycopg.connect(
             settings.pg_dsn.get(),
             connect_timeout=max(1, int(settings.startup_timeout_seconds)),
-            **settings.pg_connect_kwargs(),
+            **connections.pg_connect_kwargs(settings),
         ) as conn:
             conn.execute("SELECT 1")
             found = conn.execute("SELECT to_regclass(%s)", (CUSTOMERS_TABLE,)).fetchone()
@@ -56,7 +57,7 @@ def _first_line(exc: BaseException) -> str:
 def seed_customers(settings: Settings, customers: Iterable[Customer]) -> int:
     """Create the customers table when missing and upsert `customers` into it."""
     rows = [(c.customer_id, c.name, c.segment, c.country, c.status) for c in customers]
-    with psycopg.connect(settings.pg_dsn.get(), **settings.pg_connect_kwargs()) as conn:
+    with psycopg.connect(settings.pg_dsn.get(), **connections.pg_connect_kwargs(settings)) as conn:
         conn.execute(CUSTOMERS_DDL)
         with conn.cursor() as cur:
             cur.executemany(
