@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows import connections
 from flows.settings import Settings
 from ops.errors import USAGE, OpsError
 
@@ -172,7 +173,7 @@ def unused(dirs: Sequence[Path]) -> Iterator[None]:
 
 def refuse_if_members(settings: Settings) -> None:
     """The group has active members: exactly-once runs (its commits would undo the rewind)."""
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(connections.kafka_common(settings))
     futures = admin.describe_consumer_groups(
         [settings.consumer_group], request_timeout=settings.startup_timeout_seconds
     )
@@ -262,7 +263,9 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
             raise OpsError(f"recovery directory {d} does not exist")
     files = snapshot_files(dirs)
     refuse_if_members(settings)
-    consumer = Consumer({**settings.kafka_common(), "group.id": settings.consumer_group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {**connections.kafka_common(settings), "group.id": settings.consumer_group, "enable.auto.commit": False}
+    )
     try:
         with unused(dirs):
             moves = plan(consumer, settings, opts.target, snapshots(files, settings.input_topic))

@@ -16,6 +16,7 @@ import time
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from flows import connections
 from flows.errors import SettingsError
 from flows.settings import Settings
 from tools import provision, sample
@@ -47,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_customers:
         print(f"feed: {provision.seed_customers(settings, sample.customers(N_CUSTOMERS))} customers in PostgreSQL")
     producer = Producer(
-        {**settings.kafka_common(), "enable.idempotence": True, "acks": "all", "linger.ms": 5, "client.id": "feed"}
+        {
+            **connections.kafka_common(settings),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "client.id": "feed",
+        }
     )
     failures: list[str] = []
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from flows import connections
 from flows.settings import Settings
 
 
@@ -92,7 +93,7 @@ class Watch:
         self.settings = settings
         self.ports = list(ports)
         self._consumer = Consumer(
-            {**settings.kafka_common(), "group.id": settings.consumer_group, "enable.auto.commit": False}
+            {**connections.kafka_common(settings), "group.id": settings.consumer_group, "enable.auto.commit": False}
         )
         self.last: Sample | None = None
 
