@@ -22,6 +22,8 @@ COMMANDS = {
     "ops migrate": ["-m", "ops", "migrate", "--help"],
     "tools.demo": ["-m", "tools.demo", "--help"],
     "tools.run_local": ["-m", "tools.run_local", "--help"],
+    "tools.feed": ["-m", "tools.feed", "--help"],
+    "tools.watch": ["-m", "tools.watch", "--help"],
     "tools.scale_bench": ["-m", "tools.scale_bench", "--help"],
     "bench": ["-m", "bench", "--help"],
     "bench.floor": ["-m", "bench.floor", "--help"],
