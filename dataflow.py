@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 
+from flows import connections
 from flows.app import compose
 from flows.errors import ConfigurationError, SettingsError
 from flows.pause import PauseWatch
@@ -43,6 +44,17 @@ except SettingsError as exc:
 setup_logging(settings.log_level)
 lifecycle = Lifecycle()
 running = "bytewax.run" in sys.orig_argv  # not when drawn by bytewax.visualize or imported by tests
+if running:
+    logging.getLogger("dataflow").info(
+        "starting",
+        extra={
+            "fields": {
+                "guarantee": settings.processing_guarantee,
+                "connections": connections.modes(settings),
+                "settings": settings.describe(),
+            }
+        },
+    )
 recovery_dir = None
 
 if running:

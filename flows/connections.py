@@ -98,3 +98,25 @@ def cql_ssl_context(s: Settings) -> ssl.SSLContext | None:
     if s.scylla_ssl_certfile and s.scylla_ssl_keyfile:
         ctx.load_cert_chain(s.scylla_ssl_certfile, s.scylla_ssl_keyfile, password=s.scylla_ssl_key_password.get())
     return ctx
+
+
+def modes(s: Settings) -> dict[str, str]:
+    """How the pipeline talks to each dependency, for the start-up line: the security
+    protocol and mechanism, TLS or not, a client certificate or not (never a secret)."""
+    kafka = s.kafka_security_protocol
+    if s.kafka_sasl_mechanism:
+        kafka += f" {s.kafka_sasl_mechanism}"
+        if s.kafka_sasl_mechanism == "OAUTHBEARER" and s.kafka_sasl_oauthbearer_method:
+            kafka += f" ({s.kafka_sasl_oauthbearer_method})"
+    if s.kafka_ssl_certificate_location:
+        kafka += ", client certificate"
+    from flows.settings import parse_dsn
+
+    sslmode = s.pg_sslmode or parse_dsn(s.pg_dsn.get()).get("sslmode") or "prefer (libpq's default)"
+    postgres = f"sslmode={sslmode}" + (", client certificate" if s.pg_sslcert else "")
+    if s.scylla_ssl:
+        cql = "TLS" + (", client certificate" if s.scylla_ssl_certfile else "")
+        cql += "" if s.scylla_ssl_check_hostname else ", hostname not checked"
+    else:
+        cql = "plaintext"
+    return {"kafka": kafka, "postgresql": postgres, "cassandra": cql}

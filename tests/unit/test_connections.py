@@ -196,3 +196,28 @@ def test_postgres_and_cql_tls(certs: Path) -> None:
     assert ctx is not None and not ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     for secret_var in ("PG_SSLPASSWORD", "SCYLLA_SSL_KEY_PASSWORD"):
         assert settings.describe()[secret_var] == "****"
+
+
+def test_the_start_up_line_says_how_each_dependency_is_reached(certs: Path) -> None:
+    plain = connections.modes(Settings.from_env({}))
+    assert plain == {"kafka": "PLAINTEXT", "postgresql": "sslmode=prefer (libpq's default)", "cassandra": "plaintext"}
+    secured = Settings.from_env(
+        {
+            **oauthbearer(
+                "oidc",
+                KAFKA_SASL_OAUTHBEARER_CLIENT_ID="pipeline",
+                KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET="s3cret",
+                KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL="https://idp.example/token",
+            ),
+            "PG_DSN": "postgresql://u@db/e?sslmode=verify-full",
+            "SCYLLA_SSL": "true",
+            "SCYLLA_SSL_CHECK_HOSTNAME": "false",
+        }
+    )
+    modes = connections.modes(secured)
+    assert modes == {
+        "kafka": "SASL_SSL OAUTHBEARER (oidc)",
+        "postgresql": "sslmode=verify-full",
+        "cassandra": "TLS, hostname not checked",
+    }
+    assert "s3cret" not in str(modes)
