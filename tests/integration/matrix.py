@@ -42,13 +42,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cassandra.cluster import Session
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 from flows import connections
@@ -562,7 +563,7 @@ def run_cell(cell: Cell, tmp: Path, cql: Session) -> Result:
             for server in ("cassandra", "postgres", "kafka"):
                 stack("up", server)
     acc = run.sc.account(cql)
-    lag = run.sc.lag()
+    lag = steady(run.sc.lag)
     exits = {pod.name: pod.exits for pod in run.pods}
     crashes = sum(1 for pod in run.pods for rc in pod.exits[:-1] if rc != 0) + len(
         [n for n in run.notes if n.startswith("SIGKILL")]
@@ -572,6 +573,19 @@ def run_cell(cell: Cell, tmp: Path, cql: Session) -> Result:
     report(result)
     check(run, result, rcs)
     return result
+
+
+def steady(ask: Callable[[], int], timeout: float = 90) -> int:
+    """`ask()` again while the broker answers that may pass (a coordinator still loading
+    after a broker restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            if time.monotonic() > deadline or not (exc.args[0].retriable() or "coordinator" in str(exc).lower()):
+                raise
+            time.sleep(1)
 
 
 def settle(run: Run) -> None:

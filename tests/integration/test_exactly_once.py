@@ -97,6 +97,7 @@ def test_sigkill_inside_a_commit(moment: str, tmp_path: Path, cql: Session) -> N
 
 
 @pytest.mark.resilience  # the fault matrix runs the same in make test
+@pytest.mark.outage
 def test_broker_restart_mid_stream(tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, exactly_once=True, RETRY_DEADLINE_SECONDS="120")
     records = sc.records(10000, seed=31)

@@ -383,6 +383,7 @@ def test_a_lost_listening_connection_clears_the_caches(installed: None, pg_conni
     assert all(m and m["name"] == "After" for sent, m in seq if sent > late)
 
 
+@pytest.mark.outage
 def test_postgresql_restarted_mid_stream_leaves_no_stale_entry(
     installed: None, pg_conninfo: str, tmp_path: Path
 ) -> None:

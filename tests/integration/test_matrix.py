@@ -32,7 +32,14 @@ FAST = [
 ]
 assert all(c in CELLS for c in FAST)
 # the rest of the matrix is marked `resilience`: `make test` deselects it, `make test-resilience` runs it
-PARAMS = [pytest.param(c, id=str(c), marks=() if c in FAST else pytest.mark.resilience) for c in CELLS]
+OUTAGES = ("cassandra", "postgres", "kafka")  # cells that stop a server: run alone (`outage`)
+
+
+def marks(cell: Cell) -> list[pytest.MarkDecorator]:
+    return ([] if cell in FAST else [pytest.mark.resilience]) + ([pytest.mark.outage] if cell.fault in OUTAGES else [])
+
+
+PARAMS = [pytest.param(c, id=str(c), marks=marks(c)) for c in CELLS]
 
 
 @pytest.mark.parametrize("cell", PARAMS)

@@ -36,6 +36,7 @@ def test_crash_loop_loses_nothing(tmp_path: Path, cql: Session) -> None:
 
 
 @pytest.mark.resilience  # the fault matrix runs the same in make test
+@pytest.mark.outage
 @pytest.mark.parametrize("server", ["postgres", "cassandra", "kafka"])
 def test_dependency_outage_loses_nothing_and_dead_letters_nothing(server: str, tmp_path: Path, cql: Session) -> None:
     sc = Scenario(tmp_path, partitions=4, RETRY_DEADLINE_SECONDS="120")
@@ -90,6 +91,7 @@ def test_sigterm_exits_0_and_restart_continues_without_loss(tmp_path: Path, cql:
     assert acc.duplicates == 0
 
 
+@pytest.mark.outage
 def test_dependency_down_past_the_deadline_exits_3_then_resumes(tmp_path: Path, cql: Session) -> None:
     import json
     import random as rnd

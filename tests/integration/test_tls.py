@@ -246,6 +246,64 @@ def test_wrong_credentials_stop_the_dataflow_at_start(topics: Topics, case: str)
         assert secret not in run.stdout + run.stderr
 
 
+@pytest.mark.parametrize("case", ["kafka, wrong CA", "kafka, wrong SCRAM password"])
+def test_ops_says_why_kafka_refused_it_and_at_once(topics: Topics, case: str) -> None:
+    """The operator tools keep librdkafka's reason (they used to print only `Local: Broker
+    transport failure`), and a certificate or a password refused ends the wait at once."""
+    env, where, reason = REFUSED[case]
+    started = time.monotonic()
+    run = run_ops({**topics.env, **env, "STARTUP_TIMEOUT_SECONDS": "30"}, "reconcile")
+    took = time.monotonic() - started
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert reason in run.stderr and "Broker transport failure" not in run.stderr, run.stderr
+    assert took < 15, f"{took:.1f}s: a refusal is known in a second, not after STARTUP_TIMEOUT_SECONDS"
+
+
+def test_a_broker_name_its_certificate_does_not_carry_is_named(topics: Topics) -> None:
+    """Reached as 127.0.0.2 (a TCP relay to the broker), which its certificate does not name:
+    the line says so instead of blaming the CA."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.2", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            a.close()
+            b.close()
+
+    def relay() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", 9094))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=relay, daemon=True).start()
+    try:
+        env = {
+            **topics.env,
+            **kafka_mtls(),
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.2:{port}",
+            "STARTUP_TIMEOUT_SECONDS": "30",
+        }
+        run = run_dataflow(env, timeout=120)
+    finally:
+        listener.close()
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "does not name '127.0.0.2' (it names 127.0.0.1, localhost)" in run.stderr, run.stderr[-2000:]
+
+
 def test_a_key_its_password_does_not_open_is_a_bad_setting(topics: Topics) -> None:
     env = {**kafka_mtls(), "KAFKA_SSL_KEY_PASSWORD": "not-the-password"}
     run = run_dataflow({**topics.env, **env}, timeout=60)

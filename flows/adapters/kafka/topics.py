@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import ssl
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,25 +56,45 @@ class _Reasons(logging.Handler):
         return "; ".join(list(seen)[:3])
 
 
+# what librdkafka reports for a connection no retry will make: a certificate, a password
+_REFUSED = re.compile(
+    r"SSL handshake failed|certificate verify failed|SASL authentication error|Authentication failed|"
+    r"SASL (SCRAM|PLAIN|OAUTHBEARER)[^;]* failed|alert (certificate|bad|unknown|handshake)",
+    re.IGNORECASE,
+)
+
+
 def check_kafka(settings: Settings, topics: Iterable[str], client: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Kafka answers and each topic exists: their partition counts, or PreflightError
-    with librdkafka's reason (a TLS or SASL failure is only in its log lines).
+    with librdkafka's reason (a TLS or SASL failure is only in its log lines; the reason is
+    kept whatever `client` says, and a refusal no retry will change ends the wait at once).
     `client` adds librdkafka settings."""
     reasons = _Reasons()
     log = logging.Logger("flows.preflight.kafka")  # not registered: its lines are only kept
     log.addHandler(reasons)
-    admin = _admin(settings, {"logger": log, **(client or {})})
-    try:
-        md = admin.list_topics(timeout=settings.startup_timeout_seconds)
-    except Exception as exc:
-        admin.poll(0)  # serves the log lines queued so far
-        why = reasons.summary() or str(exc)
-        if re.search(r"alert (certificate unknown|bad certificate|certificate expired|unknown ca)", why):
-            why += " (the broker refused the client certificate: expired, or not signed by a CA it trusts)"
-        raise PreflightError(
-            f"Kafka at {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}): can't connect "
-            f"within {settings.startup_timeout_seconds:g}s: {why}"
-        ) from None
+    admin = _admin(settings, {**(client or {}), "logger": log})
+    timeout = settings.startup_timeout_seconds
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            md = admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            break
+        except Exception as exc:
+            admin.poll(0)  # serves the log lines queued so far
+            why = reasons.summary()
+            refused = bool(_REFUSED.search(why))
+            if not refused and time.monotonic() < deadline:
+                continue
+            why = why or str(exc)
+            if re.search(r"alert (certificate unknown|bad certificate|certificate expired|unknown ca)", why):
+                why += " (the broker refused the client certificate: expired, or not signed by a CA it trusts)"
+            elif "certificate verify failed" in why:
+                why = _name_check(settings) or why
+            within = "" if refused else f" within {timeout:g}s"
+            raise PreflightError(
+                f"Kafka at {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}): can't "
+                f"connect{within}: {why}"
+            ) from None
     counts: dict[str, int] = {}
     for topic in topics:
         meta = md.topics.get(topic)
@@ -79,6 +102,39 @@ def check_kafka(settings: Settings, topics: Iterable[str], client: Mapping[str, 
             raise PreflightError(f"Kafka topic '{topic}' does not exist on {settings.kafka_bootstrap_servers}")
         counts[topic] = len(meta.partitions)
     return counts
+
+
+def _name_check(settings: Settings) -> str | None:
+    """When librdkafka says the broker's certificate could not be verified (and blames the
+    CA), ask again ourselves with the name check off: if the chain verifies, the CA is fine
+    and the certificate does not name the host connected to. None: it is the chain."""
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].strip().rpartition(":")
+    host = host.strip("[]")
+    try:
+        ctx = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location)
+        ctx.check_hostname = False
+        if settings.kafka_ssl_certificate_location and settings.kafka_ssl_key_location:
+            ctx.load_cert_chain(
+                settings.kafka_ssl_certificate_location,
+                settings.kafka_ssl_key_location,
+                password=settings.kafka_ssl_key_password.get() or None,
+            )
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as sock,
+            ctx.wrap_socket(sock, server_hostname=host) as tls,
+        ):
+            cert = tls.getpeercert() or {}
+    except (OSError, ValueError, ssl.SSLError):
+        return None
+    alt: Any = cert.get("subjectAltName", ())
+    names = [str(entry[1]) for entry in alt if entry[0] in ("DNS", "IP Address")]
+    if settings.kafka_ssl_endpoint_identification == "none":
+        return None
+    return (
+        f"the broker's certificate is signed by a CA this client trusts but does not name '{host}' (it names "
+        f"{', '.join(names) or 'nothing'}): connect by a name the certificate carries, or have the broker's "
+        "certificate name this one (KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none turns the check off)"
+    )
 
 
 def max_message_bytes(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
