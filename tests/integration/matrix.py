@@ -146,7 +146,10 @@ class Pod:
             return True
 
     def stop(self) -> None:
-        """Stop restarting and SIGTERM the process (a thawed one, if it was frozen)."""
+        """Stop restarting and SIGTERM the process (a thawed one, if it was frozen), once:
+        Kubernetes sends one SIGTERM, then SIGKILL after the grace period."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGTERM)
