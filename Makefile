@@ -70,7 +70,7 @@ wipe: $(STAMP) ## delete all local stack data (stack must be down)
 TEST_WORKERS ?= 3
 test: up lint ## lint, then unit and integration tests against the real local stack (the fault matrix's fast slice)
 	$(PY) -m pytest -m "not resilience and not outage" -n $(TEST_WORKERS)
-	$(PY) -m pytest -m "outage and not resilience"
+	MATRIX_CASSANDRA_OUTAGE_S=25 $(PY) -m pytest -m "outage and not resilience"
 
 MATRIX_REPORT ?= matrix-report.jsonl
 test-resilience: up ## the whole fault matrix and the long fault-injection tests (about 90 minutes); figures in matrix-report.jsonl

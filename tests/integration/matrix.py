@@ -69,7 +69,9 @@ FEED_S = 24.0  # how long the feed lasts
 BATCH_RECORDS = 30000
 SESSION_TIMEOUT_MS = 6000
 TRANSACTION_TIMEOUT_MS = 15000  # the outage below outlasts it: no transaction may stay open across it
-CASSANDRA_OUTAGE_S = 25.0
+# Cassandra stopped this long: past the transaction timeout above (and the default 30 s);
+# `make test`'s fast slice stops it for 25 s (MATRIX_CASSANDRA_OUTAGE_S), the same proof
+CASSANDRA_OUTAGE_S = float(os.environ.get("MATRIX_CASSANDRA_OUTAGE_S", "60"))
 RESTART_DELAY_S = 1.0  # the orchestrator restarts an exited process after this (kubelet backs off from 10 s)
 MATRIX_REPORT = os.environ.get("MATRIX_REPORT")
 
