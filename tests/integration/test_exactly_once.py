@@ -215,3 +215,27 @@ def test_workers_of_one_process_share_the_group(args: tuple[str, ...], tmp_path:
     print(acc.report("exactly-once -w 2"))
     exactly_once(sc, acc)
     assert sc.lag() == 0
+
+
+def test_a_batch_run_commits_and_ends_when_the_input_is_drained(tmp_path: Path, cql: Session) -> None:
+    """STOP_AT_END with two workers and a commit interval (the longest allowed, 60 s) far
+    longer than the run: each
+    worker commits as soon as its partitions are drained, and ends once the others' are
+    committed too. (A worker that ended with its transaction open left the other waiting
+    for offsets committed only when the whole flow ends: the run hung until Kafka threw the
+    idle consumer out, five minutes later, and its heir read part of the input again.)"""
+    sc = Scenario(tmp_path, partitions=4, exactly_once=True)
+    produce_all(sc.settings, sc.topics.input, sc.records(4000, seed=67))
+    res = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflow", "-w", "2"],
+        cwd=ROOT,
+        env={**sc.env(stop_at_end=True), "COMMIT_INTERVAL_MS": "60000", "TRANSACTION_TIMEOUT_MS": "180000"},
+        capture_output=True,
+        text=True,
+        timeout=55,  # the run takes seconds; waiting for the interval (or hanging) exceeds this
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    acc = sc.account(cql)
+    print(acc.report("exactly-once -w 2, drained before the commit interval"))
+    exactly_once(sc, acc)
+    assert sc.lag() == 0, sc.group_offsets()

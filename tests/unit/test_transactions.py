@@ -87,6 +87,7 @@ class FakeReader:
         self.listener: Any = None
         self.ends: dict[int, int] = {}
         self.group: dict[int, int] = {}
+        self.read: dict[int, int] = {}  # offset after the last record read, per partition
 
     def current(self, partition: int, epoch: int) -> bool:
         return self.epochs.get(partition) == epoch
@@ -104,6 +105,9 @@ class FakeReader:
     def skippable(self, partition: int, done: int | None) -> int | None:
         end = self.ends.get(partition)
         return end if end is not None and (done is None or end > done) else None
+
+    def read_up_to(self, partition: int) -> int | None:
+        return self.read.get(partition)
 
 
 def kafka_error(code: int, fatal: bool = False, retriable: bool = False) -> KafkaException:
@@ -414,3 +418,25 @@ def test_a_fatal_error_that_is_not_a_fence_replaces_the_producer() -> None:
     rig.tx.tick()
     assert rig.log[-4:] == ["commit", "renew", "init", "rewind [(0, 3)]"]
     assert not rig.gave_up
+
+
+def test_a_drained_member_settles_at_once_and_only_when_all_it_read_is_committed() -> None:
+    """STOP_AT_END: the member's input is drained; what it delivered commits now, not when
+    the interval is due (another member may be waiting for these offsets to end), and it is
+    settled only once every record it read is committed (not while some are on their way)."""
+    rig = Rig(owned=[0])
+    rig.reader.read = {0: 9}
+    rig.round(out(0, 5), out(0, 6))
+    assert rig.tx.settle() is False, "records 7 and 8 were read, not yet delivered"
+    assert rig.log == ["begin", "offsets 0:7", "commit"], "committed before the interval was due"
+    rig.round(out(0, 7), out(0, 8))
+    assert rig.tx.settle() is True
+    assert rig.log[-2:] == ["offsets 0:9", "commit"]
+    assert rig.tx.settle() is True and rig.log[-1] == "commit", "nothing more to commit"
+
+
+def test_a_member_in_the_middle_of_a_round_does_not_settle() -> None:
+    rig = Rig(owned=[0])
+    rig.tx.admit([out(0, 5)])
+    rig.tx.begin()  # the round's messages are going into the transaction
+    assert rig.tx.settle() is False and rig.log == ["begin"]

@@ -90,6 +90,12 @@ class GroupReader:
         self._consumer.subscribe([self._topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
 
     @property
+    def drained(self) -> bool:
+        """STOP_AT_END, and every partition this member owns read to its end (the others'
+        may not be yet: see `done`)."""
+        return self._stop_at_end and set(self.epochs) <= self._at_end
+
+    @property
     def done(self) -> bool:
         """Stopping, or (STOP_AT_END) the whole input drained: every partition this member
         owns read to its end, and every other partition of the topic committed by the group
@@ -98,7 +104,7 @@ class GroupReader:
         goes on: it may yet be given them."""
         if self._stopping.is_set():
             return True
-        if not self._stop_at_end or not set(self.epochs) <= self._at_end:
+        if not self.drained:
             return False
         now = time.monotonic()
         if not self._topic_drained and now - self._topic_checked >= TOPIC_CHECK_S:
@@ -137,6 +143,11 @@ class GroupReader:
         if read is not None and (done is None or done < read):
             return None
         return end
+
+    def read_up_to(self, partition: int) -> int | None:
+        """The offset after the last record read of an owned partition under its current
+        epoch (None: none read yet)."""
+        return self._read.get(partition)
 
     def current(self, partition: int, epoch: int) -> bool:
         """Whether a record read under this epoch belongs to this member's assignment now."""

@@ -219,6 +219,24 @@ class Transactions:
             self._open, self._opened_at = True, self._clock()
             self.commit()
 
+    def settle(self) -> bool:
+        """The input is drained (STOP_AT_END): commit the open transaction now, not when the
+        interval is due; whether everything this member read is committed. Until it is, the
+        member's source goes on (records still on their way to the outputs), ticking: another
+        member waiting for these partitions' offsets would otherwise wait for a commit that
+        only comes when the whole flow ends."""
+        if self._open and not self._in_round:
+            self.commit()
+        elif not self._open:
+            self.tick()  # positions past transaction markers
+        if self._open:
+            return False
+        for partition in self._reader.epochs:
+            read = self._reader.read_up_to(partition)
+            if read is not None and self._committed.get(partition, -1) < read:
+                return False
+        return True
+
     def _skips(self) -> dict[int, int]:
         """Owned partitions read to their end whose consumer position is past the offset
         this member committed or covers: the offsets to commit there."""

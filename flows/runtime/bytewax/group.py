@@ -19,6 +19,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from typing_extensions import override
 
 from flows.adapters.kafka.group import GroupReader
+from flows.adapters.kafka.transactions import Transactions
 from flows.app.outputs import Delivery
 from flows.core.model import SourceRecord
 
@@ -36,6 +37,12 @@ class Worker:
         """The input is idle: let the transactions commit if due."""
         if self.delivery is not None and self.delivery.progress is not None:
             self.delivery.progress.tick()
+
+    def settle(self) -> bool:
+        """The input is drained: commit what this worker delivered now; whether all it read
+        is committed (else records are still on their way to the outputs)."""
+        progress = self.delivery.progress if self.delivery is not None else None
+        return not isinstance(progress, Transactions) or progress.settle()
 
 
 class Workers:
@@ -62,12 +69,20 @@ class _Partition(StatelessSourcePartition[SourceRecord]):
     def next_batch(self) -> list[SourceRecord]:
         reader = self._worker.reader
         if reader.done:
-            raise StopIteration
+            # the whole input is drained, but the others may wait for this worker's offsets:
+            # end only once all it read is committed
+            if self._worker.settle():
+                raise StopIteration
+            self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
+            return []
         batch = reader.next_batch()
         if batch:
             self._awake = None
         else:
-            self._worker.tick()
+            if reader.drained:
+                self._worker.settle()  # STOP_AT_END: commit now, another member may be waiting for it
+            else:
+                self._worker.tick()
             self._awake = dt.datetime.now(dt.UTC) + IDLE_WAIT
         return batch
 
