@@ -22,6 +22,7 @@ from confluent_kafka import (
     TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     TopicPartition,
 )
@@ -69,6 +70,36 @@ class _Context:
         self.aws_request_id = f"esm-{n}"
 
 
+def _commit(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    """Commit as the mapping does: a failure that may pass (a coordinator loading or moved
+    after a broker restart) is retried; one that does not leaves the offsets where they were,
+    and the batch comes again (at-least-once)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if time.monotonic() > deadline or not (err.retriable() or err.code() in _COMMIT_RETRIABLE):
+                print(f"esm: commit failed, the batch will come again: {err}"[:300], flush=True)
+                return
+            time.sleep(0.5)
+
+
+_COMMIT_RETRIABLE = frozenset(
+    {
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._WAIT_COORD,
+    }
+)
+
+
 def main() -> int:
     from aws_lambda.handler import handler
     from flows import connections
@@ -108,10 +139,7 @@ def main() -> int:
                         ended[m.partition()] = m.offset()  # the position: past transaction markers
             if not batch:
                 if ended:  # nothing to invoke for: the position at the end is committed
-                    consumer.commit(
-                        offsets=[TopicPartition(settings.input_topic, p, o) for p, o in ended.items()],
-                        asynchronous=False,
-                    )
+                    _commit(consumer, [TopicPartition(settings.input_topic, p, o) for p, o in ended.items()])
                 continue
             event = aws_event(batch, "aws:SelfManagedKafka")
             while True:
@@ -125,9 +153,7 @@ def main() -> int:
             ends: dict[int, int] = dict(ended)
             for m in batch:
                 ends[m.partition()] = max(ends.get(m.partition(), 0), m.offset() + 1)
-            consumer.commit(
-                offsets=[TopicPartition(settings.input_topic, p, o) for p, o in ends.items()], asynchronous=False
-            )
+            _commit(consumer, [TopicPartition(settings.input_topic, p, o) for p, o in ends.items()])
     finally:
         consumer.close()
     return 0

@@ -67,6 +67,7 @@ GUARANTEES = ("at-least-once", "exactly-once")
 RATE = 500.0  # records/s fed to the long-running shapes
 FEED_S = 24.0  # how long the feed lasts
 BATCH_RECORDS = 30000
+BATCH_SLOW_US = 1000  # a batch's pace per record until its fault is in (then full speed)
 SESSION_TIMEOUT_MS = 6000
 TRANSACTION_TIMEOUT_MS = 15000  # the outage below outlasts it: no transaction may stay open across it
 # Cassandra stopped this long: past the transaction timeout above (and the default 30 s);
@@ -223,6 +224,7 @@ class Run:
         self.records: list[sample.SampleRecord] = []
         self.notes: list[str] = []
         self.hooks: dict[str, str] = {}
+        self.mid_stream = True
 
     # ---------------------------------------------------------------- the shapes
 
@@ -519,6 +521,7 @@ class Result:
     seconds: float
     notes: list[str] = field(default_factory=list)
     crashes: int = 0
+    mid_stream: bool = True  # a batch was still running when its fault was in
 
     def row(self) -> dict[str, Any]:
         a = self.acc
@@ -546,6 +549,15 @@ def run_cell(cell: Cell, tmp: Path, cql: Session) -> Result:
             "INJECT_OUTPUT_ERROR_AT": "5",
             "INJECT_OUTPUT_ERROR_MARKER": str(tmp / "injected"),
         }
+    fault_in = tmp / "fault-in"
+    if cell.shape == "batch":
+        # held at a slow pace until the fault is in, so that it hits the batch mid-stream
+        run.hooks = {
+            **run.hooks,
+            "PYTHONPATH": str(ROOT / "tests" / "integration" / "hooks"),
+            "INJECT_SLOW_US_PER_RECORD": str(BATCH_SLOW_US),
+            "INJECT_SLOW_UNTIL": str(fault_in),
+        }
     feeder: threading.Thread | None = None
     try:
         if cell.shape == "batch":
@@ -555,6 +567,8 @@ def run_cell(cell: Cell, tmp: Path, cql: Session) -> Result:
             run.start()
             feeder = run.feed()
         inject(run)
+        run.mid_stream = not run.batch_done
+        fault_in.touch()
         feeder.join(300)
         assert not feeder.is_alive(), "the feed did not finish"
         error = getattr(feeder, "error", None)
@@ -573,7 +587,7 @@ def run_cell(cell: Cell, tmp: Path, cql: Session) -> Result:
     crashes = sum(1 for pod in run.pods for rc in pod.exits[:-1] if rc != 0) + len(
         [n for n in run.notes if n.startswith("SIGKILL")]
     )
-    result = Result(cell, acc, lag, exits, time.monotonic() - started, run.notes, crashes)
+    result = Result(cell, acc, lag, exits, time.monotonic() - started, run.notes, crashes, run.mid_stream)
     result.acc.codes = acc.codes
     report(result)
     check(run, result, rcs)
@@ -612,6 +626,7 @@ def report(result: Result) -> None:
 def check(run: Run, result: Result, rcs: dict[str, int | None]) -> None:
     acc, cell = result.acc, result.cell
     where = f"{cell}: {acc.report(str(cell))} exits={result.exits}\n{run.logs}"
+    assert result.mid_stream, f"the batch had ended before its fault was in: {where}"
     assert acc.inputs == sum(run.expected.values()), where
     assert acc.lost == 0 and acc.distinct == acc.inputs, where
     assert acc.history_missing == 0, where

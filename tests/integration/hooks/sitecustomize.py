@@ -2,7 +2,11 @@
 matrix's "error in an output step". With INJECT_OUTPUT_ERROR_AT=N, the N-th flush of the
 dead-letter output in the process raises (after the round's enriched messages and dead
 letters were handed to Kafka, inside exactly-once's transaction), once: the file named by
-INJECT_OUTPUT_ERROR_MARKER is created then, and no process injects while it exists."""
+INJECT_OUTPUT_ERROR_MARKER is created then, and no process injects while it exists.
+
+And a batch run held in the middle of its input while the fault is put in place: with
+INJECT_SLOW_US_PER_RECORD=N, each round of the outputs first waits N microseconds per record,
+until the file named by INJECT_SLOW_UNTIL exists (the fault is in: full speed from there)."""
 
 import os
 
@@ -23,3 +27,20 @@ if _AT and _MARKER and not os.path.exists(_MARKER):
         return _flush(self)
 
     _outputs.DeadLetters.flush = _failing_flush
+
+_SLOW = os.environ.get("INJECT_SLOW_US_PER_RECORD")
+_UNTIL = os.environ.get("INJECT_SLOW_UNTIL", "")
+
+if _SLOW and _UNTIL:
+    import time as _time
+
+    from flows.app import outputs as _app_outputs
+
+    _write = _app_outputs.Delivery.write
+
+    def _slow_write(self, outcomes):  # type: ignore[no-untyped-def]
+        if not os.path.exists(_UNTIL):
+            _time.sleep(len(outcomes) * int(_SLOW) / 1e6)
+        return _write(self, outcomes)
+
+    _app_outputs.Delivery.write = _slow_write
