@@ -613,6 +613,12 @@ def settle(run: Run) -> None:
         pod = run.pods[0]
         assert pod.finished.wait(420), f"the batch run did not end with status 0 (exits {pod.exits}):\n{run.logs}"
     run.sc.wait_for_lag_zero(timeout=300)
+    if run.cell.shape != "batch":
+        # the final stop is of running processes (one killed last may be waiting for its restart)
+        deadline = time.monotonic() + 60
+        while len(run.alive()) < len(run.pods):
+            assert time.monotonic() < deadline, f"not every process restarted:\n{run.logs}"
+            time.sleep(0.2)
 
 
 def report(result: Result) -> None:
