@@ -88,3 +88,27 @@ def test_group_lag_is_visible_during_a_run_and_reaches_zero(exactly_once: bool, 
     assert end_gauges == {p: 0 for p in range(4)}
     seen = max((int(lag) for rows in during for _, _, lag in rows.values() if lag.isdigit()), default=0)
     print(f"[lag] {'exactly' if exactly_once else 'at-least'}-once: largest partition lag seen {seen}")
+
+
+def test_a_run_resumed_at_the_end_commits_the_snapshot_positions(tmp_path: Path) -> None:
+    """At-least-once with a recovery directory: a run whose snapshots say every partition is
+    done (its predecessor was killed after its last snapshot, before its last group commit)
+    reads nothing, and commits those positions, so the lag reaches 0 instead of showing the
+    old commits forever."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from flows import connections
+    from tools.kafkautil import produce_all
+
+    sc = Scenario(tmp_path, partitions=4, exactly_once=False)
+    produce_all(sc.settings, sc.topics.input, sc.records(2000, seed=73))
+    assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
+    assert sc.lag() == 0
+    # the killed predecessor's last group commit: behind the snapshots
+    rewound = Consumer({**connections.kafka_common(sc.settings), "group.id": sc.group, "enable.auto.commit": False})
+    rewound.commit(offsets=[TopicPartition(sc.topics.input, p, 0) for p in range(4)], asynchronous=False)
+    rewound.close()
+    assert sc.lag() == 2000
+    assert sc.run_to_end() == 0, sc.log.read_text()[-3000:]
+    assert sc.lag() == 0, sc.group_offsets()
+    assert "initialized recovery partitions" in sc.log.read_text()

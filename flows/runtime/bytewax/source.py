@@ -183,10 +183,14 @@ class _Partition(StatefulSourcePartition[SourceRecord, int]):
         return self._delivered(self._partition, self._reader, self._start)
 
     def _delivered(self, partition: int, reader: PartitionReader, start: int) -> int:
+        """What of the partition is durable (delivered, or the snapshot's position when
+        nothing was delivered since); at its end, that position goes to the consumer group
+        too, even when this run read nothing (resumed at the end from a snapshot its killed
+        predecessor took after its last group commit: else the lag would stay behind)."""
         finished = self._outputs.finished(self._topic, partition)
         durable = start if finished is None else finished
         end = reader.end_position
-        if end is not None and end > durable and durable >= reader.position:
+        if end is not None and end >= durable and durable >= reader.position:
             self._outputs.moved_past(self._topic, partition, end)
             return end
         return durable
