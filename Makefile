@@ -55,7 +55,7 @@ lock: $(UV) ## regenerate requirements*.txt from pyproject.toml, pinned and hash
 	$(call locked,requirements.txt,--extra dataflow -c requirements-dev.txt)
 	$(call locked,requirements-lambda.txt,-c requirements-dev.txt)
 
-up: $(STAMP) ## start Kafka, PostgreSQL and Cassandra (no-op when up)
+up: $(STAMP) ## start Kafka, PostgreSQL, Cassandra and the Schema Registry (no-op when up)
 	$(PY) stack/stack.py up
 
 down: $(STAMP) ## stop the local stack
