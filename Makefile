@@ -96,8 +96,8 @@ lag: ## the consumer group's offsets and lag, with Kafka's kafka-consumer-groups
 clean: ## remove .venv and caches (not the stack data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary (local stack only; ALLOW_REMOTE=1 to override)
-	$(PY) -m tools.demo $(if $(ALLOW_REMOTE),--allow-remote)
+demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary (FORMAT=avro|protobuf|json-schema; local stack only; ALLOW_REMOTE=1 to override)
+	$(PY) -m tools.demo $(if $(ALLOW_REMOTE),--allow-remote) $(if $(FORMAT),--format $(FORMAT))
 
 PROCESSES ?= 1
 WORKERS ?= 1

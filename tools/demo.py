@@ -27,7 +27,7 @@ from flows import connections
 from flows.adapters.scylla.session import TABLE, connect, ensure_schema
 from flows.errors import SettingsError
 from flows.settings import Settings
-from tools import provision, sample
+from tools import formats, provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,28 @@ def remote_servers(settings: Settings) -> list[str]:
     return remote
 
 
+def in_format(records: list[sample.SampleRecord], fmt: str, settings: Settings) -> list[sample.SampleRecord]:
+    """The sample as a producer of `fmt` writes it: each event that fits the format's schema
+    in it; what can't (JSON that is not an event) as its bytes, which the pipeline finds
+    not in the wire format (`invalid_format`); empty and oversized values as they were."""
+    writer = formats.EventWriter(fmt, settings, settings.input_topic)
+    out: list[sample.SampleRecord] = []
+    for r in records:
+        if r.expect in ("empty_value", "payload_too_large"):
+            out.append(r)
+            continue
+        try:
+            doc = json.loads(r.value or b"")
+            value = writer.write(doc) if isinstance(doc, dict) else None
+        except Exception:  # noqa: BLE001 - not an event of the schema: stays as it came
+            value = None
+        if value is None:
+            out.append(sample.SampleRecord(r.key, r.value, r.headers, "invalid_format"))
+        else:
+            out.append(sample.SampleRecord(r.key, value, r.headers, r.expect))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo",
@@ -84,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         "record came out as expected, 1 otherwise, 2 for a bad setting.",
     )
     parser.add_argument(
+        "--format",
+        choices=("json", "avro", "protobuf", "json-schema"),
+        default="json",
+        help="the events' format, in and out (a Schema Registry format uses the local stack's registry)",
+    )
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
         help="run against servers that are not on this machine (their demo topics are deleted and recreated)",
@@ -91,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # librdkafka's own log lines (`%4|...|GETPID|... Coordinator load in progress`): errors only
     env = {**os.environ, "KAFKA_CLIENT_LOG__LEVEL": os.environ.get("KAFKA_CLIENT_LOG__LEVEL", "3")}
+    env.update({"INPUT_FORMAT": args.format, "OUTPUT_FORMAT": args.format})
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
@@ -115,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     records = list(
         sample.events(N_EVENTS, N_CUSTOMERS, bad_ratio=0.02, seed=42, max_value_bytes=settings.max_value_bytes)
     )
+    if args.format != "json":
+        records = in_format(records, args.format, settings)
+        print(f"demo: events written in {args.format}, schemas in the registry at {settings.schema_registry_url}")
     expected = Counter(r.expect for r in records)
     produce_all(settings, settings.input_topic, records)
     print(f"demo: produced {len(records)} events to {settings.input_topic}: {dict(sorted(expected.items()))}")
@@ -165,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\none enriched event (key, headers, value):")
         print(f"  key     {sample_msg.key()!r}")
         print(f"  headers {[(k, v.decode()) for k, v in sample_msg.headers() or []]}")
-        print("  value   " + json.dumps(json.loads(sample_msg.value()), indent=2).replace("\n", "\n  "))
+        value = sample_msg.value() or b""
+        if args.format != "json":
+            print(f"  ({args.format}, {len(value)} bytes; as JSON:)")
+            value = formats.reader(args.format, settings, settings.output_topic).read(value)
+        print("  value   " + json.dumps(json.loads(value), indent=2).replace("\n", "\n  "))
     ok = (
         len(enriched) == expected["enriched"]
         and len(failed) == len(records) - expected["enriched"]
