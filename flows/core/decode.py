@@ -77,7 +77,7 @@ def decode_framed(record: SourceRecord, max_bytes: int, read: Callable[[bytes], 
         return Failure(record, exc.code, stage, exc.message, field=exc.field)
     result = decode_record(msgspec.structs.replace(record, value=rendered), len(rendered))
     if isinstance(result, Decoded):
-        return Decoded(record, result.event, result.members)
+        return Decoded(record, result.event, result.members, rendered)
     return msgspec.structs.replace(result, record=record)
 
 

@@ -86,6 +86,9 @@ class Decoded(msgspec.Struct, frozen=True, gc=False):
     record: SourceRecord
     event: Event
     members: dict[str, Raw] = {}
+    # a Schema Registry format's value rendered as JSON, which `members` index (None: the
+    # record's value is the JSON)
+    json: bytes | None = None
 
 
 class Failure(msgspec.Struct, frozen=True, gc=False):

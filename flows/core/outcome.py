@@ -84,7 +84,7 @@ def enriched_value(
     """The input value, its bytes kept, with the lookups' members and `enriched_at` added.
     An input that has members of the `added` names is rebuilt from its other members'
     text, byte for byte (only the whitespace between members changes)."""
-    value = decoded.record.value
+    value = decoded.json if decoded.json is not None else decoded.record.value
     assert value is not None
     if added.isdisjoint(decoded.members):
         body = value.rstrip(_WS)[:-1].rstrip(_WS)  # a validated object ends with '}'

@@ -63,7 +63,8 @@ def bad_values(topics: Topics, fmt: str) -> list[tuple[bytes | None, str]]:
         (b'{"event_id": "json, not the wire format"}', "invalid_format"),
         (good[:3], "invalid_format"),  # shorter than the header
         (b"\x00\x7f\xff\xff\x00" + good[5:], "schema_violation"),  # no such schema id
-        (good[:5] + b"\xff\xff\xff\xff\xff\xff\xff\xff", "schema_violation"),  # bytes that don't decode
+        # bytes that don't decode with the schema (Protobuf's header has its message indexes too)
+        (good[: 6 if fmt == "protobuf" else 5] + b"\xff\xff\xff\xff\xff\xff\xff\xff", "schema_violation"),
     ]
     if fmt == "avro":
         from confluent_kafka.schema_registry.avro import AvroSerializer
