@@ -75,28 +75,6 @@ def remote_servers(settings: Settings) -> list[str]:
     return remote
 
 
-def in_format(records: list[sample.SampleRecord], fmt: str, settings: Settings) -> list[sample.SampleRecord]:
-    """The sample as a producer of `fmt` writes it: each event that fits the format's schema
-    in it; what can't (JSON that is not an event) as its bytes, which the pipeline finds
-    not in the wire format (`invalid_format`); empty and oversized values as they were."""
-    writer = formats.EventWriter(fmt, settings, settings.input_topic)
-    out: list[sample.SampleRecord] = []
-    for r in records:
-        if r.expect in ("empty_value", "payload_too_large"):
-            out.append(r)
-            continue
-        try:
-            doc = json.loads(r.value or b"")
-            value = writer.write(doc) if isinstance(doc, dict) else None
-        except Exception:  # noqa: BLE001 - not an event of the schema: stays as it came
-            value = None
-        if value is None:
-            out.append(sample.SampleRecord(r.key, r.value, r.headers, "invalid_format"))
-        else:
-            out.append(sample.SampleRecord(r.key, value, r.headers, r.expect))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo",
@@ -145,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         sample.events(N_EVENTS, N_CUSTOMERS, bad_ratio=0.02, seed=42, max_value_bytes=settings.max_value_bytes)
     )
     if args.format != "json":
-        records = in_format(records, args.format, settings)
+        records = formats.in_format(records, args.format, settings, settings.input_topic)
         print(f"demo: events written in {args.format}, schemas in the registry at {settings.schema_registry_url}")
     expected = Counter(r.expect for r in records)
     produce_all(settings, settings.input_topic, records)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -27,6 +28,7 @@ from flows.adapters.registry.client import registry_client
 from flows.adapters.registry.readers import FramedReader
 from flows.retry import Retries
 from flows.settings import Settings
+from tools import sample
 
 AVRO_EVENT = json.dumps(
     {
@@ -153,3 +155,33 @@ class EventWriter:
 def reader(fmt: str, settings: Settings, topic: str) -> FramedReader:
     """Reads values of `fmt` back as JSON (the enriched events of OUTPUT_FORMAT=fmt)."""
     return FramedReader(fmt, registry_client(settings), topic, Retries(30))
+
+
+def in_format(
+    records: list[sample.SampleRecord],
+    fmt: str,
+    settings: Settings,
+    topic: str,
+    outcome: Callable[[sample.SampleRecord], str] | None = None,
+) -> list[sample.SampleRecord]:
+    """The sample as a producer of `fmt` writes it: each event that fits the format's schema
+    in it; what can't (JSON that is not an event) as its bytes, which the pipeline finds not
+    in the wire format (`invalid_format`); empty and oversized values as they were. Each
+    record's `expect` is what the pipeline makes of it (`outcome`: what it made of the JSON)."""
+    writer = EventWriter(fmt, settings, topic)
+    out: list[sample.SampleRecord] = []
+    for r in records:
+        expect = outcome(r) if outcome is not None else r.expect
+        if r.expect in ("empty_value", "payload_too_large"):
+            out.append(sample.SampleRecord(r.key, r.value, r.headers, expect))
+            continue
+        try:
+            doc = json.loads(r.value or b"")
+            value = writer.write(doc) if isinstance(doc, dict) else None
+        except Exception:  # noqa: BLE001 - not an event of the schema: stays as it came
+            value = None
+        if value is None:
+            out.append(sample.SampleRecord(r.key, r.value, r.headers, "invalid_format"))
+        else:
+            out.append(sample.SampleRecord(r.key, value, r.headers, expect))
+    return out
