@@ -263,6 +263,9 @@ class SteadyProducer(threading.Thread):
                 "linger.ms": 5,
                 "message.timeout.ms": 120000,
                 "topic.metadata.refresh.interval.ms": 2000,  # partitions added mid-stream get records
+                # batches that pile up while the broker is away must still fit the topic
+                # (its max.message.bytes is sized for MAX_VALUE_BYTES, which tests lower)
+                "batch.size": 16384,
             }
         )
         failures: list[str] = []

@@ -401,3 +401,16 @@ def test_after_a_pause_a_member_writes_nothing_it_read_before() -> None:
     assert rig.tx.admit([out(0, 6)]) == []
     assert rig.log[-2:] == ["abort", "rewind []"]
     assert rig.tx.admit([out(0, 6, epoch=2)]), "after the rewind, records read again are written"
+
+
+def test_a_fatal_error_that_is_not_a_fence_replaces_the_producer() -> None:
+    """After a broker restart the coordinator may answer a commit with INVALID_TXN_STATE,
+    which librdkafka makes fatal: only this producer is broken, not the worker."""
+    rig = Rig()
+    rig.round(out(0, 5))
+    rig.writer.producer.fail["commit"] = kafka_error(KafkaError.INVALID_TXN_STATE, fatal=True)
+    rig.reader.group = {0: 3}
+    rig.clock.now += 1
+    rig.tx.tick()
+    assert rig.log[-4:] == ["commit", "renew", "init", "rewind [(0, 3)]"]
+    assert not rig.gave_up

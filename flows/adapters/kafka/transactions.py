@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from flows.adapters.kafka.group import GroupReader
 from flows.adapters.kafka.writer import KafkaWriter
@@ -253,22 +253,13 @@ class Transactions:
                 "the records it covers are read again",
                 extra={"fields": {"call": str(stuck)}},
             )
-            self._writer.renew()
-            self._open, self._in_round, self._offsets = False, False, {}
-            self._call("init_transactions", self._writer.producer.init_transactions)
-            if str(stuck) == "commit_transaction":  # it may have committed: ask the group
-                self._committed = self._reader.committed(self._deadline_s)
-            self._reader.rewind(self._committed)
+            self._replace_producer(may_have_committed=str(stuck) == "commit_transaction")
             return
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
-                raise self._retries.gave_up(
-                    DeliveryFailed(
-                        f"this worker's producer was fenced (another process took its transactional.id): {err}",
-                        err.code(),
-                    )
-                ) from None
+                self._fatal(err, may_have_committed=True)
+                return
             log.warning(
                 "transaction not committed, aborting it; the records it covers are read again",
                 extra={"fields": {"error": str(err)}},
@@ -285,8 +276,43 @@ class Transactions:
         """Abort the open transaction and read the partitions still owned again from where
         this member last committed (or from the first record of their assignment)."""
         if self._open:
-            self._call("abort_transaction", self._writer.producer.abort_transaction)
+            try:
+                self._call("abort_transaction", self._writer.producer.abort_transaction)
+            except KafkaException as exc:
+                if not exc.args[0].fatal():
+                    raise
+                self._fatal(exc.args[0], may_have_committed=False)
+                return
         self._open, self._in_round, self._offsets = False, False, {}
+        self._reader.rewind(self._committed)
+
+    def _fatal(self, err: KafkaError, may_have_committed: bool) -> None:
+        """A fatal producer error: fenced by another instance of the transactional.id, this
+        worker is a zombie and gives up (exit 3); any other (the transaction's state lost
+        across a broker restart: INVALID_TXN_STATE) only breaks this producer: a new one
+        takes the transactional.id over and the records are read again."""
+        if err.code() in FENCED:
+            raise self._retries.gave_up(
+                DeliveryFailed(
+                    f"this worker's producer was fenced (another process took its transactional.id): {err}",
+                    err.code(),
+                )
+            )
+        log.warning(
+            "the producer hit a fatal error; replacing it, which aborts the open transaction: the records it "
+            "covers are read again",
+            extra={"fields": {"error": str(err)[:300]}},
+        )
+        self._replace_producer(may_have_committed)
+
+    def _replace_producer(self, may_have_committed: bool) -> None:
+        """A new producer for the transactional.id (fencing the old one and aborting its open
+        transaction), then the owned partitions read again from what the group committed."""
+        self._writer.renew()
+        self._open, self._in_round, self._offsets = False, False, {}
+        self._call("init_transactions", self._writer.producer.init_transactions)
+        if may_have_committed:  # the commit's outcome is unknown: ask the group
+            self._committed = self._reader.committed(self._deadline_s)
         self._reader.rewind(self._committed)
 
     def revoked(self, partitions: Sequence[int]) -> None:
@@ -352,6 +378,10 @@ class Transactions:
             self._retries.call(f"kafka {what}", lambda: bounded(what, call, timeout + STUCK_GRACE_S), _retriable)
         finally:
             self._in_call = False
+
+
+# fatal errors that mean another producer took this transactional.id over (this one is a zombie)
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 def _retriable(exc: BaseException) -> Kind:
