@@ -335,7 +335,16 @@ class KafkaWriter:
         self._await(producer, sending)
         err = sending.errors.get(0)
         if err is not None and not _refused(err):
-            raise self._retries.gave_up(DeliveryFailed(f"message not delivered: {message.topic}: {err}", err.code()))
+            failure = DeliveryFailed(
+                f"message not delivered: {message.topic}: {err}",
+                err.code(),
+                retriable=error_kind(err) is Kind.RETRIABLE or err.code() in PURGED,
+            )
+            if self.transactional and failure.retriable:
+                # as in `wait`: a timed-out message in a transaction aborts the round, which
+                # is read again until RETRY_DEADLINE_SECONDS
+                raise failure
+            raise self._retries.gave_up(failure)
         return err
 
     def _probe(self, message: OutMessage) -> KafkaError | None:
