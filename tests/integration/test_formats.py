@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from hypothesis import strategies as st
 
 from flows.adapters.registry.client import registry_client
 from flows.adapters.scylla.session import TABLE
+from flows.core.model import Customer
 from tools import formats, provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
@@ -272,3 +276,59 @@ def test_hostile_wire_format_values_are_each_routed_once(payloads: list[bytes], 
     outs = list(read_topic(topics.settings, topics.output)) + list(read_topic(topics.settings, topics.failure))
     assert Counter(coords(m) for m in outs) == Counter({(0, i): 1 for i in range(len(payloads))})
     assert "internal_error" not in {header(m, "error.code") for m in outs}
+
+
+def test_ops_trace_replay_and_reconcile_in_registry_formats(cql: Session, tmp_path: Path) -> None:
+    """Avro in, Protobuf out: `ops trace` shows the values as JSON; the dead letters of a
+    customer added later keep their Avro bytes and `ops replay --if-customer-exists` sends
+    them back; the dataflow enriches them; `ops reconcile` finds every record."""
+    topics = Topics(partitions=2, prefix="fmt-ops").create()
+    provision.seed_customers(topics.settings, sample.customers(N_CUSTOMERS))
+    late = f"LATE-{uuid.uuid4().hex[:10]}"
+    writer = formats.EventWriter("avro", topics.settings, topics.input)
+    run = uuid.uuid4().hex[:10]
+    good = [{**d, "event_id": f"{run}-{i}"} for i, d in enumerate(events(40, seed=21))]
+    parked = [{**d, "customer_id": late, "event_id": f"{run}-late-{i}"} for i, d in enumerate(events(6, seed=22))]
+    produce_all(topics.settings, topics.input, [(None, writer.write(d), []) for d in good + parked])
+    env = {**topics.env, "INPUT_FORMAT": "avro", "OUTPUT_FORMAT": "protobuf"}
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    flow_args = ("-r", str(recovery), "-s", "1", "-b", "0")
+
+    def ops(*args: str) -> subprocess.CompletedProcess[str]:
+        full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        return subprocess.run(
+            [sys.executable, "-m", "ops", *args], cwd=tmp_path, capture_output=True, text=True, timeout=180, env=full
+        )
+
+    first = run_dataflow({**env, "STOP_AT_END": "true"}, args=flow_args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    dead = list(read_topic(topics.settings, topics.failure))
+    assert {header(m, "error.code") for m in dead} == {"customer_not_found"} and len(dead) == len(parked)
+    inputs = {(m.partition(), m.offset()): m.value() for m in read_topic(topics.settings, topics.input)}
+    assert all(m.value() == inputs[coords(m)] for m in dead), "dead letters keep the Avro bytes"
+
+    traced = ops("trace", good[0]["event_id"])
+    assert traced.returncode == 0, traced.stdout + traced.stderr
+    assert "-> enriched" in traced.stdout and "(protobuf)" in traced.stdout
+    assert f'"event_id":"{good[0]["event_id"]}"' in traced.stdout.replace(" ", "")
+    traced_dead = ops("trace", parked[0]["event_id"])
+    assert traced_dead.returncode == 0 and "-> failed (customer_not_found)" in traced_dead.stdout
+    assert "(avro)" in traced_dead.stdout, traced_dead.stdout
+
+    waiting = ops("replay", "--if-customer-exists")
+    assert waiting.returncode == 0, waiting.stdout + waiting.stderr
+    assert "replayed 0 records" in waiting.stdout, waiting.stdout
+    provision.seed_customers(topics.settings, [Customer(late, "Late Ltd", "smb", "PL", "active")])
+    replayed = ops("replay", "--if-customer-exists")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert f"replayed {len(parked)} records" in replayed.stdout, replayed.stdout
+
+    second = run_dataflow({**env, "STOP_AT_END": "true"}, args=flow_args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = formats.reader("protobuf", topics.settings, topics.output)
+    docs = [json.loads(out.read(m.value())) for m in read_topic(topics.settings, topics.output)]
+    assert len(docs) == len(good) + len(parked)
+    assert {d["event_id"] for d in docs if d["customer"]["name"] == "Late Ltd"} == {d["event_id"] for d in parked}
+    reconciled = ops("reconcile")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
