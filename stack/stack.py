@@ -818,9 +818,7 @@ def selected(args: argparse.Namespace) -> list[Server]:
     names = getattr(args, "servers", None) or [s.name for s in SERVERS]
     unknown = set(names) - {s.name for s in SERVERS}
     if unknown:
-        raise StackError(
-            f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SERVERS)}"
-        )
+        raise StackError(f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SERVERS)}")
     return [s for s in SERVERS if s.name in names]
 
 
