@@ -52,6 +52,7 @@ CASSANDRA_PORT = int(_env("STACK_CASSANDRA_PORT", "9042"))
 CASSANDRA_STORAGE_PORT = int(_env("STACK_CASSANDRA_STORAGE_PORT", "7000"))
 CASSANDRA_HEAP = _env("STACK_CASSANDRA_HEAP", "1g")
 REGISTRY_PORT = int(_env("STACK_REGISTRY_PORT", "8081"))
+REGISTRY_SSL_PORT = int(_env("STACK_REGISTRY_SSL_PORT", "8443"))  # HTTPS, client certificate required
 REGISTRY_HEAP = _env("STACK_REGISTRY_HEAP", "256m")
 START_TIMEOUT = float(_env("STACK_START_TIMEOUT", "180"))
 STOP_TIMEOUT = float(_env("STACK_STOP_TIMEOUT", "45"))
@@ -217,10 +218,12 @@ class Server:
     def ready(self) -> None:
         """Once it answers: create what the stack's clients need (idempotent)."""
 
+    config_version = CONFIG_VERSION
+
     def config_current(self) -> bool:
         """Started with this version of the stack's server configuration."""
         stamp = self.dir / "config.version"
-        return stamp.exists() and stamp.read_text().strip() == CONFIG_VERSION
+        return stamp.exists() and stamp.read_text().strip() == self.config_version
 
     def stop(self) -> None:
         pid = self.pid()
@@ -697,7 +700,11 @@ def build_registry() -> Path:
     Central) once into the cache: its runner jar and lib/. The application's own
     application.properties, read from its jar, plus stack/maven/registry/registry.properties."""
     version = pom_version(REGISTRY_PROJECT / "pom.xml", "apicurio.version")
-    home = CACHE_DIR / f"registry-{version}"
+    import hashlib
+
+    # its build-time configuration is part of the build: a change makes another
+    inputs = b"".join((REGISTRY_PROJECT / n).read_bytes() for n in ("pom.xml", "registry.properties"))
+    home = CACHE_DIR / f"registry-{version}-{hashlib.sha256(inputs).hexdigest()[:8]}"
     stamp = home / ".complete"
     if stamp.exists():
         return home
@@ -743,6 +750,7 @@ class Registry(Server):
     its schemas kept in an H2 file under the stack's data (they outlive a restart)."""
 
     API = "/apis/ccompat/v7"
+    config_version = f"{CONFIG_VERSION}-registry-https1"
 
     def __init__(self) -> None:
         super().__init__("registry", REGISTRY_PORT)
@@ -750,6 +758,7 @@ class Registry(Server):
 
     def prepare(self) -> None:
         self.home = build_registry()
+        tls.ensure_registry(TLS_DIR, java_bin().parent / "keytool")
 
     def url(self) -> str:
         return f"http://{HOST}:{self.port}{self.API}"
@@ -762,6 +771,15 @@ class Registry(Server):
             "-XX:+UseSerialGC",
             f"-Dquarkus.http.port={self.port}",
             f"-Dquarkus.http.host={HOST}",
+            # HTTPS beside plain HTTP: a client certificate of the stack's CA required
+            # (quarkus.http.ssl.client-auth, fixed at build time: registry.properties)
+            f"-Dquarkus.http.ssl-port={REGISTRY_SSL_PORT}",
+            f"-Dquarkus.http.ssl.certificate.files={TLS_DIR / 'registry.crt'}",
+            f"-Dquarkus.http.ssl.certificate.key-files={TLS_DIR / 'registry.key'}",
+            f"-Dquarkus.http.ssl.certificate.trust-store-file={TLS_DIR / 'registry-trust.p12'}",
+            "-Dquarkus.http.ssl.certificate.trust-store-file-type=PKCS12",
+            f"-Dquarkus.http.ssl.certificate.trust-store-password={tls.REGISTRY_TRUST_PASSWORD}",
+            "-Dquarkus.http.insecure-requests=enabled",
             "-jar",
             str(self.home / "registry-runner.jar"),
         ]
@@ -858,7 +876,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         if server.pid() is None:
             say(f"{server.name}: starting on {server.address()} (log: {server.log})")
             server.start()
-            (server.dir / "config.version").write_text(CONFIG_VERSION)
+            (server.dir / "config.version").write_text(server.config_version)
     wait_ready(to_start, started)
     say(f"stack up in {time.monotonic() - t0:.1f}s")
 

@@ -8,6 +8,7 @@ a schema id it does not have is the record's."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -82,4 +83,10 @@ def reason(exc: BaseException) -> str:
     """One line for an exception from the client."""
     if isinstance(exc, SchemaRegistryError):
         return f"HTTP {exc.http_status_code}, error {exc.error_code}: {exc.error_message}"
-    return f"{type(exc).__name__}: {exc}"[:300]
+    why = f"{type(exc).__name__}: {exc}"[:300]
+    if re.search(r"ALERT_(BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNKNOWN_CA|CERTIFICATE_REQUIRED)", why):
+        why += (
+            " (the registry ended the TLS handshake: it refused the client certificate, expired or not "
+            "signed by a CA it trusts, or it requires one: SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION)"
+        )
+    return why
