@@ -271,7 +271,7 @@ def test_hostile_wire_format_values_are_each_routed_once(payloads: list[bytes], 
     topics = Topics(partitions=1, prefix="fmt-hostile").create()
     formats.EventWriter("avro", topics.settings, topics.input).write(events(1, 1)[0])  # id 1 exists
     produce_all(topics.settings, topics.input, [(None, p, []) for p in payloads])
-    run = run_dataflow({**topics.env, "STOP_AT_END": "true", "INPUT_FORMAT": "avro"}, timeout=120)
+    run = run_dataflow({**topics.env, "STOP_AT_END": "true", "INPUT_FORMAT": "avro"}, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     outs = list(read_topic(topics.settings, topics.output)) + list(read_topic(topics.settings, topics.failure))
     assert Counter(coords(m) for m in outs) == Counter({(0, i): 1 for i in range(len(payloads))})

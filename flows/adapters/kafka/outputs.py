@@ -22,7 +22,7 @@ import msgspec
 
 from flows.adapters.kafka.writer import KafkaWriter, Sending
 from flows.core import outcome
-from flows.core.model import Code, Failure, Outcome, Stage
+from flows.core.model import Code, Outcome, Stage
 from flows.core.sizes import record_size
 from flows.errors import DeliveryFailed, DependencyError
 from flows.retry import Retries
@@ -110,19 +110,10 @@ class EnrichedMessages(_KafkaOutput):
             except DependencyError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record alone
-                h = r.history
-                fail = Failure(
-                    r.record,
-                    Code.INTERNAL_ERROR,
-                    Stage.INTERNAL,
-                    f"the output format could not encode the enriched event: {type(exc).__name__}: {exc}",
-                    event_id=h.event_id,
-                    event_type=h.event_type,
-                    customer_id=h.customer_id,
-                    occurred_at=h.occurred_at,
-                    payload=h.payload,
+                why = f"the output format could not encode the enriched event: {type(exc).__name__}: {exc}"
+                failed.append(
+                    outcome.rerouted(r, Code.INTERNAL_ERROR, Stage.INTERNAL, why, self.failure_topic, self._now())
                 )
-                failed.append(outcome.failure(fail, self.failure_topic, self._now()))
                 continue
             done.append(replace(r, message=replace(r.message, value=value)))
         return done, failed
