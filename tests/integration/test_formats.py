@@ -70,6 +70,9 @@ def bad_values(topics: Topics, fmt: str) -> list[tuple[bytes | None, str]]:
         # bytes that don't decode with the schema (Protobuf's header has its message indexes too)
         (good[: 6 if fmt == "protobuf" else 5] + b"\xff\xff\xff\xff\xff\xff\xff\xff", "schema_violation"),
     ]
+    if fmt == "json-schema":
+        # framed by a producer that skipped validation: the schema's validator names the field
+        out.append((good[:5] + b'{"event_id": 5, "event_type": "t"}', "schema_violation"))
     if fmt == "avro":
         from confluent_kafka.schema_registry.avro import AvroSerializer
 
@@ -125,6 +128,10 @@ def test_a_format_in_json_out(fmt: str, seeded: None, cql: Session) -> None:
     for m in failed:
         original = inputs[coords(m)]
         assert m.value() == original.value() and m.key() == original.key()
+    if fmt == "json-schema":
+        named = [m for m in failed if (m.value() or b"").endswith(b'{"event_id": 5, "event_type": "t"}')]
+        assert len(named) == 1 and header(named[0], "error.code") == "schema_violation"
+        assert header(named[0], "error.field") == "$.event_id", header(named[0], "error.message")
     # the history row's payload is JSON text
     rows = list(
         cql.execute(

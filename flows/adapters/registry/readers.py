@@ -35,6 +35,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext, Se
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
+from jsonschema import ValidationError
 
 from flows.adapters.registry.client import NOT_FOUND, classify
 from flows.core.decode import Unreadable
@@ -96,6 +97,15 @@ class _WriterProtobuf(ProtobufDeserializer):
 
 def _json(obj: Any) -> bytes:
     return msgspec.json.encode(obj)
+
+
+def _field_of(exc: BaseException) -> str | None:
+    """The JSON path of the field at fault, where the decoder tells it: JSON Schema's
+    validator does (the serializer raises from its ValidationError); Avro's and Protobuf's
+    decoders only say the bytes ended or did not parse."""
+    cause = exc.__cause__ or exc.__context__
+    path = getattr(cause, "json_path", None) if isinstance(cause, ValidationError) else None
+    return path if isinstance(path, str) and path != "$" else None
 
 
 class FramedReader:
@@ -160,6 +170,7 @@ class FramedReader:
                     Code.SCHEMA_VIOLATION,
                     f"the value does not decode with its schema (id {schema_id}, {self.fmt}): "
                     f"{type(exc).__name__}: {exc}"[:900],
+                    _field_of(exc),
                 ) from None
         raise Unreadable(
             Code.SCHEMA_VIOLATION,
