@@ -55,7 +55,7 @@ lock: $(UV) ## regenerate requirements*.txt from pyproject.toml, pinned and hash
 	$(call locked,requirements.txt,--extra dataflow -c requirements-dev.txt)
 	$(call locked,requirements-lambda.txt,-c requirements-dev.txt)
 
-up: $(STAMP) ## start Kafka, PostgreSQL and Cassandra (no-op when up)
+up: $(STAMP) ## start Kafka, PostgreSQL, Cassandra and the Schema Registry (no-op when up)
 	$(PY) stack/stack.py up
 
 down: $(STAMP) ## stop the local stack
@@ -96,8 +96,8 @@ lag: ## the consumer group's offsets and lag, with Kafka's kafka-consumer-groups
 clean: ## remove .venv and caches (not the stack data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary (local stack only; ALLOW_REMOTE=1 to override)
-	$(PY) -m tools.demo $(if $(ALLOW_REMOTE),--allow-remote)
+demo: up ## seed data, run the dataflow over a sample with every failure code, print a summary (FORMAT=avro|protobuf|json-schema; local stack only; ALLOW_REMOTE=1 to override)
+	$(PY) -m tools.demo $(if $(ALLOW_REMOTE),--allow-remote) $(if $(FORMAT),--format $(FORMAT))
 
 PROCESSES ?= 1
 WORKERS ?= 1

@@ -21,7 +21,9 @@ TARGET_SOAK_MINUTES = 10.0
 TARGET_LARGE_MB_S = 25.0  # issue 11: ~1 MiB records
 TARGET_PARTITION_SPREAD_PCT = 10.0  # issue 14: throughput within 10% across partition counts
 
-VARIANTS = ("passthrough", "floor", "dataflow", "exactly-once", "naive")
+VARIANTS = ("passthrough", "floor", "dataflow", "exactly-once", "naive", "avro", "protobuf")
+# the dataflow over the same records written in a Schema Registry format, in and out
+FORMAT_VARIANTS = ("avro", "protobuf")
 
 
 def percentiles(values: Iterable[float], qs: Sequence[float]) -> list[float | None]:

@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = variants.dataflow(bench, loaded)
             elif name == "exactly-once":
                 result = variants.dataflow(bench, loaded, exactly_once=True)
+            elif name in metrics.FORMAT_VARIANTS:
+                sample_records = list(records(args.records, space, args.uniform, 7, settings.max_value_bytes))
+                result = variants.in_format(bench, loaded, name, sample_records)
             else:
                 result = variants.naive(bench, loaded, args.naive_records, args.naive_seconds)
             report["variants"][name] = result
@@ -309,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             "dataflow_vs_naive": metrics.ratio(rates.get("dataflow"), rates.get("naive")),
             "exactly_once_vs_dataflow": metrics.ratio(rates.get("exactly-once"), rates.get("dataflow")),
             "dataflow_vs_floor": metrics.ratio(rates.get("dataflow"), rates.get("floor")),
+            "avro_vs_dataflow": metrics.ratio(rates.get("avro"), rates.get("dataflow")),
+            "protobuf_vs_dataflow": metrics.ratio(rates.get("protobuf"), rates.get("dataflow")),
         }
         # a profiled dataflow's rate is not its rate: then only an explicit --rate
         rate = args.rate or (0.7 * rates["dataflow"] if rates.get("dataflow") and not args.profile else 0)

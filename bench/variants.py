@@ -209,6 +209,27 @@ def dataflow(bench: Bench, loaded: Loaded, exactly_once: bool = False) -> dict[s
     return result
 
 
+def in_format(bench: Bench, loaded: Loaded, fmt: str, recs: list[sample.SampleRecord]) -> dict[str, Any]:
+    """The dataflow with INPUT_FORMAT and OUTPUT_FORMAT `fmt`, over the same records written
+    in `fmt` (loaded into a topic of their own first: that time is not counted)."""
+    from bench.workload import load, outcome_of
+    from tools import formats
+
+    topic = f"{bench.prefix}.{fmt}.events{bench.tag}"
+    create_topics(bench.settings, [topic], bench.partitions, log_append_time=False)
+    encoded = formats.in_format(recs, fmt, bench.settings, topic, lambda r: outcome_of(r, bench.seeded))
+    fmt_loaded = load(bench.settings, topic, encoded, bench.seeded, outcome=lambda r: r.expect)
+    ok, failed, ks = bench.names(fmt.replace("-", "_"))
+    create_topics(bench.settings, [ok, failed], bench.partitions, log_append_time=True)
+    env = {**bench.dataflow_env(topic, ok, failed, ks, True), "INPUT_FORMAT": fmt, "OUTPUT_FORMAT": fmt}
+    mon = bench.start(fmt, DATAFLOW, env, drop=FAILED_LINE)
+    bench.follow(mon, fmt, [ok, failed], fmt_loaded.records, 600 + fmt_loaded.records / 200)
+    out = check_by_headers(bench.settings, fmt_loaded, ok, failed)
+    check_history(bench.settings, ks, fmt_loaded, out)
+    note = f"INPUT_FORMAT={fmt}, OUTPUT_FORMAT={fmt}: {fmt_loaded.bytes_mean:.0f} bytes a record in"
+    return summarize(bench, mon, out, note)
+
+
 PROFILE_HZ = 100
 
 

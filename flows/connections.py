@@ -119,4 +119,14 @@ def modes(s: Settings) -> dict[str, str]:
         cql += "" if s.scylla_ssl_check_hostname else ", hostname not checked"
     else:
         cql = "plaintext"
-    return {"kafka": kafka, "postgresql": postgres, "cassandra": cql}
+    found = {"kafka": kafka, "postgresql": postgres, "cassandra": cql}
+    if s.input_format != "json" or s.output_format != "json":
+        registry = "https" if s.schema_registry_url.startswith("https://") else "http (plaintext)"
+        if s.schema_registry_username:
+            registry += ", basic auth"
+        elif s.schema_registry_bearer_token:
+            registry += ", bearer token"
+        if s.schema_registry_ssl_certificate_location:
+            registry += ", client certificate"
+        found["schema_registry"] = registry
+    return found

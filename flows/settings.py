@@ -175,6 +175,16 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+FORMATS = ("json", "avro", "protobuf", "json-schema")
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
 def _optional(raw: str) -> str | None:
     return raw.strip() or None
 
@@ -368,6 +378,23 @@ class Settings:
     transaction_timeout_ms: int = _env("TRANSACTION_TIMEOUT_MS", "30000", _int_range(1000, 900_000))
     # exactly-once: the prefix of each worker's transactional.id (default CONSUMER_GROUP)
     transactional_id_prefix: str | None = _env("TRANSACTIONAL_ID_PREFIX", "", _optional)
+    # --- formats (docs/configuration.md, Formats): json, or a Schema Registry format
+    input_format: str = _env("INPUT_FORMAT", "json", _one_of(*FORMATS))
+    output_format: str = _env("OUTPUT_FORMAT", "json", _one_of(*FORMATS))
+    schema_registry_url: str = _env("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7", _url)
+    schema_registry_username: str | None = _env("SCHEMA_REGISTRY_USERNAME", "", _optional)
+    schema_registry_password: Secret = _env("SCHEMA_REGISTRY_PASSWORD", "", _secret, secret=True)
+    schema_registry_bearer_token: Secret = _env("SCHEMA_REGISTRY_BEARER_TOKEN", "", _secret, secret=True)
+    # Confluent Cloud's target-sr-cluster header, sent with a bearer token
+    schema_registry_logical_cluster: str | None = _env("SCHEMA_REGISTRY_LOGICAL_CLUSTER", "", _optional)
+    schema_registry_ssl_ca_location: str | None = _env("SCHEMA_REGISTRY_SSL_CA_LOCATION", "", _optional)
+    schema_registry_ssl_certificate_location: str | None = _env(
+        "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", "", _optional
+    )
+    schema_registry_ssl_key_location: str | None = _env("SCHEMA_REGISTRY_SSL_KEY_LOCATION", "", _optional)
+    schema_registry_ssl_key_password: Secret = _env("SCHEMA_REGISTRY_SSL_KEY_PASSWORD", "", _secret, secret=True)
+    # the subject the output's schema is registered under: <topic>-value, <record name>, or <topic>-<record name>
+    subject_name_strategy: str = _env("SUBJECT_NAME_STRATEGY", "topic", _one_of("topic", "record", "topic-record"))
     # --- operations
     startup_timeout_seconds: float = _env("STARTUP_TIMEOUT_SECONDS", "10", _float_range(0.1))
     retry_deadline_seconds: float = _env("RETRY_DEADLINE_SECONDS", "180", _float_range(1))
@@ -451,6 +478,35 @@ def _check_connections(settings: Settings) -> None:
     _check_kafka(settings)
     _check_postgres(settings)
     _check_cql(settings)
+    _check_registry(settings)
+
+
+def _check_registry(s: Settings) -> None:
+    """The Schema Registry's options: TLS files that load, one way to authenticate."""
+    if s.schema_registry_username and not s.schema_registry_password:
+        raise SettingsError("SCHEMA_REGISTRY_PASSWORD: required with SCHEMA_REGISTRY_USERNAME")
+    if s.schema_registry_password and not s.schema_registry_username:
+        raise SettingsError("SCHEMA_REGISTRY_USERNAME: required with SCHEMA_REGISTRY_PASSWORD")
+    if s.schema_registry_username and s.schema_registry_bearer_token:
+        raise SettingsError(
+            "SCHEMA_REGISTRY_BEARER_TOKEN: set with SCHEMA_REGISTRY_USERNAME; the registry takes one way to "
+            "authenticate"
+        )
+    tls_set = _given(
+        ("SCHEMA_REGISTRY_SSL_CA_LOCATION", s.schema_registry_ssl_ca_location),
+        ("SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", s.schema_registry_ssl_certificate_location),
+    )
+    if tls_set and not s.schema_registry_url.startswith("https://"):
+        raise SettingsError(f"{tls_set[0]}: set, but SCHEMA_REGISTRY_URL is not https://")
+    _ca("SCHEMA_REGISTRY_SSL_CA_LOCATION", s.schema_registry_ssl_ca_location)
+    _key_pair(
+        "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION",
+        s.schema_registry_ssl_certificate_location,
+        "SCHEMA_REGISTRY_SSL_KEY_LOCATION",
+        s.schema_registry_ssl_key_location,
+        s.schema_registry_ssl_key_password.get(),
+        "SCHEMA_REGISTRY_SSL_KEY_PASSWORD",
+    )
 
 
 def _given(*settings: tuple[str, object]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import msgspec
@@ -21,6 +21,7 @@ import psycopg
 
 from flows.adapters.postgres.changes import ChangeListener
 from flows.adapters.postgres.customers import PgCustomerLookup
+from flows.core.decode import Unreadable
 from flows.errors import DependencyUnavailable
 from flows.settings import Settings, redact_dsn
 from ops.errors import USAGE, OpsError
@@ -29,13 +30,14 @@ T = TypeVar("T")
 _ID_ONLY = msgspec.json.Decoder(dict[str, object])
 
 
-def customer_id(value: bytes | None) -> str | None:
-    """The `customer_id` of a dead letter's value, when it is a JSON object that has one."""
+def customer_id(value: bytes | None, read: Callable[[bytes], bytes] | None = None) -> str | None:
+    """The `customer_id` of a dead letter's value, when it is a JSON object that has one
+    (`read`: INPUT_FORMAT's reader, which turns a Schema Registry format's value into JSON)."""
     if not value:
         return None
     try:
-        doc = _ID_ONLY.decode(value)
-    except (msgspec.DecodeError, ValueError):
+        doc = _ID_ONLY.decode(read(value) if read is not None else value)
+    except (Unreadable, msgspec.DecodeError, ValueError):
         return None
     found = doc.get("customer_id")
     return found if isinstance(found, str) and "\x00" not in found else None

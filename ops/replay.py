@@ -52,6 +52,7 @@ from ops.replay_setup import Target
 from ops.replay_state import ReplayState
 from ops.replay_store import DELIVERY_TIMEOUT_S, IN_FLIGHT_S, Lease, Row, Store
 from ops.replay_target import refuse_output_topic
+from ops.trace import format_readers
 
 PARKED_CHUNK = 500  # dead letters per PostgreSQL query of --if-customer-exists
 
@@ -209,9 +210,10 @@ def _kept(
     if not opts.if_customer_exists:
         yield from candidates
         return
+    read = format_readers(settings).get(settings.failure_topic)
     with parked.customers(settings) as lookup:
         for chunk in parked.chunks(candidates, PARKED_CHUNK):
-            ids = [parked.customer_id(m.value) for _, _, _, m in chunk]
+            ids = [parked.customer_id(m.value, read.read if read else None) for _, _, _, m in chunk]
             found = lookup.fetch(sorted({i for i in ids if i is not None}))
             for item, cid in zip(chunk, ids, strict=True):
                 if cid in found:

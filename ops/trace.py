@@ -21,14 +21,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from flows.adapters.registry.client import registry_client
+from flows.adapters.registry.readers import FramedReader
 from flows.adapters.scylla.session import COLUMNS, TABLE
-from flows.core.decode import decode_record
+from flows.core.decode import Unreadable, decode_framed, decode_record
 from flows.core.model import Decoded, SourceRecord
+from flows.retry import Retries
 from flows.settings import Settings
 from ops import scan, show
 from ops.cql import open_session
@@ -161,9 +165,12 @@ def read_one(consumer: Consumer, source: Source, timeout: float) -> SourceRecord
         consumer.unassign()
 
 
-def event_id_of(record: SourceRecord, max_value_bytes: int) -> tuple[str, bool]:
-    """The `event_id` the dataflow files this record under, and whether it came from the value."""
-    result = decode_record(record, max_value_bytes)
+def event_id_of(
+    record: SourceRecord, max_value_bytes: int, read: Callable[[bytes], bytes] | None = None
+) -> tuple[str, bool]:
+    """The `event_id` the dataflow files this record under, and whether it came from the value
+    (`read`: INPUT_FORMAT's reader, for a Schema Registry format)."""
+    result = decode_record(record, max_value_bytes) if read is None else decode_framed(record, max_value_bytes, read)
     if isinstance(result, Decoded):
         return result.event.event_id, True
     if result.event_id:
@@ -220,8 +227,9 @@ def print_row(row: dict[str, Any], n: int, total: int, out: TextIO, full: bool =
         print(f"  {name:<14}{_text(row[name], limit)}", file=out)
 
 
-def print_message(rec: SourceRecord, full: bool, out: TextIO) -> None:
-    """Key, headers and value, every one escaped (`ops.show`) and cut unless `full`."""
+def print_message(rec: SourceRecord, full: bool, out: TextIO, reader: FramedReader | None = None) -> None:
+    """Key, headers and value, every one escaped (`ops.show`) and cut unless `full`; with a
+    `reader` (a Schema Registry format), the value as JSON too."""
     limit = None if full else VALUE_PREVIEW
     print(f"  output record {rec.coordinates} at {format_ms(rec.timestamp_ms)}", file=out)
     print(f"    key     {show_bytes(rec.key, limit)}", file=out)
@@ -231,6 +239,13 @@ def print_message(rec: SourceRecord, full: bool, out: TextIO) -> None:
     if escaped:
         print("    (a header name is not UTF-8: such names are shown with \\xNN for each byte that is not)", file=out)
     print(f"    value   {show_bytes(rec.value, limit)}", file=out)
+    if reader is not None and rec.value:
+        try:
+            as_json = reader.read(rec.value).decode()
+        except Unreadable as exc:
+            print(f"    ({reader.fmt}: {show.text(exc.message)})", file=out)
+        else:
+            print(f"    as JSON {show.text_preview(as_json, limit)} ({reader.fmt})", file=out)
 
 
 def run(settings: Settings, opts: Options, out: TextIO) -> int:
@@ -240,9 +255,10 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
     timeout = settings.startup_timeout_seconds
     history = History(settings)
     consumer = scan.open_consumer(settings)
+    readers = format_readers(settings)
     try:
         if opts.source is not None:
-            rows = _rows_for_source(settings, opts, history, consumer, out)
+            rows = _rows_for_source(settings, opts, history, consumer, out, readers.get(settings.input_topic))
         else:
             assert opts.event_id is not None
             rows = history.rows(opts.event_id)
@@ -258,15 +274,35 @@ def run(settings: Settings, opts: Options, out: TextIO) -> int:
                 missing += 1
                 print(f"  output record not found: {where}", file=out)
             else:
-                print_message(found, opts.full, out)
+                print_message(found, opts.full, out, readers.get(found.topic))
         return OK if not missing else FOUND_GAPS
     finally:
         consumer.close()
         history.close()
 
 
+def format_readers(settings: Settings) -> dict[str, FramedReader]:
+    """By topic, the reader of a Schema Registry format its values are in: the input's and the
+    failure topic's (dead letters keep the input's bytes) in INPUT_FORMAT, the output's in
+    OUTPUT_FORMAT."""
+    s = settings
+    readers: dict[str, FramedReader] = {}
+    retries = Retries(s.startup_timeout_seconds)
+    if s.input_format != "json":
+        reader = FramedReader(s.input_format, registry_client(s), s.input_topic, retries)
+        readers[s.input_topic] = readers[s.failure_topic] = reader
+    if s.output_format != "json":
+        readers[s.output_topic] = FramedReader(s.output_format, registry_client(s), s.output_topic, retries)
+    return readers
+
+
 def _rows_for_source(
-    settings: Settings, opts: Options, history: History, consumer: Consumer, out: TextIO
+    settings: Settings,
+    opts: Options,
+    history: History,
+    consumer: Consumer,
+    out: TextIO,
+    reader: FramedReader | None = None,
 ) -> list[dict[str, Any]]:
     source = opts.source
     assert source is not None
@@ -284,7 +320,7 @@ def _rows_for_source(
             rec.headers,
             rec.header_error,
         )
-        event_id, readable = event_id_of(record, settings.max_value_bytes)
+        event_id, readable = event_id_of(record, settings.max_value_bytes, reader.read if reader else None)
         how = "read from its value" if readable else "its event_id can't be read: filed under its coordinates"
         print(
             f"input record {source} at {format_ms(rec.timestamp_ms)}: event_id {show.text(event_id)} ({how})", file=out

@@ -1,11 +1,13 @@
-"""The local stack: real Kafka (KRaft), PostgreSQL and Cassandra, without Docker.
+"""The local stack: real Kafka (KRaft), PostgreSQL, Cassandra and a Schema Registry, without Docker.
 
 Usage: .venv/bin/python stack/stack.py {up,down,status,wipe,fetch,groups}
-  up / down [kafka postgres cassandra]: start or stop these servers (default: all)
+  up / down [kafka postgres cassandra registry]: start or stop these servers (default: all)
   groups ARGS...: Kafka's kafka-consumer-groups against the local broker (`make lag`)
 
 Kafka and Cassandra run from their official Maven Central jars (fetched once into a
-cache outside the clone), PostgreSQL from Debian's server binaries as a private cluster.
+cache outside the clone), PostgreSQL from Debian's server binaries as a private cluster,
+the Schema Registry (Apicurio Registry, Confluent-compatible API) from an application built
+once by Maven from its Central artifacts.
 All data lives under STACK_DIR (default `.stack/` in the repository, git-ignored).
 Readiness is a real client round trip, not an open port.
 """
@@ -49,6 +51,9 @@ PG_DATABASE = "enrichment"
 CASSANDRA_PORT = int(_env("STACK_CASSANDRA_PORT", "9042"))
 CASSANDRA_STORAGE_PORT = int(_env("STACK_CASSANDRA_STORAGE_PORT", "7000"))
 CASSANDRA_HEAP = _env("STACK_CASSANDRA_HEAP", "1g")
+REGISTRY_PORT = int(_env("STACK_REGISTRY_PORT", "8081"))
+REGISTRY_SSL_PORT = int(_env("STACK_REGISTRY_SSL_PORT", "8443"))  # HTTPS, client certificate required
+REGISTRY_HEAP = _env("STACK_REGISTRY_HEAP", "256m")
 START_TIMEOUT = float(_env("STACK_START_TIMEOUT", "180"))
 STOP_TIMEOUT = float(_env("STACK_STOP_TIMEOUT", "45"))
 
@@ -57,6 +62,7 @@ CONFIG_VERSION = f"2-tls{tls.VERSION}"  # bump when a server's configuration cha
 
 KAFKA_VERSION_POM = HERE / "maven" / "kafka" / "pom.xml"
 CASSANDRA_VERSION_POM = HERE / "maven" / "cassandra" / "pom.xml"
+REGISTRY_PROJECT = HERE / "maven" / "registry"
 
 
 class StackError(Exception):
@@ -212,10 +218,12 @@ class Server:
     def ready(self) -> None:
         """Once it answers: create what the stack's clients need (idempotent)."""
 
+    config_version = CONFIG_VERSION
+
     def config_current(self) -> bool:
         """Started with this version of the stack's server configuration."""
         stamp = self.dir / "config.version"
-        return stamp.exists() and stamp.read_text().strip() == CONFIG_VERSION
+        return stamp.exists() and stamp.read_text().strip() == self.config_version
 
     def stop(self) -> None:
         pid = self.pid()
@@ -687,7 +695,110 @@ client_encryption_options:
             cluster.shutdown()
 
 
-SERVERS: list[Server] = [Kafka(), Postgres(), Cassandra()]
+def build_registry() -> Path:
+    """Build the Schema Registry (Apicurio Registry's Quarkus application, from Maven
+    Central) once into the cache: its runner jar and lib/. The application's own
+    application.properties, read from its jar, plus stack/maven/registry/registry.properties."""
+    version = pom_version(REGISTRY_PROJECT / "pom.xml", "apicurio.version")
+    import hashlib
+
+    # its build-time configuration is part of the build: a change makes another
+    inputs = b"".join((REGISTRY_PROJECT / n).read_bytes() for n in ("pom.xml", "registry.properties"))
+    home = CACHE_DIR / f"registry-{version}-{hashlib.sha256(inputs).hexdigest()[:8]}"
+    stamp = home / ".complete"
+    if stamp.exists():
+        return home
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is needed once to build the Schema Registry; install it")
+    say(f"building the Schema Registry (Apicurio {version}) with Maven into {home} (first run only, a few minutes)")
+    build = home.with_name(home.name + ".build")
+    shutil.rmtree(build, ignore_errors=True)
+    (build / "src" / "main" / "resources").mkdir(parents=True)
+    for name in ("pom.xml", "settings.xml"):
+        shutil.copy(REGISTRY_PROJECT / name, build / name)
+    env = dict(os.environ, JAVA_HOME=str(JAVA_HOME))
+    maven = ["mvn", "-q", "-B", "-s", str(build / "settings.xml")]
+    app = f"io.apicurio:apicurio-registry-app:{version}"
+    steps = [
+        [*maven, "dependency:copy", f"-Dartifact={app}", f"-DoutputDirectory={build / 'app'}"],
+        [*maven, "-f", str(build / "pom.xml"), "package", "-DskipTests"],
+    ]
+    for i, cmd in enumerate(steps):
+        if i == 1:  # the application's configuration, then ours
+            import zipfile
+
+            jar = next((build / "app").glob("apicurio-registry-app-*.jar"))
+            with zipfile.ZipFile(jar) as z:
+                own = z.read("application.properties").decode()
+            extra = (REGISTRY_PROJECT / "registry.properties").read_text()
+            (build / "src" / "main" / "resources" / "application.properties").write_text(own + "\n" + extra)
+        res = subprocess.run(cmd, cwd=build, env=env, capture_output=True, text=True)  # noqa: S603
+        if res.returncode != 0:
+            raise StackError(f"building the Schema Registry failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    runner = next((build / "target").glob("*-runner.jar"))
+    shutil.move(str(runner), home / "registry-runner.jar")
+    shutil.move(str(build / "target" / "lib"), home / "lib")
+    shutil.rmtree(build, ignore_errors=True)
+    stamp.write_text(version)
+    return home
+
+
+class Registry(Server):
+    """The Schema Registry: Apicurio Registry, Confluent-compatible API at /apis/ccompat/v7,
+    its schemas kept in an H2 file under the stack's data (they outlive a restart)."""
+
+    API = "/apis/ccompat/v7"
+    config_version = f"{CONFIG_VERSION}-registry-https1"
+
+    def __init__(self) -> None:
+        super().__init__("registry", REGISTRY_PORT)
+        self.home = Path()
+
+    def prepare(self) -> None:
+        self.home = build_registry()
+        tls.ensure_registry(TLS_DIR, java_bin().parent / "keytool")
+
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.API}"
+
+    def start(self) -> None:
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(java_bin()),
+            f"-Xmx{REGISTRY_HEAP}",
+            "-XX:+UseSerialGC",
+            f"-Dquarkus.http.port={self.port}",
+            f"-Dquarkus.http.host={HOST}",
+            # HTTPS beside plain HTTP: a client certificate of the stack's CA required
+            # (quarkus.http.ssl.client-auth, fixed at build time: registry.properties)
+            f"-Dquarkus.http.ssl-port={REGISTRY_SSL_PORT}",
+            f"-Dquarkus.http.ssl.certificate.files={TLS_DIR / 'registry.crt'}",
+            f"-Dquarkus.http.ssl.certificate.key-files={TLS_DIR / 'registry.key'}",
+            f"-Dquarkus.http.ssl.certificate.trust-store-file={TLS_DIR / 'registry-trust.p12'}",
+            "-Dquarkus.http.ssl.certificate.trust-store-file-type=PKCS12",
+            f"-Dquarkus.http.ssl.certificate.trust-store-password={tls.REGISTRY_TRUST_PASSWORD}",
+            "-Dquarkus.http.insecure-requests=enabled",
+            "-jar",
+            str(self.home / "registry-runner.jar"),
+        ]
+        env = dict(os.environ, REGISTRY_DATASOURCE_URL=f"jdbc:h2:file:{self.dir / 'data' / 'registry'}")
+        spawn(cmd, self.log, self.pidfile, env=env)
+
+    def probe(self) -> str:
+        import json
+        import urllib.request
+
+        base = f"http://{HOST}:{self.port}"
+        with urllib.request.urlopen(f"{base}{self.API}/subjects", timeout=3) as resp:  # noqa: S310 - loopback
+            json.load(resp)
+        with urllib.request.urlopen(f"{base}/apis/registry/v2/system/info", timeout=3) as resp:  # noqa: S310
+            info = json.load(resp)
+        return f"Apicurio Registry {info.get('version', '?')}, Confluent API at {self.API}"
+
+
+SERVERS: list[Server] = [Kafka(), Postgres(), Cassandra(), Registry()]
 
 
 def answers(server: Server) -> str | None:
@@ -725,7 +836,7 @@ def selected(args: argparse.Namespace) -> list[Server]:
     names = getattr(args, "servers", None) or [s.name for s in SERVERS]
     unknown = set(names) - {s.name for s in SERVERS}
     if unknown:
-        raise StackError(f"unknown server(s) {', '.join(sorted(unknown))}; known: kafka, postgres, cassandra")
+        raise StackError(f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SERVERS)}")
     return [s for s in SERVERS if s.name in names]
 
 
@@ -765,7 +876,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         if server.pid() is None:
             say(f"{server.name}: starting on {server.address()} (log: {server.log})")
             server.start()
-            (server.dir / "config.version").write_text(CONFIG_VERSION)
+            (server.dir / "config.version").write_text(server.config_version)
     wait_ready(to_start, started)
     say(f"stack up in {time.monotonic() - t0:.1f}s")
 
@@ -843,7 +954,7 @@ def main() -> None:
     for name in commands:
         cmd = sub.add_parser(name)
         if name in ("up", "down"):
-            cmd.add_argument("servers", nargs="*", help="kafka, postgres, cassandra (default: all)")
+            cmd.add_argument("servers", nargs="*", help="kafka, postgres, cassandra, registry (default: all)")
     args, rest = parser.parse_known_args()
     if rest and args.cmd != "groups":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

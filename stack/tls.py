@@ -5,7 +5,9 @@ made here:
 
 - `ca.pem`: the stack's CA; `other-ca.pem`: a CA that signed nothing the servers trust
   (a client configured with it fails, as with a wrong CA in production);
-- `kafka.pem`, `postgres.crt`/`postgres.key`: server certificates for 127.0.0.1 and localhost;
+- `kafka.pem`, `postgres.crt`/`postgres.key`, `registry.crt`/`registry.key`: server
+  certificates for 127.0.0.1 and localhost (the registry's with `registry-trust.p12`, the CA
+  in the PKCS12 trust store its Quarkus server reads, password REGISTRY_TRUST_PASSWORD);
   `cassandra.pem`: for the name `localhost` only, so an IP contact point fails the hostname
   check (SCYLLA_SSL_CHECK_HOSTNAME);
 - `client.crt` + `client.key` (the key encrypted with CLIENT_KEY_PASSWORD): the client
@@ -26,6 +28,7 @@ CLIENT_CN = "enrichment"
 CLIENT_KEY_PASSWORD = "client-key-secret"
 KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD = "enrichment", "enrichment-scram-secret"  # SASL_SSL listener
 PG_TLS_USER, PG_TLS_PASSWORD = CLIENT_CN, "enrichment-pg-secret"  # TLS only, with the client certificate
+REGISTRY_TRUST_PASSWORD = "registry-trust-secret"  # noqa: S105 - the local stack's
 SERVER_NAMES = "IP:127.0.0.1,DNS:localhost"
 VERSION = "1"  # bump to remake every file when what is made here changes
 
@@ -83,6 +86,26 @@ def _encrypt_key(d: Path, name: str) -> None:
 def _bundle(d: Path, name: str) -> None:
     """key + certificate in one PEM file (Kafka's and Cassandra's PEM key stores)."""
     (d / f"{name}.pem").write_text((d / f"{name}.key").read_text() + (d / f"{name}.crt").read_text())
+
+
+def ensure_registry(tls_dir: Path, keytool: Path) -> None:
+    """The Schema Registry's certificate and trust store, made when missing (they came after
+    the others: a stack made before keeps its other certificates)."""
+    if (tls_dir / "registry-trust.p12").exists():
+        return
+    _leaf(tls_dir, "registry", "localhost", "ca", "serverAuth", SERVER_NAMES, None)
+    trust = tls_dir / "registry-trust.p12.tmp"
+    trust.unlink(missing_ok=True)
+    res = subprocess.run(  # noqa: S603 - the JDK's keytool, fixed arguments
+        [str(keytool), "-importcert", "-noprompt", "-alias", "stack-ca", "-file", str(tls_dir / "ca.pem"),
+         "-keystore", str(trust), "-storetype", "PKCS12", "-storepass", REGISTRY_TRUST_PASSWORD],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"keytool -importcert failed: {res.stderr.strip() or res.stdout.strip()}")
+    for leftover in [*tls_dir.glob("registry.csr"), *tls_dir.glob("registry.ext"), *tls_dir.glob("*.srl")]:
+        leftover.unlink()
+    trust.replace(tls_dir / "registry-trust.p12")
 
 
 def ensure(tls_dir: Path) -> Path:

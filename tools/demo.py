@@ -27,7 +27,7 @@ from flows import connections
 from flows.adapters.scylla.session import TABLE, connect, ensure_schema
 from flows.errors import SettingsError
 from flows.settings import Settings
-from tools import provision, sample
+from tools import formats, provision, sample
 from tools.kafkautil import header, produce_all, read_topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         "record came out as expected, 1 otherwise, 2 for a bad setting.",
     )
     parser.add_argument(
+        "--format",
+        choices=("json", "avro", "protobuf", "json-schema"),
+        default="json",
+        help="the events' format, in and out (a Schema Registry format uses the local stack's registry)",
+    )
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
         help="run against servers that are not on this machine (their demo topics are deleted and recreated)",
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # librdkafka's own log lines (`%4|...|GETPID|... Coordinator load in progress`): errors only
     env = {**os.environ, "KAFKA_CLIENT_LOG__LEVEL": os.environ.get("KAFKA_CLIENT_LOG__LEVEL", "3")}
+    env.update({"INPUT_FORMAT": args.format, "OUTPUT_FORMAT": args.format})
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
@@ -115,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     records = list(
         sample.events(N_EVENTS, N_CUSTOMERS, bad_ratio=0.02, seed=42, max_value_bytes=settings.max_value_bytes)
     )
+    if args.format != "json":
+        records = formats.in_format(records, args.format, settings, settings.input_topic)
+        print(f"demo: events written in {args.format}, schemas in the registry at {settings.schema_registry_url}")
     expected = Counter(r.expect for r in records)
     produce_all(settings, settings.input_topic, records)
     print(f"demo: produced {len(records)} events to {settings.input_topic}: {dict(sorted(expected.items()))}")
@@ -165,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\none enriched event (key, headers, value):")
         print(f"  key     {sample_msg.key()!r}")
         print(f"  headers {[(k, v.decode()) for k, v in sample_msg.headers() or []]}")
-        print("  value   " + json.dumps(json.loads(sample_msg.value()), indent=2).replace("\n", "\n  "))
+        value = sample_msg.value() or b""
+        if args.format != "json":
+            print(f"  ({args.format}, {len(value)} bytes; as JSON:)")
+            value = formats.reader(args.format, settings, settings.output_topic).read(value)
+        print("  value   " + json.dumps(json.loads(value), indent=2).replace("\n", "\n  "))
     ok = (
         len(enriched) == expected["enriched"]
         and len(failed) == len(records) - expected["enriched"]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -19,14 +20,18 @@ from flows.adapters.kafka.transactions import Transactions
 from flows.adapters.kafka.writer import KafkaWriter
 from flows.adapters.postgres.changes import ChangeListener
 from flows.adapters.postgres.customers import PgCustomerLookup
+from flows.adapters.registry.client import registry_client
+from flows.adapters.registry.readers import FramedReader
+from flows.adapters.registry.writers import FramedWriter
 from flows.adapters.scylla.writer import HistoryOutput, HistoryWriter
 from flows.app.outputs import Delivery, Output, Progress, Shared, enriched, everything, failed
 from flows.core.cache import Inbox, TtlCache
-from flows.core.decode import decode_record
+from flows.core.decode import decode_framed, decode_record
 from flows.core.enrich import Enricher, Lookup, Resolver
 from flows.core.model import Code, Decoded, Failure, Outcome, SourceRecord
 from flows.core.outcome import internal_error
 from flows.core.sizes import TopicLimits
+from flows.errors import DependencyError
 from flows.pause import PauseWatch
 from flows.retry import GiveUp, Retries
 from flows.settings import Settings
@@ -50,6 +55,46 @@ class App:
     pauses: PauseWatch | None = None  # exactly-once: pauses of the process (a zombie must not write)
     _listener: ChangeListener | None = field(default=None, init=False, repr=False)
     _listener_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _registry: Any = field(default=None, init=False, repr=False)
+    _reader: FramedReader | None = field(default=None, init=False, repr=False)
+    _writer: FramedWriter | None = field(default=None, init=False, repr=False)
+    _formats_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def registry(self) -> Any:
+        """The process's Schema Registry client (its schema cache shared by every worker)."""
+        with self._formats_lock:
+            if self._registry is None:
+                self._registry = registry_client(self.settings)
+            return self._registry
+
+    def reader(self) -> FramedReader | None:
+        """INPUT_FORMAT's reader (None for json), made on first use."""
+        s = self.settings
+        if s.input_format == "json":
+            return None
+        client = self.registry()
+        with self._formats_lock:
+            if self._reader is None:
+                self._reader = FramedReader(s.input_format, client, s.input_topic, self.retries)
+            return self._reader
+
+    def writer(self) -> FramedWriter | None:
+        """OUTPUT_FORMAT's writer (None for json), made on first use."""
+        s = self.settings
+        if s.output_format == "json":
+            return None
+        client = self.registry()
+        with self._formats_lock:
+            if self._writer is None:
+                self._writer = FramedWriter(
+                    s.output_format, client, s.output_topic, s.subject_name_strategy, self.retries
+                )
+            return self._writer
+
+    def decode(self, records: Sequence[SourceRecord]) -> list[Decoded | Failure]:
+        """Decode and validate a batch in INPUT_FORMAT."""
+        reader = self.reader()
+        return decode_batch(records, self.settings.max_value_bytes, reader.read if reader is not None else None)
 
     def lookups(self, client: str) -> list[Resolver]:
         """The enrichment's lookups, each with its own cache (one set per worker); with
@@ -92,7 +137,9 @@ class App:
             Output(
                 "enriched",
                 enriched,
-                lambda sh: EnrichedMessages(kafka(sh), s.failure_topic, self.metrics, self.fallbacks),
+                lambda sh: EnrichedMessages(
+                    kafka(sh), s.failure_topic, self.metrics, self.fallbacks, encode=self._encode()
+                ),
                 transactional=True,
             ),
             Output(
@@ -109,6 +156,10 @@ class App:
                 transactional=True,
             ),
         ]
+
+    def _encode(self) -> Callable[[bytes], bytes] | None:
+        writer = self.writer()
+        return writer.write if writer is not None else None
 
     def kafka(self, shared: Shared, limits: TopicLimits | None, client: str) -> KafkaWriter:
         """A worker's producer, shared by its Kafka outputs; transactional in exactly-once mode,
@@ -169,7 +220,7 @@ class App:
 
     def process(self, records: Sequence[SourceRecord], enricher: Enricher) -> list[Outcome]:
         """Decode, validate and enrich a batch: the same code in both runtimes."""
-        return self.enrich(decode_batch(records, self.settings.max_value_bytes), enricher)
+        return self.enrich(self.decode(records), enricher)
 
     def enrich(self, items: Sequence[Decoded | Failure], enricher: Enricher) -> list[Outcome]:
         """Enrich a decoded batch, counting and logging its outcomes."""
@@ -200,12 +251,18 @@ def customers(settings: Settings, lookup: Lookup) -> Resolver:
     )
 
 
-def decode_batch(records: Sequence[SourceRecord], max_bytes: int) -> list[Decoded | Failure]:
-    """Decode each record; `decode_record` never raises, and this is the net under a bug."""
+def decode_batch(
+    records: Sequence[SourceRecord], max_bytes: int, read: Callable[[bytes], bytes] | None = None
+) -> list[Decoded | Failure]:
+    """Decode each record (JSON, or through a format's `read`); `decode_record` never
+    raises, and this is the net under a bug. A dependency the format needs that stays away
+    (the Schema Registry) is not the record's: it is raised."""
     out: list[Decoded | Failure] = []
     for record in records:
         try:
-            out.append(decode_record(record, max_bytes))
+            out.append(decode_record(record, max_bytes) if read is None else decode_framed(record, max_bytes, read))
+        except DependencyError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the net under a bug, per record
             log.exception("internal error decoding %s", record.coordinates)
             out.append(internal_error(record, exc))

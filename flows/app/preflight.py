@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from flows.adapters.kafka.topics import check_kafka, check_kafka_clients, check_topic_sizes, topic_sizes
 from flows.adapters.postgres.changes import check_installed
 from flows.adapters.postgres.table import check_postgres
+from flows.adapters.registry.checks import check_formats
 from flows.adapters.scylla.session import check_cql
 from flows.core.sizes import ADDED_ROOM_BYTES, TopicLimits, value_fits
 from flows.errors import PreflightError
@@ -32,6 +33,7 @@ def dataflow_checks(settings: Settings) -> Checked:
     if settings.cache_invalidation == "notify":
         check_installed(settings)
     check_cql(settings)
+    check_formats(settings)
     return Checked(list(range(counts[settings.input_topic])), limits)
 
 
@@ -53,4 +55,5 @@ def lambda_checks(settings: Settings) -> TopicLimits:
     check_postgres(settings)
     if settings.cache_invalidation == "notify":
         check_installed(settings)
+    check_formats(settings)
     return TopicLimits(output=sizes["OUTPUT_TOPIC"].max_bytes, failure=sizes["FAILURE_TOPIC"].max_bytes)

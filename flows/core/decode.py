@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -36,8 +37,16 @@ def _too_deep() -> str:
     )
 
 
-def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
-    """Turn one Kafka record into a validated event, or say exactly why not."""
+class Unreadable(Exception):
+    """A value a format's reader can't turn into the event's JSON: the failure to record."""
+
+    def __init__(self, code: Code, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+
+def _precheck(record: SourceRecord, max_bytes: int) -> Failure | None:
+    """What fails a record whatever its format: no value, too large, bad header names."""
     value = record.value
     if not value:
         return Failure(record, Code.EMPTY_VALUE, Stage.DECODE, "the record has no value (null or empty)")
@@ -50,6 +59,35 @@ def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
         )
     if record.header_error is not None:
         return Failure(record, Code.INVALID_HEADERS, Stage.DECODE, record.header_error)
+    return None
+
+
+def decode_framed(record: SourceRecord, max_bytes: int, read: Callable[[bytes], bytes]) -> Decoded | Failure:
+    """A record in a Schema Registry format: `read` turns its value into the event as JSON
+    (or raises `Unreadable`), and that JSON is validated as a JSON input would be; the
+    record itself, its original bytes included, is what a failure or the output carries."""
+    early = _precheck(record, max_bytes)
+    if early is not None:
+        return early
+    assert record.value is not None
+    try:
+        rendered = read(record.value)
+    except Unreadable as exc:
+        stage = Stage.DECODE if exc.code in (Code.INVALID_FORMAT, Code.INVALID_JSON) else Stage.VALIDATE
+        return Failure(record, exc.code, stage, exc.message, field=exc.field)
+    result = decode_record(msgspec.structs.replace(record, value=rendered), len(rendered))
+    if isinstance(result, Decoded):
+        return Decoded(record, result.event, result.members, rendered)
+    return msgspec.structs.replace(result, record=record)
+
+
+def decode_record(record: SourceRecord, max_bytes: int) -> Decoded | Failure:
+    """Turn one Kafka record into a validated event, or say exactly why not."""
+    early = _precheck(record, max_bytes)
+    if early is not None:
+        return early
+    value = record.value
+    assert value is not None
     try:
         # msgspec skips unknown fields without checking their UTF-8, but they pass through
         # to the output, so the whole value must be valid UTF-8

@@ -63,6 +63,7 @@ class Code(StrEnum):
     EMPTY_VALUE = "empty_value"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INVALID_HEADERS = "invalid_headers"
+    INVALID_FORMAT = "invalid_format"  # a Schema Registry format, and the value is not in its wire format
     INVALID_JSON = "invalid_json"
     SCHEMA_VIOLATION = "schema_violation"
     CUSTOMER_NOT_FOUND = "customer_not_found"
@@ -85,6 +86,9 @@ class Decoded(msgspec.Struct, frozen=True, gc=False):
     record: SourceRecord
     event: Event
     members: dict[str, Raw] = {}
+    # a Schema Registry format's value rendered as JSON, which `members` index (None: the
+    # record's value is the JSON)
+    json: bytes | None = None
 
 
 class Failure(msgspec.Struct, frozen=True, gc=False):

@@ -84,7 +84,7 @@ def enriched_value(
     """The input value, its bytes kept, with the lookups' members and `enriched_at` added.
     An input that has members of the `added` names is rebuilt from its other members'
     text, byte for byte (only the whitespace between members changes)."""
-    value = decoded.record.value
+    value = decoded.json if decoded.json is not None else decoded.record.value
     assert value is not None
     if added.isdisjoint(decoded.members):
         body = value.rstrip(_WS)[:-1].rstrip(_WS)  # a validated object ends with '}'
@@ -226,15 +226,15 @@ def internal_error(record: SourceRecord, exc: BaseException, decoded: Decoded | 
     )
 
 
-def refused_by_output(routed: Outcome, reason: str, failure_topic: str, now: dt.datetime) -> Outcome:
-    """An enriched message the output topic refused at run time (its size limit lowered
-    under the running flow): the record goes to the failure topic as `payload_too_large`."""
+def rerouted(routed: Outcome, code: Code, stage: Stage, message: str, failure_topic: str, now: dt.datetime) -> Outcome:
+    """An enriched record that can't go out after all: its failure, keeping what its
+    history row knew of the event."""
     h = routed.history
     fail = Failure(
         routed.record,
-        Code.PAYLOAD_TOO_LARGE,
-        Stage.ENRICH,
-        f"the output topic {routed.message.topic} refused the enriched message: {reason}",
+        code,
+        stage,
+        message,
         event_id=h.event_id,
         event_type=h.event_type,
         customer_id=h.customer_id,
@@ -242,6 +242,13 @@ def refused_by_output(routed: Outcome, reason: str, failure_topic: str, now: dt.
         payload=h.payload,
     )
     return failure(fail, failure_topic, now)
+
+
+def refused_by_output(routed: Outcome, reason: str, failure_topic: str, now: dt.datetime) -> Outcome:
+    """An enriched message the output topic refused at run time (its size limit lowered
+    under the running flow): the record goes to the failure topic as `payload_too_large`."""
+    message = f"the output topic {routed.message.topic} refused the enriched message: {reason}"
+    return rerouted(routed, Code.PAYLOAD_TOO_LARGE, Stage.ENRICH, message, failure_topic, now)
 
 
 def keyed(message: OutMessage, note: str, omit: tuple[str, ...] = ()) -> OutMessage:

@@ -29,7 +29,7 @@ from flows.core.model import Code, Outcome
 
 PREFIX = "enrichment"
 # the dependencies as the retry policy names them (flows/retry.py)
-DEPENDENCIES = ("kafka", "postgresql", "cassandra")
+DEPENDENCIES = ("kafka", "postgresql", "cassandra", "schema_registry")
 FALLBACK_KINDS = (
     "output_refused",
     "dead_letter_compressed",

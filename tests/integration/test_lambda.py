@@ -486,3 +486,30 @@ def test_handler_hears_customer_changes_between_invocations(customers, topics_ma
         conn.execute("UPDATE customers SET name = 'After' WHERE customer_id = %s", (cid,))
     time.sleep(0.5)  # delivered to the container's session (Lambda would have it frozen meanwhile)
     assert one_batch(1)["name"] == "After"
+
+
+def test_handler_reads_and_writes_schema_registry_formats(customers, cql: Session, topics_made, lambda_env) -> None:
+    """The Lambda with INPUT_FORMAT=protobuf and OUTPUT_FORMAT=avro: the events a Protobuf
+    producer wrote are enriched into Avro; a value not in the wire format is dead-lettered
+    as it came (`invalid_format`), never failing the batch."""
+    from tools import formats
+
+    topics = new_topics(topics_made, "itlamfmt")
+    writer = formats.EventWriter("protobuf", topics.settings, topics.input)
+    rng = random.Random(9)
+    docs = [sample.good_event(rng, i, sample.customer_id(i % N_CUSTOMERS)) for i in range(20)]
+    produce_all(
+        topics.settings,
+        topics.input,
+        [(None, writer.write(d), []) for d in docs] + [(None, b'{"json": "not the wire format"}', [])],
+    )
+    messages = sorted(read_topic(topics.settings, topics.input), key=lambda m: (m.partition(), m.offset()))
+    lambda_env(topics, INPUT_FORMAT="protobuf", OUTPUT_FORMAT="avro")
+    result = lambda_handler.handler(aws_event(messages, "aws:SelfManagedKafka"), Context())
+    assert result["enriched"] == 20 and result["failed_by_code"] == {"invalid_format": 1}
+    out = formats.reader("avro", topics.settings, topics.output)
+    enriched = [json.loads(out.read(m.value())) for m in read_topic(topics.settings, topics.output)]
+    assert sorted(d["event_id"] for d in enriched) == sorted(d["event_id"] for d in docs)
+    assert all(d["customer"] == customers[d["customer_id"]] for d in enriched)
+    (dead,) = read_topic(topics.settings, topics.failure)
+    assert dead.value() == b'{"json": "not the wire format"}' and header(dead, "error.code") == "invalid_format"

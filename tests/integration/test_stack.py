@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -95,12 +96,34 @@ def _pids() -> dict[str, str]:
     return {r[0]: r[2] for r in rows if len(r) > 2}
 
 
+def test_registry_registers_and_serves_a_schema_through_the_confluent_api() -> None:
+    """The stack's Schema Registry is a real one: confluent_kafka's client registers a
+    schema, gets its id back, and reads it by that id; `status` names it."""
+    from confluent_kafka.schema_registry import Schema
+
+    from flows.adapters.registry.client import registry_client
+    from flows.settings import Settings
+
+    client = registry_client(Settings.from_env({**os.environ, "INPUT_TOPIC": "in"}))
+    subject = f"{unique('stack')}-value"
+    text = '{"type":"record","name":"Probe","fields":[{"name":"n","type":"long"}]}'
+    schema_id = client.register_schema(subject, Schema(text, "AVRO"))
+    assert schema_id > 0
+    assert '"Probe"' in client.get_schema(schema_id).schema_str
+    assert subject in client.get_subjects()
+    status = subprocess.run(
+        [sys.executable, "stack/stack.py", "status"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    assert "Apicurio Registry 2.4.2.Final, Confluent API at /apis/ccompat/v7" in status.stdout
+
+
 def test_make_up_twice_is_harmless() -> None:
     before = _pids()
     first, second = _up(), _up()
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     assert "stack already up" in second.stdout
-    for name in ("kafka", "postgres", "cassandra"):
+    for name in ("kafka", "postgres", "cassandra", "registry"):
         assert f"{name}: already running" in second.stdout
     assert _pids() == before, "a second `up` must not restart anything"

@@ -15,6 +15,7 @@ import base64
 import http.server
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from cassandra.cluster import Session
 
 from flows.adapters.scylla.session import TABLE
 from stack import tls
-from tools import provision, sample
+from tools import formats, provision, sample
 from tools.kafkautil import produce_all, read_topic
 
 from .flowrun import Topics, run_dataflow
@@ -99,6 +100,28 @@ def cql_tls(client: str | None = "client", ca: str = "ca", check_hostname: bool 
             "SCYLLA_SSL_CERTFILE": c["crt"],
             "SCYLLA_SSL_KEYFILE": c["key"],
             "SCYLLA_SSL_KEY_PASSWORD": tls.CLIENT_KEY_PASSWORD,
+        }
+    return env
+
+
+REGISTRY_HTTPS = f"https://127.0.0.1:{os.environ.get('STACK_REGISTRY_SSL_PORT', '8443')}/apis/ccompat/v7"
+
+
+def registry_tls(client: str | None = "client", ca: str = "ca") -> dict[str, str]:
+    """Avro in, Protobuf out, through the registry's HTTPS port (a client certificate of the
+    stack's CA required)."""
+    env = {
+        "INPUT_FORMAT": "avro",
+        "OUTPUT_FORMAT": "protobuf",
+        "SCHEMA_REGISTRY_URL": REGISTRY_HTTPS,
+        "SCHEMA_REGISTRY_SSL_CA_LOCATION": str(TLS / f"{ca}.pem"),
+    }
+    if client:
+        c = cert(client)
+        env |= {
+            "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION": c["crt"],
+            "SCHEMA_REGISTRY_SSL_KEY_LOCATION": c["key"],
+            "SCHEMA_REGISTRY_SSL_KEY_PASSWORD": tls.CLIENT_KEY_PASSWORD,
         }
     return env
 
@@ -189,6 +212,35 @@ def test_end_to_end_with_client_certificates_everywhere(topics: Topics, cql: Ses
         assert secret not in reconcile.stdout + reconcile.stderr + trace.stdout + trace.stderr
 
 
+def test_end_to_end_through_the_registry_over_tls(topics: Topics, cql: Session) -> None:
+    """Avro events (written through the registry's plain port), read and written as Protobuf
+    by a dataflow that reaches the registry over HTTPS with a client certificate, and Kafka
+    over mTLS; `ops trace` shows the values through the same connection."""
+    out = Topics(partitions=2, prefix="tlsreg").create()
+    writer = formats.EventWriter("avro", topics.settings, out.input)
+    rng = random.Random(7)
+    docs = [
+        {**sample.good_event(rng, i, sample.customer_id(i % N_CUSTOMERS)), "event_id": f"{out.input}-{i}"}
+        for i in range(40)
+    ]
+    produce_all(topics.settings, out.input, [(None, writer.write(d), []) for d in docs])
+    secure = {**kafka_mtls(), **registry_tls()}
+    run = run_dataflow(secure_env(topics, out, secure))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "https, client certificate" in run.stderr, run.stderr[-2000:]
+    reader = formats.reader("protobuf", topics.settings, out.output)
+    enriched = list(read_topic(topics.settings, out.output))
+    assert len(enriched) == 40 and not list(read_topic(topics.settings, out.failure))
+    assert all(json.loads(reader.read(m.value()))["customer"]["name"] for m in enriched)
+    assert history_rows(cql, topics, out.input) == 40
+    env = {**secure, **out.env, "SCYLLA_KEYSPACE": topics.keyspace}
+    trace = run_ops(env, "trace", docs[0]["event_id"])
+    assert trace.returncode == 0, trace.stdout[-2000:] + trace.stderr[-2000:]
+    assert "-> enriched" in trace.stdout and "(protobuf)" in trace.stdout
+    for secret in SECRETS:
+        assert secret not in run.stdout + run.stderr + trace.stdout + trace.stderr
+
+
 def test_end_to_end_with_scram_over_tls(topics: Topics, cql: Session) -> None:
     enriched, _ = run_secure(topics, kafka_scram(), 30)
     assert history_rows(cql, topics, source_topic(enriched)) == 30
@@ -197,6 +249,8 @@ def test_end_to_end_with_scram_over_tls(topics: Topics, cql: Session) -> None:
 KAFKA_SSL_AT = "Kafka at 127.0.0.1:9094 (SSL): can't connect"
 KAFKA_SASL_AT = "Kafka at 127.0.0.1:9095 (SASL_SSL): can't connect"
 CQL_AT = "ScyllaDB/Cassandra at 127.0.0.1:9042, TLS: can't connect"
+REGISTRY_AT = f"Schema Registry at {REGISTRY_HTTPS}: can't use it"
+REGISTRY_REFUSED = "the registry ended the TLS handshake: it refused the client certificate"
 REFUSED = {
     "kafka, wrong CA": (
         kafka_mtls(ca="other-ca"),
@@ -226,6 +280,10 @@ REFUSED = {
     "cassandra, expired client certificate": (cql_tls(client="expired"), CQL_AT, "refused the client certificate"),
     "cassandra, client certificate of another CA": (cql_tls(client="rogue"), CQL_AT, "refused the client certificate"),
     "cassandra, no client certificate": (cql_tls(client=None), CQL_AT, "or it requires one"),
+    "registry, wrong CA": (registry_tls(ca="other-ca"), REGISTRY_AT, "certificate verify failed"),
+    "registry, no client certificate": (registry_tls(client=None), REGISTRY_AT, REGISTRY_REFUSED),
+    "registry, client certificate of another CA": (registry_tls(client="rogue"), REGISTRY_AT, REGISTRY_REFUSED),
+    "registry, expired client certificate": (registry_tls(client="expired"), REGISTRY_AT, REGISTRY_REFUSED),
     "cassandra, a certificate without the contact point's IP": (
         cql_tls(check_hostname=True),
         CQL_AT,

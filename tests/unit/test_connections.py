@@ -221,3 +221,19 @@ def test_the_start_up_line_says_how_each_dependency_is_reached(certs: Path) -> N
         "cassandra": "TLS, hostname not checked",
     }
     assert "s3cret" not in str(modes)
+
+
+def test_the_start_up_line_names_the_registry_when_a_format_uses_it(certs: Path) -> None:
+    registry = Settings.from_env(
+        {
+            "INPUT_FORMAT": "avro",
+            "SCHEMA_REGISTRY_URL": "https://registry.example/apis/ccompat/v7",
+            "SCHEMA_REGISTRY_USERNAME": "pipeline",
+            "SCHEMA_REGISTRY_PASSWORD": "s3cret",
+        }
+    )
+    modes = connections.modes(registry)
+    assert modes["schema_registry"] == "https, basic auth"
+    assert "s3cret" not in str(modes) and registry.describe()["SCHEMA_REGISTRY_PASSWORD"] == "****"
+    plain = Settings.from_env({"OUTPUT_FORMAT": "protobuf", "SCHEMA_REGISTRY_BEARER_TOKEN": "t0ken"})
+    assert connections.modes(plain)["schema_registry"] == "http (plaintext), bearer token"

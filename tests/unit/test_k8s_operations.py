@@ -67,7 +67,7 @@ def test_network_policy(docs: list[dict[str, Any]]) -> None:
     (monitoring,) = by_port[API_PORT]
     assert set(monitoring) == {"namespaceSelector"}, "/metrics: only the monitoring namespace"
     out_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
-    assert {53, CLUSTER_PORT, 9092, 5432, 9042} <= out_ports
+    assert {53, CLUSTER_PORT, 9092, 5432, 9042, 8081} <= out_ports
     assert all(rule.get("to") for rule in policy["egress"]), "no egress rule open to everywhere"
 
 

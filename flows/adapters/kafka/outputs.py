@@ -18,11 +18,13 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from flows.adapters.kafka.writer import KafkaWriter, Sending
 from flows.core import outcome
-from flows.core.model import Outcome
+from flows.core.model import Code, Outcome, Stage
 from flows.core.sizes import record_size
-from flows.errors import DeliveryFailed
+from flows.errors import DeliveryFailed, DependencyError
 from flows.retry import Retries
 from flows.telemetry.failurelog import FailureLog
 from flows.telemetry.metrics import Metrics
@@ -77,19 +79,54 @@ class EnrichedMessages(_KafkaOutput):
         notes: FailureLog | None = None,
         wallclock: Clock = _utcnow,
         name: str = "enriched",
+        encode: Callable[[bytes], bytes] | None = None,
     ) -> None:
         super().__init__(name, kafka, metrics)
         self.failure_topic = failure_topic
         self.notes = notes
         self._now = wallclock
+        self._encode = encode  # OUTPUT_FORMAT other than json: the enriched JSON in that format
+        self._unencodable: collections.deque[list[Outcome]] = collections.deque()
 
     def write(self, items: Sequence[Outcome]) -> None:
-        """Hand the round's messages to the producer."""
+        """Hand the round's messages to the producer (first in the output format)."""
+        failed: list[Outcome] = []
+        if self._encode is not None:
+            items, failed = self._encoded(items)
+        self._unencodable.append(failed)
         self._send(items)
+
+    def _encoded(self, items: Sequence[Outcome]) -> tuple[list[Outcome], list[Outcome]]:
+        """Each message in the output format; one its serializer refuses becomes a dead
+        letter (`internal_error`: the pipeline's own event should always fit its schema)."""
+        encode = self._encode
+        assert encode is not None
+        done: list[Outcome] = []
+        failed: list[Outcome] = []
+        replace = msgspec.structs.replace
+        for r in items:
+            try:
+                value = encode(r.message.value or b"")
+            except DependencyError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this record alone
+                why = f"the output format could not encode the enriched event: {type(exc).__name__}: {exc}"
+                failed.append(
+                    outcome.rerouted(r, Code.INTERNAL_ERROR, Stage.INTERNAL, why, self.failure_topic, self._now())
+                )
+                continue
+            done.append(replace(r, message=replace(r.message, value=value)))
+        return done, failed
+
+    def discard(self) -> None:
+        """Forget the rounds not flushed."""
+        super().discard()
+        self._unencodable.clear()
 
     def flush(self) -> list[Outcome]:
         """Wait for Kafka; messages the topic refused come back as dead letters."""
         rerouted: list[Outcome] = []
+        unencodable = self._unencodable.popleft() if self._unencodable else []
         for r in self._wait():
             size = record_size(r.message.key, r.message.value, r.message.headers)
             rerouted.append(
@@ -102,7 +139,7 @@ class EnrichedMessages(_KafkaOutput):
                 self.metrics.add_fallbacks(["output_refused"] * len(rerouted))
             if self.notes is not None:
                 self.notes.note(("output_refused", r) for r in rerouted)
-        return rerouted
+        return rerouted + unencodable
 
 
 class DeadLetters(_KafkaOutput):

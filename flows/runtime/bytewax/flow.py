@@ -19,7 +19,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from flows.app.compose import App, decode_batch
+from flows.app.compose import App
 from flows.core.enrich import Enricher, close_lookups
 from flows.core.model import Decoded, Failure, Outcome, SourceRecord
 from flows.runtime.bytewax.threads import ByThread
@@ -72,12 +72,11 @@ def build_flow(
 ) -> Dataflow:
     """The dataflow: `enricher` builds a worker's enrich step, `sink` delivers outcomes."""
     enrichers = PerWorker(enricher, close_lookups)
-    max_bytes = app.settings.max_value_bytes
     if reporter is not None:
         atexit.register(reporter.stop)
 
     def decode_step(records: list[SourceRecord]) -> list[Decoded | Failure]:
-        return decode_batch(records, max_bytes)
+        return app.decode(records)
 
     def enrich_step(items: list[Decoded | Failure]) -> list[Outcome]:
         if reporter is not None:
