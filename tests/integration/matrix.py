@@ -459,10 +459,24 @@ def fault_partitions(run: Run) -> None:
     run.note("input 4 -> 6 partitions")
     if run.cell.shape == "batch":  # the batch's input is in already: add records for the new partitions
         extra = run.make_records(3000, seed=99)
-        producer = Producer({**connections.kafka_common(run.sc.settings), "enable.idempotence": True})
+        producer = Producer(
+            {**connections.kafka_common(run.sc.settings), "enable.idempotence": True, "batch.size": 16384}
+        )  # batches within the topics' small max.message.bytes
+        deadline = time.monotonic() + 60
+        while len(producer.list_topics(run.sc.topics.input, timeout=10).topics[run.sc.topics.input].partitions) < 6:
+            assert time.monotonic() < deadline, "the producer never saw the new partitions"
+            time.sleep(0.2)
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
         for i, rec in enumerate(extra):
-            producer.produce(run.sc.topics.input, rec.value, rec.key, headers=rec.headers, partition=4 + i % 2)
-        assert producer.flush(60) == 0
+            producer.produce(
+                run.sc.topics.input, rec.value, rec.key, headers=rec.headers, partition=4 + i % 2, on_delivery=delivered
+            )
+        assert producer.flush(60) == 0 and not errors, errors[:3]
         run.expected.update(r.expect for r in extra)
 
 

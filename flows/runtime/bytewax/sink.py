@@ -25,6 +25,10 @@ class _Partition(StatelessSinkPartition[Outcome]):
         self._after_close = after_close
         self._on_write = on_write
         self._worker_index: int | None = worker_index
+        if on_write is not None:
+            # Bytewax builds a worker's sink on the worker's thread: its input partitions find
+            # the Delivery from the start (a run that reads nothing still commits positions)
+            on_write(delivery)
 
     def write_batch(self, items: list[Outcome]) -> None:
         if self._worker_index is not None:  # the first batch: this is the worker's thread
