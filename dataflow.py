@@ -44,6 +44,12 @@ except SettingsError as exc:
 setup_logging(settings.log_level)
 lifecycle = Lifecycle()
 running = "bytewax.run" in sys.orig_argv  # not when drawn by bytewax.visualize or imported by tests
+process_id = cluster_place(sys.argv[1:], os.environ).process_id if running else 0
+# the pod's name in Kubernetes (its HOSTNAME), so two pods on one node never share an identity
+host = os.environ.get("HOSTNAME") or socket.gethostname()
+identity = f"{host}-p{process_id}"
+# every line, the first included, says which service, host and process wrote it
+set_identity(service="enrichment-dataflow", host=host, process=process_id)
 if running:
     logging.getLogger("dataflow").info(
         "starting",
@@ -89,11 +95,6 @@ if running:
 pauses = PauseWatch(settings.kafka_session_timeout_ms / 2000).start() if running and settings.exactly_once else None
 app = compose.build(settings, give_up=lifecycle.give_up if running else None, pauses=pauses)
 preflight = Preflight(settings, on_start=lifecycle.started.set)
-process_id = cluster_place(sys.argv[1:], os.environ).process_id if running else 0
-# the pod's name in Kubernetes (its HOSTNAME), so two pods on one node never share an identity
-host = os.environ.get("HOSTNAME") or socket.gethostname()
-identity = f"{host}-p{process_id}"
-set_identity(service="enrichment-dataflow", host=host, process=process_id)
 source, sink = input_and_output(app, preflight, lifecycle, identity, recovery=recovery_dir is not None)
 
 flow = build_flow(

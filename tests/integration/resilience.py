@@ -62,6 +62,19 @@ class Accounting:
         )
 
 
+# what a client answers while a broker restarts, or before its metadata has a topic just made
+TRANSIENT = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _transient(exc: KafkaException) -> bool:
+    return bool(exc.args[0].retriable()) or exc.args[0].code() in TRANSIENT
+
+
 class Scenario:
     """Fresh topics and customers for one test. `exactly_once` runs the flow with
     PROCESSING_GUARANTEE=exactly-once (no recovery directory: the group's offsets are the
@@ -70,6 +83,7 @@ class Scenario:
     def __init__(
         self, tmp: Path, partitions: int = 4, snapshot_s: int = 1, exactly_once: bool = False, **extra_env: str
     ) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.exactly_once = exactly_once
         self.group = unique("group")
         extra_env = {"CONSUMER_GROUP": self.group, **extra_env}
@@ -133,7 +147,7 @@ class Scenario:
             try:
                 lag = self.lag()
             except KafkaException as exc:  # the broker just restarted: coordinators move
-                if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_COORDINATOR:
+                if not _transient(exc):
                     raise
                 lag = -1
             if lag == 0:
@@ -165,7 +179,7 @@ class Scenario:
             try:
                 count = self.output_count()
             except KafkaException as exc:  # the broker just restarted: leaders are being elected
-                if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                if not _transient(exc):
                     raise
                 count = -1
             if count >= n:

@@ -205,6 +205,7 @@ def test_subject_strategies_and_schema_evolution(seeded: None) -> None:
     assert line and f"refuses OUTPUT_FORMAT=avro's schema under subject {refusing}" in line[0], refused.stderr[-2000:]
 
 
+@pytest.mark.outage  # stops the registry: run alone, never beside the other registry tests
 def test_the_registry_stopped_mid_stream_loses_and_dead_letters_nothing(
     seeded: None, cql: Session, tmp_path: Path
 ) -> None:

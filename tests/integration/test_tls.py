@@ -37,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TLS = Path(os.environ.get("STACK_DIR") or ROOT / ".stack").resolve() / "tls"
 N_CUSTOMERS = 20
 SECRETS = (tls.CLIENT_KEY_PASSWORD, tls.KAFKA_SCRAM_PASSWORD, tls.PG_TLS_PASSWORD)
+# the stack's TLS listeners (their ports are the stack's settings: docs/development.md)
+KAFKA_SSL = f"127.0.0.1:{os.environ.get('STACK_KAFKA_SSL_PORT', '9094')}"
+KAFKA_SASL_SSL = f"127.0.0.1:{os.environ.get('STACK_KAFKA_SASL_SSL_PORT', '9095')}"
+PG_PORT = os.environ.get("STACK_PG_PORT", "5432")
 
 
 def cert(name: str) -> dict[str, str]:
@@ -52,7 +56,7 @@ def stack_has_tls(admin) -> None:  # type: ignore[no-untyped-def]
 def kafka_mtls(client: str = "client", ca: str = "ca") -> dict[str, str]:
     c = cert(client)
     return {
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9094",
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA_SSL,
         "KAFKA_SECURITY_PROTOCOL": "SSL",
         "KAFKA_SSL_CA_LOCATION": str(TLS / f"{ca}.pem"),
         "KAFKA_SSL_CERTIFICATE_LOCATION": c["crt"],
@@ -63,7 +67,7 @@ def kafka_mtls(client: str = "client", ca: str = "ca") -> dict[str, str]:
 
 def kafka_scram(password: str = tls.KAFKA_SCRAM_PASSWORD) -> dict[str, str]:
     return {
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9095",
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SSL_CA_LOCATION": str(TLS / "ca.pem"),
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -74,7 +78,7 @@ def kafka_scram(password: str = tls.KAFKA_SCRAM_PASSWORD) -> dict[str, str]:
 
 def pg_tls(client: str | None = "client", ca: str = "ca", password: str = tls.PG_TLS_PASSWORD) -> dict[str, str]:
     env = {
-        "PG_DSN": f"postgresql://{tls.PG_TLS_USER}@127.0.0.1:5432/enrichment",
+        "PG_DSN": f"postgresql://{tls.PG_TLS_USER}@127.0.0.1:{PG_PORT}/enrichment",
         "PG_PASSWORD": password,
         "PG_SSLMODE": "verify-full",
         "PG_SSLROOTCERT": str(TLS / f"{ca}.pem"),
@@ -246,9 +250,9 @@ def test_end_to_end_with_scram_over_tls(topics: Topics, cql: Session) -> None:
     assert history_rows(cql, topics, source_topic(enriched)) == 30
 
 
-KAFKA_SSL_AT = "Kafka at 127.0.0.1:9094 (SSL): can't connect"
-KAFKA_SASL_AT = "Kafka at 127.0.0.1:9095 (SASL_SSL): can't connect"
-CQL_AT = "ScyllaDB/Cassandra at 127.0.0.1:9042, TLS: can't connect"
+KAFKA_SSL_AT = f"Kafka at {KAFKA_SSL} (SSL): can't connect"
+KAFKA_SASL_AT = f"Kafka at {KAFKA_SASL_SSL} (SASL_SSL): can't connect"
+CQL_AT = f"ScyllaDB/Cassandra at 127.0.0.1:{os.environ.get('SCYLLA_PORT', '9042')}, TLS: can't connect"
 REGISTRY_AT = f"Schema Registry at {REGISTRY_HTTPS}: can't use it"
 REGISTRY_REFUSED = "the registry ended the TLS handshake: it refused the client certificate"
 REFUSED = {
@@ -269,7 +273,7 @@ REFUSED = {
     ),
     "kafka, wrong SCRAM password": (
         kafka_scram("wrong"),
-        "Kafka at 127.0.0.1:9095 (SASL_SSL): can't connect",
+        KAFKA_SASL_AT,
         "invalid credentials",
     ),
     "postgres, wrong CA": (pg_tls(ca="other-ca"), "PostgreSQL at", "certificate verify failed"),
@@ -343,7 +347,7 @@ def test_a_broker_name_its_certificate_does_not_carry_is_named(topics: Topics) -
                 client, _ = listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", 9094))
+            upstream = socket.create_connection(("127.0.0.1", int(KAFKA_SSL.rsplit(":", 1)[1])))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
@@ -410,7 +414,7 @@ def test_end_to_end_with_oidc_client_credentials(topics: Topics) -> None:
     and the broker's SASL_SSL listener takes it (OAUTHBEARER)."""
     idp = TokenEndpoint()
     env = {
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9095",
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SSL_CA_LOCATION": str(TLS / "ca.pem"),
         "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
@@ -450,7 +454,7 @@ def test_msk_iam_token_reaches_the_broker(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
     settings = Settings.from_env(
         {
-            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9095",
+            "KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
             "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "KAFKA_SSL_CA_LOCATION": str(TLS / "ca.pem"),
             "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
