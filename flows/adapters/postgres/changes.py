@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from flows import connections
-from flows.adapters.postgres.customers import CUSTOMERS_TABLE
+from flows.adapters.postgres.customers import CUSTOMERS_TABLE, lock_schema
 from flows.core.cache import Inbox
 from flows.errors import PreflightError
 from flows.settings import Settings, redact_dsn
@@ -102,6 +102,7 @@ def _connect(settings: Settings, autocommit: bool = True) -> psycopg.Connection[
 def install(settings: Settings) -> None:
     """Create (or replace) the function and the triggers, in one transaction: idempotent."""
     with _connect(settings, autocommit=False) as conn, conn.transaction():
+        lock_schema(conn)
         for statement in _install_statements():
             conn.execute(statement)
 
@@ -110,6 +111,7 @@ def uninstall(settings: Settings) -> None:
     """Drop the triggers and the function (CACHE_INVALIDATION=ttl needs neither)."""
     table = sql.Identifier(CUSTOMERS_TABLE)
     with _connect(settings, autocommit=False) as conn, conn.transaction():
+        lock_schema(conn)
         for trigger in (ROW_TRIGGER, TRUNCATE_TRIGGER):
             conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table))
         conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(FUNCTION)))

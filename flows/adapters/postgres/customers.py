@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -30,6 +32,14 @@ LOOKUP_SQL = sql.SQL("SELECT customer_id, name, segment, country, status FROM {}
     sql.Identifier(CUSTOMERS_TABLE)
 )
 CustomerMember = dict[str, str]  # the `customer` member of an enriched event
+
+
+def lock_schema(conn: psycopg.Connection[Any]) -> None:
+    """Hold, until this transaction ends, the lock every change to the customers table's
+    schema (its creation, the change triggers) takes: PostgreSQL's `IF NOT EXISTS` and `OR
+    REPLACE` are not safe against each other (two at once: a duplicate-key error on
+    pg_type, "tuple concurrently updated")."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('enrichment.customers.schema'))")
 
 
 class PgCustomerLookup:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import psycopg
 
 from flows import connections
-from flows.adapters.postgres.customers import CUSTOMERS_TABLE, LOOKUP_SQL
+from flows.adapters.postgres.customers import CUSTOMERS_TABLE, LOOKUP_SQL, lock_schema
 from flows.core.model import Customer
 from flows.errors import PreflightError
 from flows.settings import Settings, redact_dsn
@@ -58,6 +58,7 @@ def seed_customers(settings: Settings, customers: Iterable[Customer]) -> int:
     """Create the customers table when missing and upsert `customers` into it."""
     rows = [(c.customer_id, c.name, c.segment, c.country, c.status) for c in customers]
     with psycopg.connect(settings.pg_dsn.get(), **connections.pg_connect_kwargs(settings)) as conn:
+        lock_schema(conn)  # seeders at once (tests, a demo beside a benchmark) take turns
         conn.execute(CUSTOMERS_DDL)
         with conn.cursor() as cur:
             cur.executemany(
