@@ -16,6 +16,9 @@ import pytest
 from cassandra.cluster import Cluster, Session
 from cassandra.policies import ExponentialReconnectionPolicy
 from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from flows.settings import Settings
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 PG_DSN = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/enrichment")
@@ -84,3 +87,18 @@ def create_topics(admin: AdminClient, names: list[str], partitions: int) -> None
         while len(admin.list_topics(name, timeout=10).topics[name].partitions) < partitions:
             assert time.monotonic() < deadline, f"topic {name} not in the metadata after 30 s"
             time.sleep(0.2)
+
+
+@pytest.fixture
+def empty_database(pg_conninfo: str) -> Iterator[Settings]:
+    """A database of its own on the stack's PostgreSQL (no customers table; nothing another
+    test does reaches it, its notifications included): the settings that point at it."""
+    name = unique("schema")
+    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = make_conninfo(**{**conninfo_to_dict(pg_conninfo), "dbname": name})
+    try:
+        yield Settings.from_env({**os.environ, "PG_DSN": dsn})
+    finally:
+        with psycopg.connect(pg_conninfo, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

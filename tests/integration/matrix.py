@@ -148,6 +148,20 @@ class Pod:
             proc.send_signal(sig)
             return True
 
+    def handles_sigterm(self) -> bool:
+        """The running process has its SIGTERM handler (installed when the dataflow module
+        loads: before, `bytewax.run` is still importing and SIGTERM ends it by the signal)."""
+        with self._lock:
+            proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
     def stop(self) -> None:
         """Stop restarting and SIGTERM the process (a thawed one, if it was frozen), once:
         Kubernetes sends one SIGTERM, then SIGKILL after the grace period."""
@@ -628,9 +642,10 @@ def settle(run: Run) -> None:
         assert pod.finished.wait(420), f"the batch run did not end with status 0 (exits {pod.exits}):\n{run.logs}"
     run.sc.wait_for_lag_zero(timeout=300)
     if run.cell.shape != "batch":
-        # the final stop is of running processes (one killed last may be waiting for its restart)
+        # the final stop is of running processes (one killed last may be waiting for its
+        # restart, or still importing: its exit status would be the signal's, not the flow's)
         deadline = time.monotonic() + 60
-        while len(run.alive()) < len(run.pods):
+        while not all(pod.handles_sigterm() for pod in run.pods):
             assert time.monotonic() < deadline, f"not every process restarted:\n{run.logs}"
             time.sleep(0.2)
 

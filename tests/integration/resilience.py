@@ -167,7 +167,12 @@ class Scenario:
             total = 0
             for topic in (self.topics.output, self.topics.failure):
                 for p in range(self.topics.partitions):
-                    lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    try:
+                        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    except KafkaException as exc:  # not in this client's metadata yet: none counted
+                        if not _transient(exc):
+                            raise
+                        continue
                     total += hi - lo
             return total
         finally:

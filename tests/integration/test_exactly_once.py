@@ -177,7 +177,11 @@ def test_rescaling_moves_partitions_without_loss_or_duplicates(tmp_path: Path, c
     try:
         sc.wait_for_outputs(1000, timeout=60)
         second = sc.start(stop_at_end=False, log=second_log, TRANSACTIONAL_ID_PREFIX="second")
-        time.sleep(6)
+        deadline = time.monotonic() + 120  # it joins the group (a slow start under load included)
+        while "partitions assigned" not in second_log.read_text():
+            assert time.monotonic() < deadline and second.poll() is None, second_log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # both process for a while
         rc_first, _ = sigterm(first, timeout=60)
         feeder.join(240)
         assert feeder.error is None, feeder.error

@@ -13,6 +13,7 @@ import json
 import random
 import re
 import select
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -465,19 +466,23 @@ def test_handler_over_scram_and_client_certificates(customers, cql: Session, top
     assert len(history(cql, topics)) == len(records)
 
 
-def test_handler_hears_customer_changes_between_invocations(customers, topics_made, lambda_env, pg_conninfo) -> None:
+def test_handler_hears_customer_changes_between_invocations(topics_made, lambda_env, empty_database) -> None:
     """CACHE_INVALIDATION=notify in Lambda: no thread between invocations; each invocation
     first reads what PostgreSQL announced, so a customer changed after one batch is fresh in
-    the next, whatever the TTL."""
+    the next, whatever the TTL; a bulk change too (its customer's the last of 2,000
+    announcements: more than one read of the connection). A database of its own, so the
+    announcements are this test's alone."""
     from flows.adapters.postgres import changes
 
     from .conftest import unique
 
+    db = empty_database
     topics = new_topics(topics_made, "itlamfresh", partitions=1)
-    changes.install(topics.settings)
     cid = unique("lamfresh")
-    provision.seed_customers(topics.settings, [sample.Customer(cid, "Before", "smb", "FR", "active")])
-    lambda_env(topics, CACHE_INVALIDATION="notify", CACHE_TTL_SECONDS="3600")
+    others = [sample.Customer(f"{cid}-{i}", "Other", "smb", "FR", "active") for i in range(2000)]
+    provision.seed_customers(db, [sample.Customer(cid, "Before", "smb", "FR", "active"), *others])
+    changes.install(db)
+    lambda_env(topics, CACHE_INVALIDATION="notify", CACHE_TTL_SECONDS="3600", PG_DSN=db.pg_dsn.get())
 
     def one_batch(i: int) -> dict[str, Any]:
         value = json.dumps(
@@ -489,14 +494,24 @@ def test_handler_hears_customer_changes_between_invocations(customers, topics_ma
         last = max(read_topic(topics.settings, topics.output), key=lambda m: m.offset())
         return json.loads(last.value())["customer"]  # type: ignore[no-any-return]
 
+    def delivered() -> None:
+        """PostgreSQL has sent the announcements to the container's session (Lambda has it
+        frozen meanwhile)."""
+        listener = lambda_handler.CLIENTS.get().app.change_listener()
+        assert listener is not None and listener._conn is not None
+        assert select.select([listener._conn.fileno()], [], [], 30)[0], "the change reached the container's session"
+        time.sleep(0.5)  # the rest of a bulk change, sent right behind its first announcement
+
     assert one_batch(0)["name"] == "Before"
-    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
+    with psycopg.connect(db.pg_dsn.get(), autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = 'After' WHERE customer_id = %s", (cid,))
-    # PostgreSQL delivers the change to the container's session (Lambda has it frozen meanwhile)
-    listener = lambda_handler.CLIENTS.get().app.change_listener()
-    assert listener is not None and listener._conn is not None
-    assert select.select([listener._conn.fileno()], [], [], 30)[0], "the change reached the container's session"
+    delivered()
     assert one_batch(1)["name"] == "After"
+    with psycopg.connect(db.pg_dsn.get()) as conn:  # one transaction: announced together
+        conn.execute("UPDATE customers SET segment = 'bulk' WHERE customer_id <> %s", (cid,))
+        conn.execute("UPDATE customers SET name = 'Bulk' WHERE customer_id = %s", (cid,))
+    delivered()
+    assert one_batch(2)["name"] == "Bulk"
 
 
 def test_handler_reads_and_writes_schema_registry_formats(customers, cql: Session, topics_made, lambda_env) -> None:

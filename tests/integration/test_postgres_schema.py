@@ -5,34 +5,16 @@ duplicate key on pg_type, "tuple concurrently updated"); each of them takes a lo
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
-import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flows.adapters.postgres import changes
 from flows.settings import Settings
 from tools import provision, sample
 
-from .conftest import unique
-
 CLIENTS = 6
-
-
-@pytest.fixture
-def empty_database(pg_conninfo: str) -> Iterator[Settings]:
-    name = unique("schema")
-    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = make_conninfo(**{**conninfo_to_dict(pg_conninfo), "dbname": name})
-    try:
-        yield Settings.from_env({**os.environ, "PG_DSN": dsn})
-    finally:
-        with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def at_once(work: Callable[[int], None]) -> list[BaseException]:

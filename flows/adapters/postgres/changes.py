@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -31,6 +32,8 @@ from flows.errors import PreflightError
 from flows.settings import Settings, redact_dsn
 
 log = logging.getLogger(__name__)
+
+DRAIN_MAX_S = 1.0  # drain(0) reads what is waiting for at most this long
 
 CHANNEL = "enrichment_customers"
 FUNCTION = "enrichment_customers_notify"
@@ -195,16 +198,23 @@ class ChangeListener:
         if self._conn is None or self._conn.closed:
             self._conn = self._open()
         n = 0
+        # psycopg reads once when the timeout is over (a few hundred notifications a read):
+        # read again while more is waiting, so a bulk change is heard whole (bounded)
+        until = time.monotonic() + max(timeout, DRAIN_MAX_S)
         try:
-            for note in self._conn.notifies(timeout=timeout):
-                self._post([note.payload] if note.payload else None)
-                n += 1
-                if self._on_changes is not None:
-                    self._on_changes(1)
+            while True:
+                got = 0
+                for note in self._conn.notifies(timeout=timeout):
+                    self._post([note.payload] if note.payload else None)
+                    got += 1
+                    if self._on_changes is not None:
+                        self._on_changes(1)
+                n += got
+                if got == 0 or timeout > 0 or time.monotonic() >= until:
+                    return n
         except psycopg.Error:
             self._drop()
             raise
-        return n
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
