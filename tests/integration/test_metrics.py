@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 import urllib.request
 from collections import Counter
@@ -19,15 +18,14 @@ from tools.kafkautil import header, produce_all, read_topic
 from ..unit.monitoring_names import used_names
 from .flowrun import Topics, start_dataflow
 from .resilience import sigterm
+from .test_scale import free_base_port
 
 N = 3000
 N_CUSTOMERS = 500
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_base_port(1)
 
 
 def scrape(port: int) -> dict[str, float]:

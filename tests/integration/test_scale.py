@@ -8,6 +8,8 @@ give the same outcome for every input offset, exactly once, with its history row
 from __future__ import annotations
 
 import json
+import os
+import random
 import socket
 import subprocess
 import sys
@@ -28,16 +30,24 @@ N = 6000
 SEED = 61
 
 
+# ports the tests' processes listen on: below the kernel's ephemeral range (32768-60999 here),
+# where every outgoing connection takes its local port (a Kafka client's could take a port
+# between its check and the process's bind), and a slice for each pytest-xdist worker, so
+# two tests at once never pick the same one
+PORT_SLICE = 2000
+PORT_FLOOR = 20000
+
+
 def free_base_port(count: int) -> int:
-    """A port p such that p .. p+count-1 are free now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
+    """A port p such that p .. p+count-1 are free now, in this test worker's slice."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = PORT_FLOOR + (index % 6) * PORT_SLICE
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, low + PORT_SLICE - count)
+        socks: list[socket.socket] = []
         try:
-            socks = []
             for i in range(count):
                 sock = socket.socket()
                 socks.append(sock)
@@ -48,7 +58,7 @@ def free_base_port(count: int) -> int:
             for sock in socks:
                 sock.close()
         return base
-    raise RuntimeError("no free port range")
+    raise RuntimeError(f"no {count} free ports in {low}-{low + PORT_SLICE}")
 
 
 def run_cluster(
