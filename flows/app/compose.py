@@ -58,7 +58,7 @@ class App:
     _registry: Any = field(default=None, init=False, repr=False)
     _reader: FramedReader | None = field(default=None, init=False, repr=False)
     _writer: FramedWriter | None = field(default=None, init=False, repr=False)
-    _formats_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _formats_lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def registry(self) -> Any:
         """The process's Schema Registry client (its schema cache shared by every worker)."""
@@ -72,24 +72,24 @@ class App:
         s = self.settings
         if s.input_format == "json":
             return None
-        client = self.registry()
-        with self._formats_lock:
-            if self._reader is None:
-                self._reader = FramedReader(s.input_format, client, s.input_topic, self.retries)
-            return self._reader
+        if self._reader is None:  # once made, every batch reads it without the lock
+            with self._formats_lock:
+                if self._reader is None:
+                    self._reader = FramedReader(s.input_format, self.registry(), s.input_topic, self.retries)
+        return self._reader
 
     def writer(self) -> FramedWriter | None:
         """OUTPUT_FORMAT's writer (None for json), made on first use."""
         s = self.settings
         if s.output_format == "json":
             return None
-        client = self.registry()
-        with self._formats_lock:
-            if self._writer is None:
-                self._writer = FramedWriter(
-                    s.output_format, client, s.output_topic, s.subject_name_strategy, self.retries
-                )
-            return self._writer
+        if self._writer is None:
+            with self._formats_lock:
+                if self._writer is None:
+                    self._writer = FramedWriter(
+                        s.output_format, self.registry(), s.output_topic, s.subject_name_strategy, self.retries
+                    )
+        return self._writer
 
     def decode(self, records: Sequence[SourceRecord]) -> list[Decoded | Failure]:
         """Decode and validate a batch in INPUT_FORMAT."""

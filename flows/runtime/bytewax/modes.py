@@ -40,7 +40,7 @@ def input_and_output(
         source = KafkaInput(s, preflight.partitions, lifecycle.stopping, outputs, m, resume_from_group=recovery)
         return source, DeliverySink(
             lambda w: app.delivery(preflight.limits(), f"enrichment-deliver-{w}", depth=1 if s.overlap_acks else 0),
-            on_write=outputs.register,
+            on_build=outputs.register,
         )
 
     def client(worker: int) -> str:

@@ -18,24 +18,21 @@ class _Partition(StatelessSinkPartition[Outcome]):
         self,
         delivery: Delivery,
         after_close: Callable[[], None] | None,
-        on_write: Callable[[Delivery], None] | None,
+        on_build: Callable[[Delivery], None] | None,
         worker_index: int,
     ) -> None:
         self.delivery = delivery
         self._after_close = after_close
-        self._on_write = on_write
         self._worker_index: int | None = worker_index
-        if on_write is not None:
+        if on_build is not None:
             # Bytewax builds a worker's sink on the worker's thread: its input partitions find
             # the Delivery from the start (a run that reads nothing still commits positions)
-            on_write(delivery)
+            on_build(delivery)
 
     def write_batch(self, items: list[Outcome]) -> None:
         if self._worker_index is not None:  # the first batch: this is the worker's thread
             bind_worker(self._worker_index)
             self._worker_index = None
-        if self._on_write is not None:
-            self._on_write(self.delivery)
         self.delivery.write(items)
 
     def close(self) -> None:
@@ -48,19 +45,19 @@ class _Partition(StatelessSinkPartition[Outcome]):
 
 class DeliverySink(DynamicSink[Outcome]):
     """`build(worker_index)` makes a worker's Delivery; `after_close(worker_index)` runs once
-    it is closed (exactly-once: the worker's consumer leaves the group then); `on_write`
-    is told the Delivery before each batch, on the thread that writes it (at-least-once:
+    it is closed (exactly-once: the worker's consumer leaves the group then); `on_build`
+    is told the Delivery when the worker builds it, on the worker's thread (at-least-once:
     the worker's input partitions find it there)."""
 
     def __init__(
         self,
         build: Callable[[int], Delivery],
         after_close: Callable[[int], None] | None = None,
-        on_write: Callable[[Delivery], None] | None = None,
+        on_build: Callable[[Delivery], None] | None = None,
     ) -> None:
         self._build = build
         self._after_close = after_close
-        self._on_write = on_write
+        self._on_build = on_build
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
@@ -68,6 +65,6 @@ class DeliverySink(DynamicSink[Outcome]):
         return _Partition(
             self._build(worker_index),
             (lambda: after(worker_index)) if after is not None else None,
-            self._on_write,
+            self._on_build,
             worker_index,
         )

@@ -5,9 +5,9 @@ KafkaSource asks for metadata without a timeout and can hang forever.
 A partition's recovery state (where a restart resumes) is the first offset the worker's
 outputs have not yet made durable, not the reader's position: the worker's `Delivery`
 awaits a batch's acknowledgements while the next batch is on its way, so at a snapshot the
-last records read may be still in flight. Bytewax runs a worker's output step and its input
-partitions on the worker's thread (tests/unit/test_flow.py shows it), so the output step
-announces its Delivery as it writes, and a partition finds it by its thread
+last records read may be still in flight. Bytewax builds and runs a worker's sink and its input
+partitions on the worker's thread (tests/unit/test_flow.py shows it), so the sink announces
+its Delivery when it is built, and a partition finds it by its thread
 (`WorkerOutputs`; not in a `threading.local`, which does not last on a Bytewax worker
 thread: `flows.runtime.bytewax.threads`). When the input of a
 worker is idle, or a partition ends, the Delivery is drained: what was read is delivered
@@ -61,7 +61,7 @@ class WorkerOutputs:
             self._workers.set(_Worker(delivery))
 
     def delivery(self) -> Delivery | None:
-        """This worker's Delivery (None before its output step wrote)."""
+        """This worker's Delivery (None before its sink is built)."""
         worker = self._workers.get()
         return worker.delivery if worker is not None else None
 
