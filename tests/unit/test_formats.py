@@ -97,3 +97,50 @@ def test_the_registrys_settings_are_checked_at_start(tmp_path: Path) -> None:
         Settings.from_env({"INPUT_FORMAT": "xml"})
     s = Settings.from_env({"SCHEMA_REGISTRY_USERNAME": "u", "SCHEMA_REGISTRY_PASSWORD": "s3cret"})
     assert "s3cret" not in repr(s) and "s3cret" not in str(s.describe())
+
+
+def test_an_unknown_schema_id_is_asked_again_then_remembered_for_a_while() -> None:
+    """A schema id the registry lacks: the first record waits for it (a schema registered a
+    moment ago), the records after it with that id are asked once and never wait, until the
+    memory expires."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from flows.adapters.registry import readers
+    from flows.retry import Retries
+
+    now = [0.0]
+    sleeps: list[float] = []
+    asked: list[bytes] = []
+    reader = readers.FramedReader(
+        "avro",
+        SchemaRegistryClient({"url": "http://127.0.0.1:1"}),  # never reached: `_decode` is replaced
+        "events",
+        Retries(1.0),
+        sleep=sleeps.append,
+        clock=lambda: now[0],
+    )
+
+    def not_found(value: bytes) -> object:
+        asked.append(value)
+        raise SchemaRegistryError(404, 40403, "Schema not found")
+
+    reader._decode = not_found
+    value = b"\x00\x00\x00\x30\x39<payload>"
+
+    def read() -> str:
+        with pytest.raises(Unreadable) as err:
+            reader.read(value)
+        assert err.value.code == Code.SCHEMA_VIOLATION
+        return err.value.message
+
+    assert "unknown schema id 12345" in read()
+    assert (len(asked), len(sleeps)) == (readers.NOT_FOUND_TRIES, readers.NOT_FOUND_TRIES - 1)
+    asked.clear(), sleeps.clear()
+    for _ in range(100):
+        read()
+    assert (len(asked), sleeps) == (100, []), "remembered: asked once each, no wait"
+    now[0] += readers.NOT_FOUND_MEMORY_S + 1
+    asked.clear()
+    read()
+    assert (len(asked), len(sleeps)) == (readers.NOT_FOUND_TRIES, readers.NOT_FOUND_TRIES - 1), "forgotten"

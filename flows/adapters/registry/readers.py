@@ -45,6 +45,9 @@ from flows.retry import Retries
 HEADER_BYTES = 5  # the magic byte and the 4-byte schema id
 NOT_FOUND_TRIES = 3  # a schema id the registry does not know: asked this often
 NOT_FOUND_WAIT_S = 0.5
+# an id found missing after those tries fails at once for this long (a burst of records with
+# ids nobody registered must not cost each of them the tries' waits)
+NOT_FOUND_MEMORY_S = 30.0
 # what the deserializers raise for bytes that don't fit their schema (anything else is not
 # the record's: an outage past the deadline, or a bug, which becomes `internal_error`)
 UNDECODABLE = (
@@ -119,10 +122,13 @@ class FramedReader:
         topic: str,
         retries: Retries,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fmt = fmt
         self._retries = retries
         self._sleep = sleep
+        self._clock = clock
+        self._missing: dict[int, float] = {}  # schema id -> when the registry last lacked it
         ctx = SerializationContext(topic, MessageField.VALUE)
         self._decode: Callable[[bytes], Any]
         if fmt == "avro":
@@ -154,7 +160,11 @@ class FramedReader:
                 f"(INPUT_FORMAT={self.fmt})",
             )
         schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
-        for attempt in range(NOT_FOUND_TRIES):
+        missing_since = self._missing.get(schema_id)
+        tries = NOT_FOUND_TRIES
+        if missing_since is not None and self._clock() - missing_since < NOT_FOUND_MEMORY_S:
+            tries = 1  # asked once more (cheap: it may have come), never waited for
+        for attempt in range(tries):
             try:
                 decoded = self._retries.call("schema_registry read", lambda: self._decode(value), classify)
                 return _json(decoded)
@@ -163,7 +173,7 @@ class FramedReader:
             except SchemaRegistryError as exc:
                 if exc.http_status_code != NOT_FOUND:
                     raise
-                if attempt + 1 < NOT_FOUND_TRIES:
+                if attempt + 1 < tries:
                     self._sleep(NOT_FOUND_WAIT_S)
             except UNDECODABLE as exc:  # the bytes don't decode with their schema
                 raise Unreadable(
@@ -172,6 +182,9 @@ class FramedReader:
                     f"{type(exc).__name__}: {exc}"[:900],
                     _field_of(exc),
                 ) from None
+        if len(self._missing) > 10_000:
+            self._missing.clear()  # hostile ids by the thousand: memory stays bounded
+        self._missing[schema_id] = self._clock()
         raise Unreadable(
             Code.SCHEMA_VIOLATION,
             f"unknown schema id {schema_id}: the Schema Registry has no schema with that id ({self.fmt})",
