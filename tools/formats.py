@@ -10,7 +10,6 @@ Schema of the event as JSON.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from flows.adapters.registry.client import registry_client
 from flows.adapters.registry.readers import FramedReader
+from flows.adapters.registry.writers import utc_moment
 from flows.retry import Retries
 from flows.settings import Settings
 from tools import sample
@@ -102,10 +102,6 @@ def protobuf_event_class() -> Any:
 PROTOBUF_EVENT = protobuf_event_class()
 
 
-def _moment(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
-
-
 class EventWriter:
     """Writes sample events (their JSON documents) in `fmt` for `topic`, as a producer would."""
 
@@ -128,7 +124,7 @@ class EventWriter:
             payload = dict(doc.get("payload") or {})
             obj: Any = {
                 **doc,
-                "occurred_at": _moment(str(doc["occurred_at"])),
+                "occurred_at": utc_moment(str(doc["occurred_at"])),
                 "payload": {
                     "amount": float(payload.get("amount", 0)),
                     "currency": str(payload.get("currency", "")),
@@ -144,7 +140,7 @@ class EventWriter:
                 source=str(doc.get("source", "")),
                 schema_version=int(doc.get("schema_version", 0)),  # type: ignore[call-overload]
             )
-            obj.occurred_at.FromDatetime(_moment(str(doc["occurred_at"])))
+            obj.occurred_at.FromDatetime(utc_moment(str(doc["occurred_at"])))
             obj.payload.update(doc.get("payload") or {})
         else:
             obj = doc

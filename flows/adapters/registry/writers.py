@@ -94,7 +94,8 @@ def _enriched_class() -> Any:
 ENRICHED_EVENT = _enriched_class()
 
 
-def _moment(text: str) -> dt.datetime:
+def utc_moment(text: str) -> dt.datetime:
+    """An RFC 3339 timestamp of the event as an aware UTC datetime (what the serializers take)."""
     return msgspec.convert(text, dt.datetime).astimezone(dt.UTC)
 
 
@@ -107,12 +108,12 @@ def to_avro(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "event_id": doc["event_id"],
         "event_type": doc["event_type"],
-        "occurred_at": _moment(doc["occurred_at"]),
+        "occurred_at": utc_moment(doc["occurred_at"]),
         "customer_id": doc["customer_id"],
         "payload": msgspec.json.encode(doc.get("payload", {})).decode(),
         "attributes": _attributes(doc),
         "customer": doc["customer"],
-        "enriched_at": _moment(doc["enriched_at"]),
+        "enriched_at": utc_moment(doc["enriched_at"]),
     }
 
 
@@ -121,13 +122,13 @@ def to_protobuf(doc: dict[str, Any]) -> Message:
     msg = ENRICHED_EVENT()
     msg.event_id = doc["event_id"]
     msg.event_type = doc["event_type"]
-    msg.occurred_at.FromDatetime(_moment(doc["occurred_at"]))
+    msg.occurred_at.FromDatetime(utc_moment(doc["occurred_at"]))
     msg.customer_id = doc["customer_id"]
     msg.payload.update(doc.get("payload", {}))
     msg.attributes.update(_attributes(doc))
     for name, value in doc["customer"].items():
         setattr(msg.customer, name, value)
-    msg.enriched_at.FromDatetime(_moment(doc["enriched_at"]))
+    msg.enriched_at.FromDatetime(utc_moment(doc["enriched_at"]))
     return msg
 
 
